@@ -1,0 +1,76 @@
+"""Command-line front end: a registry of subcommands.
+
+Each subcommand is a :class:`Command` object with ``prepare_parser`` and
+``run``; ``__main__`` builds argparse from the registry, so adding a command
+never touches an if/elif chain.  Command modules register themselves by
+being listed in :data:`COMMAND_MODULES`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Dict, List, Optional
+
+from ..errors import CtprofError
+
+COMMAND_MODULES = ("ctprof.cli.capture", "ctprof.cli.view")
+
+
+class Command:
+    """One subcommand.  Subclasses set ``name`` and ``help`` and implement
+    ``prepare_parser(parser)`` and ``run(args) -> int`` (the exit status)."""
+
+    name = ""
+    help = ""
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:  # pragma: no cover
+        pass
+
+    def run(self, args: argparse.Namespace) -> int:  # pragma: no cover
+        raise NotImplementedError
+
+
+REGISTRY: Dict[str, Command] = {}
+
+
+def register(command_class):
+    """Class decorator adding a command to the registry."""
+    REGISTRY[command_class.name] = command_class()
+    return command_class
+
+
+def build_parser() -> argparse.ArgumentParser:
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
+    parser = argparse.ArgumentParser(prog="ctprof", description="Sampling CPU and heap profiler for native programs.")
+    from .. import __version__
+    parser.add_argument("--version", action="version", version=f"ctprof {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, command in REGISTRY.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        command.prepare_parser(p)
+    return parser
+
+
+def error(message: str) -> None:
+    """Print one ``ctprof: error: ...`` line on stderr."""
+    print(f"ctprof: error: {message}", file=sys.stderr)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return REGISTRY[args.command].run(args)
+    except CtprofError as err:
+        error(str(err))
+        return err.exit_status
+    except KeyboardInterrupt:
+        error("interrupted")
+        return 130
+    except BrokenPipeError:
+        return 1
