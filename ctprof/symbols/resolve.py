@@ -1,0 +1,340 @@
+"""Addresses -> frames: the :class:`Resolver`.
+
+For each address: the maps snapshot of its generation (or, if the address is
+not mapped there, the process's other snapshots, nearest first) gives the
+mapping; the mapping gives (file, file offset); the file's ``PT_LOAD``
+headers give the ELF virtual address; the symbol table (cached on disk, see
+:mod:`.symcache`) gives the function.  Everything is memoised per unique
+address, and per unique (module, virtual address) across processes.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..profile import Frame
+from ..session import Session
+from . import demangle as _dm
+from . import elf, symcache
+from .maps import KERNEL_PSEUDO, Mapping, MapTable
+from .perfmap import PerfMap
+
+#: Above every stack whose unwinding stopped at the depth limit.
+TRUNCATED = Frame("[truncated]", "", "unknown")
+
+_KERNEL_START = 0xFFFF800000000000   # x86-64 canonical kernel half
+
+
+def _dev_matches(maps_dev: str, st_dev: int) -> Optional[bool]:
+    """Does the maps ``dev`` field ("fe:01", hex major:minor) name ``st_dev``?
+    None if it cannot be parsed."""
+    try:
+        major, minor = (int(x, 16) for x in maps_dev.split(":"))
+    except ValueError:
+        return None
+    return os.major(st_dev) == major and os.minor(st_dev) == minor
+
+
+_vdso_cache: Dict[str, object] = {}
+
+
+def _own_vdso() -> Optional[Tuple[int, bytes]]:
+    """(size, image) of this process's vdso.  The kernel gives every process
+    of one ABI the same vdso image, so ours can name a target's [vdso]
+    frames when the sizes agree."""
+    if "img" in _vdso_cache:
+        return _vdso_cache["img"]  # type: ignore[return-value]
+    result = None
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                if line.rstrip().endswith("[vdso]"):
+                    lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                    result = (hi - lo, ctypes.string_at(lo, hi - lo))
+                    break
+    except (OSError, ValueError):
+        result = None
+    _vdso_cache["img"] = result
+    return result
+
+
+class _Progress:
+    """Progress on stderr once resolution has taken more than a second, only
+    when stderr is a terminal (or ``enabled`` forces it on or off)."""
+
+    def __init__(self, enabled: Optional[bool]) -> None:
+        if enabled is None:
+            try:
+                enabled = sys.stderr.isatty()
+            except (AttributeError, ValueError):
+                enabled = False
+        self.enabled = bool(enabled)
+        self.t0 = time.monotonic()
+        self.last = 0.0
+        self.shown = False
+
+    def update(self, text_fn) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.t0 < 1.0 or now - self.last < 0.2:
+            return
+        self.last = now
+        self.shown = True
+        sys.stderr.write("\rctprof: " + text_fn() + "\033[K")
+        sys.stderr.flush()
+
+    def done(self, text: str) -> None:
+        if self.shown:
+            sys.stderr.write("\rctprof: " + text + "\033[K\n")
+            sys.stderr.flush()
+
+
+class Resolver:
+    """Resolve raw addresses of a :class:`~ctprof.session.Session` to frames.
+
+    Reusable by anything holding addresses and maps snapshots (CPU samples,
+    allocation stacks, attach)::
+
+        r = Resolver(session)
+        frames = r.frames(pid, gen, ips)   # ips leaf first -> frames root first
+
+    ``demangle``: C++/Rust names in human form (else raw symbol names).
+    ``lines``: file/line from DWARF and inlined functions as their own frames.
+    ``debug_dirs``: roots searched for separate debug files (build-id and
+    ``.gnu_debuglink``); ``()`` disables them.  ``use_cache``: read and write
+    the on-disk symbol cache.  Problems with individual modules never raise:
+    they are collected, once per module, in :attr:`warnings`.
+    """
+
+    def __init__(self, session: Session, *, demangle: bool = True, lines: bool = False,
+                 debug_dirs: Sequence[str] = elf.DEFAULT_DEBUG_DIRS, use_cache: bool = True,
+                 progress: Optional[bool] = None) -> None:
+        self.session = session
+        self.demangle = demangle
+        self.lines = lines
+        self.debug_dirs = tuple(debug_dirs)
+        self.use_cache = use_cache
+        self.progress = _Progress(progress)
+        self.warnings: List[str] = []
+        self._warned: set = set()
+        self._tables: Dict[Tuple[int, int], MapTable] = {}
+        self._mains: Dict[Tuple[int, int], Optional[str]] = {}
+        self._perfmaps: Dict[int, Optional[PerfMap]] = {}
+        self._modules: Dict[tuple, Optional[elf.ModuleSymbols]] = {}
+        self._lineinfo: Dict[str, object] = {}
+        self._addr_memo: Dict[tuple, Tuple[Frame, ...]] = {}
+        self._sym_memo: Dict[tuple, Optional[tuple]] = {}
+        self.stats = {"modules": 0, "modules_cached": 0, "addresses": 0}
+
+    # -- bookkeeping ----------------------------------------------------------
+    def warn(self, key: str, message: str) -> None:
+        """Record ``message`` once per ``key`` (normally the module)."""
+        if key not in self._warned:
+            self._warned.add(key)
+            self.warnings.append(message)
+
+    def close(self) -> None:
+        for li in self._lineinfo.values():
+            if li is not None:
+                li.close()
+        self._lineinfo.clear()
+
+    def _table(self, pid: int, gen: int) -> MapTable:
+        key = (pid, gen)
+        t = self._tables.get(key)
+        if t is None:
+            proc = self.session.processes.get(pid)
+            text = proc.maps[gen] if proc and 0 <= gen < len(proc.maps) else ""
+            t = self._tables[key] = MapTable(text)
+        return t
+
+    def _main_exe(self, pid: int, gen: int) -> Optional[str]:
+        key = (pid, gen)
+        if key not in self._mains:
+            proc = self.session.processes.get(pid)
+            self._mains[key] = self._table(pid, gen).main_executable(proc.exe if proc else "")
+        return self._mains[key]
+
+    def _perfmap(self, pid: int) -> Optional[PerfMap]:
+        if pid not in self._perfmaps:
+            proc = self.session.processes.get(pid)
+            pm = PerfMap(proc.perf_map) if proc and proc.perf_map else None
+            self._perfmaps[pid] = pm if pm else None
+        return self._perfmaps[pid]
+
+    def _find_mapping(self, pid: int, gen: int, addr: int) -> Tuple[Optional[Mapping], int]:
+        """The mapping of ``addr`` in generation ``gen``, else in the nearest
+        other generation (later first: a library ``dlopen``ed just before a
+        sample shows up in the next snapshot).  Returns (mapping, gen used)."""
+        proc = self.session.processes.get(pid)
+        n = len(proc.maps) if proc else 0
+        if n == 0:
+            return None, gen
+        g = min(max(gen, 0), n - 1)
+        m = self._table(pid, g).find(addr)
+        if m is not None:
+            return m, g
+        for d in range(1, n):
+            for other in (g + d, g - d):
+                if 0 <= other < n:
+                    m = self._table(pid, other).find(addr)
+                    if m is not None:
+                        return m, other
+        return None, g
+
+    # -- modules ----------------------------------------------------------------
+    def _module(self, m: Mapping) -> Optional[elf.ModuleSymbols]:
+        key = (m.path, m.dev, m.inode, m.deleted)
+        if key in self._modules:
+            return self._modules[key]
+        mod = None
+        name = m.module
+        if m.deleted:
+            self.warn(m.path, f"{name}: file deleted since it was mapped; its frames show as {name}+0x...")
+        else:
+            try:
+                st = os.stat(m.path)
+                same_dev = _dev_matches(m.dev, st.st_dev)
+                if m.inode and st.st_ino != m.inode and same_dev:
+                    raise elf.ElfError("file replaced since it was mapped (inode changed)")
+                mod, cached = symcache.load(m.path, self.debug_dirs, use_disk=self.use_cache)
+                self.stats["modules"] += 1
+                self.stats["modules_cached"] += int(cached)
+                if len(mod.table) == 0:
+                    self.warn(m.path, f"{name}: no symbols (stripped); its frames show as {name}+0x...")
+            except elf.ElfError as err:
+                self.warn(m.path, f"{name}: {err}; its frames show as {name}+0x...")
+                mod = None
+            except OSError as err:
+                self.warn(m.path, f"{name}: cannot read ({err.strerror or err}); its frames show as {name}+0x...")
+                mod = None
+        self._modules[key] = mod
+        return mod
+
+    def _vdso(self, m: Mapping) -> Optional[elf.ModuleSymbols]:
+        key = ("[vdso]", m.end - m.start)
+        if key in self._modules:
+            return self._modules[key]
+        mod = None
+        own = _own_vdso()
+        if own and own[0] == m.end - m.start:
+            try:
+                mod = elf.load_module("", data=own[1], debug_dirs=())
+            except elf.ElfError:
+                mod = None
+        self._modules[key] = mod
+        return mod
+
+    def _line_info(self, path: str):
+        if path not in self._lineinfo:
+            li = None
+            try:
+                from .lines import LineInfo
+                li = LineInfo(path)
+            except Exception as err:   # pyelftools raises many kinds; lines are optional
+                self.warn("lines:" + path, f"{os.path.basename(path)}: no source lines ({err})")
+            self._lineinfo[path] = li
+        return self._lineinfo[path]
+
+    def _name(self, raw: str) -> str:
+        return _dm.demangle(raw) if self.demangle else raw
+
+    def _symbolize(self, mod: elf.ModuleSymbols, vaddr: int) -> Optional[tuple]:
+        """Levels ((name, file, line, inlined), ...) outermost first for
+        ``vaddr`` in ``mod``, or None if no symbol covers it."""
+        key = (id(mod), vaddr)
+        if key in self._sym_memo:
+            return self._sym_memo[key]
+        hit = mod.table.lookup(vaddr)
+        name = self._name(hit[0]) if hit else None
+        levels = None
+        if self.lines and mod.dwarf_path:
+            li = self._line_info(mod.dwarf_path)
+            dl = li.lookup(vaddr) if li is not None else None
+            if dl:
+                levels = []
+                for k, (link, plain, f, ln) in enumerate(dl):
+                    if k == 0 and name is not None:
+                        n = name
+                    elif link:
+                        n = self._name(link)
+                    else:
+                        n = plain or name or "??"
+                    levels.append((n, f, ln, k > 0))
+                levels = tuple(levels)
+        if levels is None and name is not None:
+            levels = ((name, None, None, False),)
+        self._sym_memo[key] = levels
+        return levels
+
+    # -- addresses ------------------------------------------------------------------
+    def resolve(self, pid: int, gen: int, ip: int, is_return: bool) -> Tuple[Frame, ...]:
+        """Frames (outermost first; more than one only for inlined calls) for
+        one address.  ``is_return``: ``ip`` is a return address."""
+        key = (pid, gen, ip, is_return)
+        out = self._addr_memo.get(key)
+        if out is None:
+            out = self._addr_memo[key] = self._resolve(pid, gen, ip, is_return)
+            self.stats["addresses"] += 1
+        return out
+
+    def _resolve(self, pid: int, gen: int, ip: int, is_return: bool) -> Tuple[Frame, ...]:
+        # A return address points at the instruction after the call.  If the
+        # call was the function's last instruction (a call to a noreturn
+        # function such as abort()), that is already the next function, so
+        # look up ip - 1, which is inside the call instruction.  The leaf is
+        # the interrupted instruction itself and is looked up as is.
+        look = max(ip - 1, 0) if is_return else ip
+        pm = self._perfmap(pid)
+        if pm is not None:
+            name = pm.lookup(look)
+            if name is not None:
+                return (Frame(name, "[jit]", "jit"),)
+        m, g = self._find_mapping(pid, gen, look)
+        if m is None:
+            if ip >= _KERNEL_START:
+                return (Frame(f"[kernel] {ip:#x}", "[kernel]", "kernel"),)
+            return (Frame(f"[unknown] {ip:#x}", "", "unknown"),)
+        module = m.module
+        if m.path in KERNEL_PSEUDO:
+            mod = self._vdso(m) if m.path == "[vdso]" else None
+            off = m.file_offset(look)
+            if mod is not None:
+                va = mod.vaddr(off)
+                levels = self._symbolize(mod, va) if va is not None else None
+                if levels:
+                    return tuple(Frame(n, module, "kernel") for n, _f, _l, _i in levels)
+            return (Frame(f"{module}+{m.file_offset(ip):#x}", module, "kernel"),)
+        if not m.is_file:
+            # [heap], [stack], anonymous memory, memfd: no file to read.
+            label = module or "[anon]"
+            if m.executable:
+                self.warn(label, f"{label}: executable memory without symbols "
+                                 f"(JIT code without a perf map?); frames show as {label}+0x...")
+            return (Frame(f"{label}+{m.file_offset(ip) if m.path.startswith('/memfd:') else ip - m.start:#x}",
+                          label, "unknown"),)
+        category = "program" if m.path == self._main_exe(pid, g) else "library"
+        mod = self._module(m)
+        if mod is not None:
+            va = mod.vaddr(m.file_offset(look))
+            if va is not None:
+                levels = self._symbolize(mod, va)
+                if levels:
+                    return tuple(Frame(n, module, category, f, ln, inl) for n, f, ln, inl in levels)
+                # Unresolved: show the ELF virtual address of the original
+                # ip (what objdump/addr2line -e take), not the file offset.
+                return (Frame(f"{module}+{va + (ip - look):#x}", module, category),)
+        # No usable ELF: the offset shown is the file offset of ip.
+        return (Frame(f"{module}+{m.file_offset(ip):#x}", module, category),)
+
+    def frames(self, pid: int, gen: int, ips: Sequence[int]) -> List[Frame]:
+        """Frames root first for one stack, ``ips`` leaf first (``ips[0]``
+        the interrupted instruction, the rest return addresses)."""
+        out: List[Frame] = []
+        for i in range(len(ips) - 1, -1, -1):
+            out.extend(self.resolve(pid, gen, ips[i], i > 0))
+        return out
