@@ -1,0 +1,200 @@
+"""Subcommands that read a saved profile (or folded stacks) and render it:
+``svg``, ``folded``, ``report``, ``export``, ``diff``."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional
+
+from ..errors import UsageError
+from ..processors import ProcessOptions, apply
+from . import Command, register
+
+
+def _add_metric(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metric", metavar="M",
+                        help="value to show: samples (CPU); alloc_bytes, alloc_count, leaked_bytes, "
+                             "reachable_bytes, peak_bytes (memory). Default: the profile's own")
+
+
+def _add_processors(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("transforms")
+    g.add_argument("--group-by", choices=("thread", "process"), help="a root frame per thread or process")
+    g.add_argument("--drop", metavar="REGEX", help="remove frames whose name matches (callees move up)")
+    g.add_argument("--collapse", metavar="REGEX",
+                   help="fold everything a matching frame calls into it (e.g. '^std::')")
+    g.add_argument("--max-depth", type=int, metavar="N", help="keep at most N frames from the root")
+
+
+def _processed(args: argparse.Namespace, path: str, invert: bool = False):
+    from ..render import load_any
+    profile = load_any(path)
+    options = ProcessOptions(group_by=getattr(args, "group_by", None), drop=getattr(args, "drop", None),
+                             collapse=getattr(args, "collapse", None), max_depth=getattr(args, "max_depth", None),
+                             invert=invert)
+    return apply(profile, options)
+
+
+def _add_svg_look(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--title", metavar="T", help="heading (default: Flame Graph)")
+    parser.add_argument("--width", type=int, default=1200, metavar="PX", help="image width (default 1200)")
+    parser.add_argument("--minwidth", default="0.1", metavar="PX|PCT%",
+                        help="leave out frames narrower than this many px, or this share of the total "
+                             "with a %% sign (default 0.1)")
+    parser.add_argument("--height", type=int, default=16, metavar="PX", help="frame height (default 16)")
+    parser.add_argument("--countname", metavar="WORD", help="unit word in tooltips (default: samples/bytes)")
+
+
+def _svg_options(args: argparse.Namespace, inverted: bool = False):
+    from ..render import SvgOptions
+    minwidth = args.minwidth
+    if not str(minwidth).strip().endswith("%"):
+        try:
+            minwidth = float(minwidth)
+        except ValueError:
+            raise UsageError(f"--minwidth {args.minwidth!r}: expected pixels (0.1) or a percentage (0.5%)") from None
+    if args.width < 100:
+        raise UsageError(f"--width {args.width}: must be at least 100")
+    if args.height < 4:
+        raise UsageError(f"--height {args.height}: must be at least 4")
+    return SvgOptions(title=args.title, width=args.width, minwidth=minwidth, frame_height=args.height,
+                      countname=args.countname, inverted=inverted, metric=args.metric)
+
+
+def _default_output(input_path: str, suffix: str) -> str:
+    """Where to write when -o is not given and stdout is a terminal."""
+    base = "stdin" if input_path == "-" else os.path.basename(input_path)
+    for ext in (".gz", ".ctprof", ".folded", ".txt", ".prof"):
+        if base.endswith(ext) and len(base) > len(ext):
+            base = base[:-len(ext)]
+    return base + suffix
+
+
+def _output(args: argparse.Namespace, input_path: str, suffix: str) -> str:
+    if args.output:
+        return args.output
+    if not sys.stdout.isatty():
+        return "-"
+    return _default_output(input_path, suffix)
+
+
+def _said(path: str, what: str) -> None:
+    if path != "-":
+        print(f"ctprof: wrote {what} to {path}", file=sys.stderr)
+
+
+@register
+class SvgCommand(Command):
+    name = "svg"
+    help = "interactive SVG flame graph of a profile or folded stacks"
+
+    def prepare_parser(self, parser):
+        parser.add_argument("profile", metavar="PROFILE|FOLDED", help="ctprof profile or folded stacks ('-' = stdin)")
+        parser.add_argument("-o", "--output", metavar="FILE.svg",
+                            help="output file ('-' = stdout; default: stdout when redirected, else NAME.svg)")
+        _add_metric(parser)
+        parser.add_argument("--inverted", action="store_true", help="icicle graph: leaves merged at the top")
+        _add_svg_look(parser)
+        _add_processors(parser)
+
+    def run(self, args):
+        from ..render.svg import svg_text, write_text
+        profile = _processed(args, args.profile, invert=args.inverted)
+        options = _svg_options(args, inverted=args.inverted)
+        out = _output(args, args.profile, ".svg")
+        write_text(svg_text(profile, options), out)
+        _said(out, "flame graph")
+        return 0
+
+
+@register
+class FoldedCommand(Command):
+    name = "folded"
+    help = "folded stacks (root;...;leaf COUNT), as flamegraph.pl reads them"
+
+    def prepare_parser(self, parser):
+        parser.add_argument("profile", metavar="PROFILE|FOLDED")
+        parser.add_argument("-o", "--output", metavar="FILE", default="-", help="output file (default stdout)")
+        _add_metric(parser)
+        _add_processors(parser)
+
+    def run(self, args):
+        from ..render import write_folded
+        profile = _processed(args, args.profile)
+        write_folded(profile, args.output, args.metric)
+        _said(args.output, "folded stacks")
+        return 0
+
+
+@register
+class ReportCommand(Command):
+    name = "report"
+    help = "top-N functions by self and total"
+
+    def prepare_parser(self, parser):
+        parser.add_argument("profile", metavar="PROFILE|FOLDED")
+        _add_metric(parser)
+        parser.add_argument("--top", type=int, default=10, metavar="N", help="rows per table (default 10)")
+        _add_processors(parser)
+
+    def run(self, args):
+        from ..render import top_text
+        if args.top < 1:
+            raise UsageError(f"--top {args.top}: must be at least 1")
+        profile = _processed(args, args.profile)
+        sys.stdout.write(top_text(profile, args.metric, args.top))
+        sys.stdout.flush()
+        return 0
+
+
+@register
+class ExportCommand(Command):
+    name = "export"
+    help = "write a profile for other tools: folded, speedscope JSON or pprof"
+
+    def prepare_parser(self, parser):
+        from ..render import RENDERERS
+        parser.add_argument("profile", metavar="PROFILE|FOLDED")
+        parser.add_argument("--format", required=True, choices=[n for n in RENDERERS if n != "svg"],
+                            help="folded (flamegraph.pl), speedscope (speedscope.app), pprof (go tool pprof)")
+        parser.add_argument("-o", "--output", metavar="FILE",
+                            help="output file ('-' = stdout; default: stdout when redirected, else NAME.EXT)")
+        _add_metric(parser)
+        _add_processors(parser)
+
+    def run(self, args):
+        from ..render import RENDERERS, export
+        renderer = RENDERERS[args.format]
+        profile = _processed(args, args.profile)
+        out = _output(args, args.profile, renderer.extension)
+        export(profile, out, args.format, args.metric)
+        _said(out, args.format)
+        return 0
+
+
+@register
+class DiffCommand(Command):
+    name = "diff"
+    help = "differential flame graph: red grew, blue shrank (normalised by total)"
+
+    def prepare_parser(self, parser):
+        parser.add_argument("before", metavar="BEFORE", help="profile or folded stacks")
+        parser.add_argument("after", metavar="AFTER", help="profile or folded stacks")
+        parser.add_argument("-o", "--output", metavar="FILE.svg",
+                            help="output file ('-' = stdout; default: stdout when redirected, else diff.svg)")
+        _add_metric(parser)
+        parser.add_argument("--inverted", action="store_true", help="icicle graph: leaves merged at the top")
+        _add_svg_look(parser)
+        _add_processors(parser)
+
+    def run(self, args):
+        from ..render.diff import diff_svg_text
+        from ..render.svg import write_text
+        before = _processed(args, args.before, invert=args.inverted)
+        after = _processed(args, args.after, invert=args.inverted)
+        options = _svg_options(args, inverted=args.inverted)
+        out = args.output or ("-" if not sys.stdout.isatty() else "diff.svg")
+        write_text(diff_svg_text(before, after, options), out)
+        _said(out, "differential flame graph")
+        return 0

@@ -1,0 +1,104 @@
+"""Renderers: a profile in, a file out.
+
+Library API (what ``ctprof run`` calls after a capture)::
+
+    load_any(path) -> Profile                       # ctprof profile or folded text
+    write_svg(profile, path, **options)             # options: SvgOptions fields
+    write_folded(profile, path_or_file, metric=None)
+    top_text(profile, metric=None, n=10) -> str
+    export(profile, path, format, metric=None)      # folded | speedscope | pprof | svg
+    write_diff_svg(before, after, path, **options)
+
+Every export format is a :class:`Renderer` in :data:`RENDERERS` with its file
+extension and whether its output is binary, so the command line needs no
+if/elif chain.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import IO, Callable, Dict, Optional, Union
+
+from ..errors import UsageError
+from ..profile import Profile
+from .diff import diff_svg_text, write_diff_svg
+from .folded import folded_lines, parse_folded, write_folded
+from .pprof import pprof_gzip
+from .speedscope import speedscope_json
+from .svg import SvgOptions, svg_text, write_svg
+from .top import top_text
+
+__all__ = ["load_any", "write_svg", "write_folded", "top_text", "export", "write_diff_svg",
+           "SvgOptions", "RENDERERS", "Renderer", "parse_folded", "svg_text", "diff_svg_text"]
+
+
+def load_any(path: str) -> Profile:
+    """Load a ctprof profile file or a folded-stacks text file (``-`` reads
+    folded text from stdin).  Raises :class:`~ctprof.errors.FormatError`
+    for a malformed or binary file, :class:`~ctprof.errors.UsageError` for a
+    missing one."""
+    from .. import session
+    import os
+    if path != "-":
+        if not os.path.exists(path):
+            raise UsageError(f"{path}: no such file")
+        if os.path.isdir(path):
+            raise UsageError(f"{path}: is a directory, not a profile")
+        if session.is_profile_file(path):
+            profile, _ = session.load(path)
+            return profile
+    return parse_folded(path)
+
+
+@dataclass(frozen=True)
+class Renderer:
+    """One output format: ``render(profile, metric) -> str | bytes``."""
+
+    name: str
+    extension: str
+    binary: bool
+    render: Callable[[Profile, Optional[str]], Union[str, bytes]]
+    help: str
+
+
+def _folded_text(profile: Profile, metric: Optional[str]) -> str:
+    return "".join(line + "\n" for line in folded_lines(profile, metric))
+
+
+def _svg(profile: Profile, metric: Optional[str]) -> str:
+    return svg_text(profile, SvgOptions(metric=metric))
+
+
+RENDERERS: Dict[str, Renderer] = {r.name: r for r in (
+    Renderer("folded", ".folded", False, _folded_text, "folded stacks (flamegraph.pl, inferno, speedscope)"),
+    Renderer("speedscope", ".speedscope.json", False,
+             lambda p, m: speedscope_json(p, m) + "\n", "speedscope JSON, sampled profile"),
+    Renderer("pprof", ".pb.gz", True, pprof_gzip, "gzipped profile.proto (go tool pprof, Pyroscope, Parca)"),
+    Renderer("svg", ".svg", False, _svg, "interactive SVG flame graph"),
+)}
+
+
+def export(profile: Profile, path: Union[str, IO], format: str, metric: Optional[str] = None) -> None:
+    """Write ``profile`` in ``format`` (a key of :data:`RENDERERS`) to
+    ``path`` (``-`` is stdout, or an open file of the right mode)."""
+    renderer = RENDERERS.get(format)
+    if renderer is None:
+        raise UsageError(f"unknown format {format!r} (choose from {', '.join(RENDERERS)})")
+    data = renderer.render(profile, metric)
+    if not isinstance(path, str):
+        path.write(data)
+        return
+    if path == "-":
+        if renderer.binary:
+            sys.stdout.buffer.write(data)  # type: ignore[arg-type]
+            sys.stdout.buffer.flush()
+        else:
+            sys.stdout.write(data)  # type: ignore[arg-type]
+            sys.stdout.flush()
+        return
+    if renderer.binary:
+        with open(path, "wb") as out:
+            out.write(data)  # type: ignore[arg-type]
+    else:
+        with open(path, "w", encoding="utf-8", newline="\n") as out:
+            out.write(data)  # type: ignore[arg-type]

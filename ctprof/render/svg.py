@@ -1,0 +1,262 @@
+"""The SVG flame graph, written by hand: one standalone SVG 1.1 file.
+
+Layout (:mod:`.layout`) decides where boxes go; this module only turns boxes
+into markup.  Each frame is ``<g><title>NAME (N unit, P%)</title><rect/>
+[<text/>]</g>`` inside ``<g id="frames">``; the embedded script
+(:mod:`.script`) reads those back for zoom, search and details, so names
+appear in the file only as escaped XML text.  A label is written only when at
+least three characters fit; the script adds labels as zooming widens boxes.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, replace
+from typing import IO, Callable, Dict, List, Optional, Tuple, Union
+
+from ..errors import UsageError
+from ..profile import Frame, Profile
+from . import palette
+from .layout import Box, Layout, layout
+from .script import SCRIPT
+
+
+@dataclass(frozen=True)
+class SvgOptions:
+    """How the graph looks.  Defaults follow flamegraph.pl.
+
+    ``title``: heading (default "Flame Graph", "Icicle Graph" when inverted).
+    ``width``: image width in px (1200).  ``minwidth``: boxes narrower than
+    this many px are left out (0.1), or a share of the total as a string
+    ending in ``%`` (``"0.5%"``).  ``frame_height``: px per level (16).
+    ``font_size`` (12) and ``font_width`` (0.59, average glyph width as a
+    fraction of the size, used to truncate names).  ``countname``: the word
+    for the unit ("samples", "bytes"; default from the profile).
+    ``inverted``: icicle, root at the top (stacks must already be reversed,
+    see :func:`ctprof.processors.invert`).  ``metric``: value column
+    (default: the profile's default).  ``memory``: use the memory palette
+    (default: decided from the profile).  ``notes``: extra text for the
+    subtitle line.
+    """
+
+    title: Optional[str] = None
+    width: int = 1200
+    minwidth: Union[float, str] = 0.1
+    frame_height: int = 16
+    font_size: int = 12
+    font_width: float = 0.59
+    font_family: str = "Verdana, sans-serif"
+    countname: Optional[str] = None
+    inverted: bool = False
+    metric: Optional[str] = None
+    memory: Optional[bool] = None
+    notes: str = ""
+
+
+PAD = 10
+TOP = 58          # title, subtitle, buttons
+BOTTOM = 34       # details and "Matched:" line
+
+_INVALID_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_escape(text: str) -> str:
+    """Escape for XML text and attribute values; characters XML cannot hold
+    at all (NUL, most control characters, lone surrogates) become U+FFFD."""
+    if _INVALID_XML.search(text):
+        text = _INVALID_XML.sub("\ufffd", text)
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&quot;").replace("'", "&#39;"))
+
+
+def script_json(value) -> str:
+    """JSON safe to put inside a CDATA section or a script element."""
+    return (json.dumps(value, ensure_ascii=True).replace("<", "\\u003c").replace(">", "\\u003e")
+            .replace("&", "\\u0026"))
+
+
+def is_memory(profile: Profile, metric: Optional[str] = None) -> bool:
+    if profile.metadata.get("kind") == "memory":
+        return True
+    metric = metric or (profile.default_metric() if profile.values else "")
+    return metric.endswith("bytes") or metric.endswith("count") or profile.unit(metric) in ("bytes", "allocations")
+
+
+def min_value_for(options: SvgOptions, total: int) -> float:
+    """The ``minwidth`` option in value units."""
+    mw = options.minwidth
+    try:
+        if isinstance(mw, str) and mw.strip().endswith("%"):
+            share = float(mw.strip()[:-1]) / 100.0
+            return share * total
+        px = float(mw)
+    except ValueError:
+        raise UsageError(f"--minwidth {mw!r}: expected pixels (0.1) or a percentage (0.5%)") from None
+    if px < 0:
+        raise UsageError("--minwidth must not be negative")
+    return px * total / max(1, options.width - 2 * PAD)
+
+
+def fit_label(name: str, width_px: float, options: SvgOptions) -> str:
+    """``name`` truncated with ``..`` to fit ``width_px`` (empty if fewer
+    than three characters fit).  The script uses the same rule."""
+    chars = int((width_px - 6) // (options.font_size * options.font_width))
+    if chars < 3:
+        return ""
+    if len(name) <= chars:
+        return name
+    return name[:chars - 2] + ".."
+
+
+def _header(out: List[str], options: SvgOptions, height: int, title: str, subtitle: str) -> None:
+    w = options.width
+    out.append('<?xml version="1.0" standalone="no"?>\n'
+               '<!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 1.1//EN" "http://www.w3.org/Graphics/SVG/1.1/DTD/svg11.dtd">\n')
+    out.append(f'<svg version="1.1" width="{w}" height="{height}" viewBox="0 0 {w} {height}" '
+               f'xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink">\n')
+    out.append('<defs><linearGradient id="background" x1="0" y1="0" x2="0" y2="1">'
+               '<stop stop-color="#eeeeee" offset="5%"/><stop stop-color="#eeeeb0" offset="95%"/>'
+               '</linearGradient></defs>\n')
+    family = re.sub(r"[^A-Za-z0-9 ,_-]", "", options.font_family) or "sans-serif"
+    out.append('<style type="text/css"><![CDATA[\n'
+               f'text {{ font-family: {family}; font-size: {options.font_size}px; fill: #000000; }}\n'
+               '#title { text-anchor: middle; font-size: 17px; }\n'
+               '#subtitle { text-anchor: middle; fill: #444444; }\n'
+               '#nosamples { text-anchor: middle; font-size: 15px; fill: #444444; }\n'
+               '#search, #matched { text-anchor: end; }\n'
+               '#search, #unzoom { cursor: pointer; }\n'
+               '#frames > g { cursor: pointer; }\n'
+               '#frames > g:hover > rect { stroke: #000000; stroke-width: 0.5; }\n'
+               '.hide { display: none; }\n'
+               '.parent { opacity: 0.5; }\n'
+               ']]></style>\n')
+    out.append(f'<rect x="0" y="0" width="{w}" height="{height}" fill="url(#background)"/>\n')
+    out.append(f'<text id="title" x="{w / 2:g}" y="24">{xml_escape(title)}</text>\n')
+    out.append(f'<text id="subtitle" x="{w / 2:g}" y="44">{xml_escape(subtitle)}</text>\n')
+    out.append(f'<text id="unzoom" class="hide" x="{PAD}" y="24">Reset Zoom</text>\n')
+    out.append(f'<text id="search" x="{w - PAD}" y="24">Search</text>\n')
+    out.append(f'<text id="details" x="{PAD}" y="{height - 12}"> </text>\n')
+    out.append(f'<text id="matched" x="{w - PAD}" y="{height - 12}"> </text>\n')
+
+
+def _footer(out: List[str], options: SvgOptions, unit: str) -> None:
+    config = {"width": options.width, "pad": PAD, "frameHeight": options.frame_height,
+              "fontSize": options.font_size, "fontWidth": options.font_width,
+              "inverted": bool(options.inverted), "unit": unit, "highlight": palette.HIGHLIGHT}
+    script = SCRIPT.replace("CTPROF_CONFIG", script_json(config))
+    out.append('<script type="text/ecmascript"><![CDATA[\n')
+    out.append(script)
+    out.append(']]></script>\n</svg>\n')
+
+
+def render(profile: Profile, lay: Layout, options: SvgOptions, unit: str, subtitle: str,
+           colour: Callable[[Box], str], describe: Callable[[Box, str], str]) -> str:
+    """Markup for a laid-out profile.  ``colour(box)`` gives the fill,
+    ``describe(box, name)`` the title text (must be ``NAME (N ...)``)."""
+    title = options.title or ("Icicle Graph" if options.inverted else "Flame Graph")
+    fh = options.frame_height
+    out: List[str] = []
+    if lay.total <= 0 or not lay.boxes:
+        height = TOP + BOTTOM + 3 * fh
+        _header(out, options, height, title, subtitle)
+        out.append(f'<text id="nosamples" x="{options.width / 2:g}" y="{TOP + 2 * fh}">no samples</text>\n')
+        out.append('<g id="frames">\n</g>\n')
+        _footer(out, options, unit)
+        return "".join(out)
+    levels = lay.max_depth + 1
+    height = TOP + levels * fh + BOTTOM
+    _header(out, options, height, title, subtitle)
+    out.append('<g id="frames">\n')
+    scale = (options.width - 2 * PAD) / lay.total
+    frames = profile.frames
+    names: Dict[int, str] = {}
+    inverted = options.inverted
+    base = height - BOTTOM - fh
+    append = out.append
+    # root first, then by depth and position: a stable, readable order
+    for box in sorted(lay.boxes, key=lambda b: (b.depth, b.start)):
+        name = "all" if box.frame < 0 else frames[box.frame].name
+        x = PAD + box.start * scale
+        w = box.value * scale
+        y = TOP + box.depth * fh if inverted else base - box.depth * fh
+        esc_title = xml_escape(describe(box, name))
+        label = fit_label(name, w, options)
+        text = f'<text x="{x + 3:.2f}" y="{y + fh - 4}">{xml_escape(label)}</text>' if label else ""
+        append(f'<g><title>{esc_title}</title><rect x="{x:.3f}" y="{y}" width="{w:.3f}" '
+               f'height="{fh - 1}" fill="{colour(box)}"/>{text}</g>\n')
+    out.append('</g>\n')
+    _footer(out, options, unit)
+    return "".join(out)
+
+
+def _percent(value: int, total: int) -> str:
+    return f"{100.0 * value / total:.2f}%" if total else "0%"
+
+
+def subtitle_for(total: int, unit: str, metric: str, options: SvgOptions, extra: str = "") -> str:
+    what = f"{total:,} {unit}" + (f" of {metric}" if metric not in (unit, "samples") else "")
+    text = f"Width is each frame's share of {what}, not time; frames sorted by name within each level"
+    if options.inverted:
+        text += "; inverted: leaf functions at the top, callers below"
+    if extra:
+        text += "; " + extra
+    if options.notes:
+        text += "; " + options.notes
+    return text
+
+
+def svg_text(profile: Profile, options: SvgOptions = SvgOptions()) -> str:
+    """The flame graph of ``profile`` as SVG markup."""
+    metric = options.metric or profile.default_metric()
+    if profile.values:
+        profile.column(metric)  # raises UsageError for an unknown metric
+        total = profile.total(metric)
+    else:
+        total = 0
+    unit = options.countname or profile.unit(metric)
+    lay = layout(profile, metric, min_value_for(options, total)) if total > 0 else Layout()
+    memory = is_memory(profile, metric) if options.memory is None else options.memory
+    frames = profile.frames
+    colours: Dict[int, str] = {}
+
+    def colour(box: Box) -> str:
+        c = colours.get(box.frame)
+        if c is None:
+            if box.frame < 0:
+                c = palette.frame_colour(Frame("all"), memory, root=True)
+            else:
+                c = palette.frame_colour(frames[box.frame], memory)
+            colours[box.frame] = c
+        return c
+
+    def describe(box: Box, name: str) -> str:
+        return f"{name} ({box.value:,} {unit}, {_percent(box.value, lay.total)})"
+
+    extra = ""
+    if lay.pruned:
+        extra = f"{lay.pruned:,} frames narrower than {options.minwidth}{'' if str(options.minwidth).endswith('%') else ' px'} not drawn"
+    return render(profile, lay, options, unit, subtitle_for(total, unit, metric, options, extra), colour, describe)
+
+
+def write_svg(profile: Profile, path: Union[str, IO[str]], options: Optional[SvgOptions] = None, **kwargs) -> None:
+    """Write the flame graph of ``profile`` to ``path`` (``-`` is stdout, or
+    an open text file).  Keyword arguments override fields of
+    :class:`SvgOptions` (``title=``, ``inverted=``, ``minwidth=`` ...).
+    ``inverted=True`` also reverses the stacks."""
+    options = replace(options or SvgOptions(), **kwargs)
+    if options.inverted and not profile.metadata.get("inverted"):
+        from ..processors import invert
+        profile = invert(profile)
+    write_text(svg_text(profile, options), path)
+
+
+def write_text(text: str, path: Union[str, IO[str]]) -> None:
+    import sys
+    if not isinstance(path, str):
+        path.write(text)
+    elif path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        with open(path, "w", encoding="utf-8", newline="\n") as out:
+            out.write(text)
