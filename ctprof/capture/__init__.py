@@ -1,0 +1,1 @@
+"""Capture: build the shim, launch the target under it, read the ring."""

@@ -1,0 +1,90 @@
+"""Compile the C shim at first use and cache it per user.
+
+The library is keyed by a hash of its sources, the compiler (path and
+version) and the flags, so editing a source or switching compilers builds a
+new one and never reuses a stale one.  It is built under a temporary name
+and renamed into place, so two first runs at once never see half a file.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from typing import List, Optional
+
+from ..cache import cache_dir
+from ..errors import BuildError
+
+# ctprof/_shim is a symlink to the top-level shim/ in the source tree; an
+# installed package carries the files themselves there as package data.
+SHIM_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_shim")
+CFLAGS = ["-O2", "-g", "-fPIC", "-shared", "-pthread", "-fvisibility=hidden",
+          "-ftls-model=initial-exec", "-fno-omit-frame-pointer", "-Wall"]
+LIBS = ["-ldl"]
+
+
+def shim_sources() -> List[str]:
+    try:
+        names = sorted(n for n in os.listdir(SHIM_DIR) if n.endswith((".c", ".h")))
+    except OSError:
+        names = []
+    if not any(n.endswith(".c") for n in names):
+        raise BuildError(f"shim sources not found in {SHIM_DIR}; the installation is incomplete")
+    return [os.path.join(SHIM_DIR, n) for n in names]
+
+
+def find_compiler() -> str:
+    """``$CC`` else ``cc``; a clear error if neither exists."""
+    cc = os.environ.get("CC") or "cc"
+    path = shutil.which(cc.split()[0]) if cc.split() else None
+    if not path:
+        raise BuildError(f"no C compiler found ('{cc}'): ctprof compiles a small shim at first use; "
+                         f"install one (Debian/Ubuntu: apt-get install gcc) or set CC")
+    return path
+
+
+def _compiler_identity(cc: str) -> str:
+    try:
+        out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+        return out.stdout.splitlines()[0] if out.stdout else ""
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def shim_key(cc: str, sources: List[str]) -> str:
+    h = hashlib.sha256()
+    for path in sources:
+        h.update(os.path.basename(path).encode() + b"\0")
+        with open(path, "rb") as f:
+            h.update(f.read())
+    h.update(cc.encode() + b"\0" + _compiler_identity(cc).encode() + b"\0")
+    h.update(" ".join(CFLAGS + LIBS).encode())
+    return h.hexdigest()[:20]
+
+
+def shim_path(cc: Optional[str] = None) -> str:
+    """Path of the compiled shim, building it if needed."""
+    sources = shim_sources()
+    cc = cc or find_compiler()
+    key = shim_key(cc, sources)
+    directory = cache_dir("shim")
+    target = os.path.join(directory, f"libctprof-{key}.so")
+    if os.path.exists(target):
+        return target
+    tmp = f"{target}.build.{os.getpid()}"
+    cmd = [cc] + CFLAGS + ["-o", tmp] + [s for s in sources if s.endswith(".c")] + LIBS
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except OSError as err:
+        raise BuildError(f"cannot run the C compiler {cc}: {err.strerror}") from None
+    if proc.returncode != 0:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        first = next((l for l in proc.stderr.splitlines() if "error" in l), proc.stderr.strip()[:300])
+        raise BuildError(f"compiling the shim with {cc} failed: {first}")
+    os.chmod(tmp, 0o700)
+    os.replace(tmp, target)  # atomic: a concurrent build just replaces an identical file
+    return target

@@ -1,0 +1,146 @@
+"""Read the shared ring files the shim writes (layout: shim/ctprof.h).
+
+The controller maps each ``<pid>.ring`` file and calls the shim's
+``ctprof_ring_drain`` through ctypes: one call copies many committed records
+into one buffer (and frees their space for the writers), which is then
+decoded here with ``struct`` and ``memoryview.cast``.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+MAGIC = 0x46525443
+RING_VERSION = 1
+HEADER_SIZE = 4096
+HEADER = struct.Struct("<IIIIQQQQQQQQQIIIIIIII1024s")
+HEADER_FIELDS = ("magic", "version", "pid", "ppid", "data_size", "write_pos", "read_pos",
+                 "samples", "dropped", "handler_ns", "start_ns", "end_ns", "proc_start_ticks",
+                 "maps_gen", "timer_kind", "notes", "signo", "hz", "max_depth", "exec_count",
+                 "maps_next", "exe")
+REC_HEADER = struct.Struct("<IHH")
+REC_SAMPLE = 1
+REC_THREAD = 2
+SAMPLE_TRUNCATED = 1
+SAMPLE_BODY = struct.Struct("<IIIIQQ")       # tid, nips, gen, pad, time_ns, cpu_ns
+THREAD_BODY = struct.Struct("<IIQ16s")        # tid, pad, cpu_ns, name
+THREAD_EXIT = 1
+
+TIMER_NAMES = {0: "none", 1: "perf_event task-clock", 2: "timer_create thread CPU clock", 3: "ITIMER_PROF"}
+NOTES = {
+    1: "the program installed its own SIGPROF handler",
+    2: "the program armed its own ITIMER_PROF timer",
+    4: "the program installed a handler for ctprof's sampling signal; ctprof kept its handler and forwards other signals to the program's",
+    8: "perf_event_open was refused (see /proc/sys/kernel/perf_event_paranoid); fell back to a tick-driven timer",
+    16: "no sampling timer could be armed",
+}
+
+
+@dataclass
+class ThreadStats:
+    samples: int = 0
+    cpu_ns: int = 0          # last known CPU time of the thread
+    name: str = ""
+
+
+@dataclass
+class ProcessCapture:
+    """Everything decoded so far from one process's ring."""
+
+    pid: int
+    path: str
+    header: Dict[str, object] = field(default_factory=dict)
+    stacks: Dict[Tuple[int, int, Tuple[int, ...], bool], int] = field(default_factory=dict)
+    threads: Dict[int, ThreadStats] = field(default_factory=dict)
+    last_time_ns: int = 0
+
+
+class RingFile:
+    """One mapped ring file and the records drained from it."""
+
+    def __init__(self, path: str, drain_fn) -> None:
+        self.path = path
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            self.map = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        self._anchor = ctypes.c_char.from_buffer(self.map)
+        self.address = ctypes.addressof(self._anchor)
+        self._drain = drain_fn
+        self.capture = ProcessCapture(pid=0, path=path)
+
+    def header(self) -> Dict[str, object]:
+        values = HEADER.unpack_from(self.map, 0)
+        data = dict(zip(HEADER_FIELDS, values))
+        data["exe"] = data["exe"].split(b"\0", 1)[0].decode("utf-8", "replace")
+        return data
+
+    def ready(self) -> bool:
+        return struct.unpack_from("<I", self.map, 0)[0] == MAGIC
+
+    def drain(self, buffer: bytearray, buffer_address: int) -> int:
+        """Decode every committed record; returns the number of bytes read."""
+        total = 0
+        while True:
+            n = self._drain(self.address, buffer_address, len(buffer))
+            if not n:
+                return total
+            decode_records(memoryview(buffer)[:n], self.capture)
+            total += n
+
+    def close(self) -> None:
+        del self._anchor
+        self.map.close()
+
+
+def decode_records(buf: memoryview, cap: ProcessCapture) -> None:
+    """Fold a buffer of records into ``cap`` (stacks counted, threads noted)."""
+    off = 0
+    end = len(buf)
+    stacks = cap.stacks
+    threads = cap.threads
+    while off + 8 <= end:
+        size, rtype, flags = REC_HEADER.unpack_from(buf, off)
+        if size < 8 or off + size > end:
+            break
+        if rtype == REC_SAMPLE:
+            tid, nips, gen, _pad, time_ns, cpu_ns = SAMPLE_BODY.unpack_from(buf, off + 8)
+            start = off + 8 + SAMPLE_BODY.size
+            ips = tuple(buf[start:start + 8 * nips].cast("Q"))
+            key = (tid, gen, ips, bool(flags & SAMPLE_TRUNCATED))
+            stacks[key] = stacks.get(key, 0) + 1
+            t = threads.get(tid)
+            if t is None:
+                t = threads[tid] = ThreadStats()
+            t.samples += 1
+            if cpu_ns > t.cpu_ns:
+                t.cpu_ns = cpu_ns
+            if time_ns > cap.last_time_ns:
+                cap.last_time_ns = time_ns
+        elif rtype == REC_THREAD:
+            tid, _pad, cpu_ns, name = THREAD_BODY.unpack_from(buf, off + 8)
+            t = threads.get(tid)
+            if t is None:
+                t = threads[tid] = ThreadStats()
+            t.name = name.split(b"\0", 1)[0].decode("utf-8", "replace")
+            if cpu_ns > t.cpu_ns:
+                t.cpu_ns = cpu_ns
+        off += size
+
+
+def load_drain(shim: str):
+    """The ``ctprof_ring_drain`` function of the compiled shim."""
+    lib = ctypes.CDLL(shim)
+    fn = lib.ctprof_ring_drain
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    fn.restype = ctypes.c_size_t
+    return fn
+
+
+def buffer_address(buffer: bytearray) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))

@@ -1,0 +1,167 @@
+/* ctprof shim: shared definitions and the safety contract of every function.
+ *
+ * Data flow: timer signal -> sampler.c handler -> unwind.c -> ring.c (shared
+ * memory) -> controller (python -m ctprof) reads the ring.  preload.c holds
+ * the process-level plumbing (constructor, threads, fork, dlopen, signal
+ * conflicts) and only forwards to the other files.
+ *
+ * "AS-safe" below means async-signal-safe: callable from the sampling signal
+ * handler (no malloc, no stdio, no locks; only syscalls and plain memory).
+ */
+#ifndef CTPROF_H
+#define CTPROF_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <signal.h>
+
+#define CTPROF_API __attribute__((visibility("default")))
+#define CTPROF_TLS __attribute__((tls_model("initial-exec")))
+
+/* ---- the shared ring file: <session>/<pid>.ring -------------------------
+ * One 4096-byte header page, then `data_size` bytes of ring (a power of two).
+ * Keep in sync with ctprof/capture/ring.py (FORMAT_VERSION there). */
+#define CTPROF_MAGIC 0x46525443u /* "CTRF" */
+#define CTPROF_RING_VERSION 1
+#define CTPROF_HEADER_SIZE 4096
+
+enum ctprof_timer_kind { TIMER_NONE = 0, TIMER_PERF = 1, TIMER_POSIX = 2, TIMER_ITIMER = 3 };
+
+/* Notes the controller reports once (bits of ring_header.notes). */
+enum {
+    NOTE_TARGET_SIGPROF = 1u << 0,   /* target installed a SIGPROF handler */
+    NOTE_TARGET_ITIMER = 1u << 1,    /* target armed ITIMER_PROF itself */
+    NOTE_TARGET_OUR_SIGNAL = 1u << 2,/* target claimed the signal we sample with: chained */
+    NOTE_PERF_FAILED = 1u << 3,      /* perf_event_open refused: fell back */
+    NOTE_TIMER_FAILED = 1u << 4,     /* no timer could be armed at all */
+};
+
+struct ring_header {
+    uint32_t magic, version;
+    uint32_t pid, ppid;
+    uint64_t data_size;
+    uint64_t write_pos;       /* bytes reserved by writers (atomic, monotonic) */
+    uint64_t read_pos;        /* bytes consumed by the controller (atomic) */
+    uint64_t samples;         /* sample records committed (atomic) */
+    uint64_t dropped;         /* samples lost because the ring was full (atomic) */
+    uint64_t handler_ns;      /* time spent inside the handler (atomic) */
+    uint64_t start_ns;        /* CLOCK_MONOTONIC at constructor */
+    uint64_t end_ns;          /* CLOCK_MONOTONIC at normal exit, 0 otherwise */
+    uint64_t proc_start_ticks;/* /proc/self/stat starttime: same across exec */
+    uint32_t maps_gen;        /* generation of the newest maps snapshot (atomic) */
+    uint32_t timer_kind;      /* enum ctprof_timer_kind */
+    uint32_t notes;           /* NOTE_* bits (atomic or) */
+    uint32_t signo;           /* signal used for sampling */
+    uint32_t hz;              /* requested rate */
+    uint32_t max_depth;
+    uint32_t exec_count;      /* images that wrote into this ring (exec) */
+    uint32_t maps_next;       /* next maps generation to hand out (atomic) */
+    char exe[1024];           /* /proc/self/exe of the newest image */
+};
+
+/* ---- records ------------------------------------------------------------
+ * Every record starts with this 8-byte header and is 8-byte aligned.
+ * `size` (total bytes, header included) is stored last, with release order:
+ * size == 0 means "reserved, not yet committed". */
+struct rec_header {
+    uint32_t size;
+    uint16_t type;
+    uint16_t flags;
+};
+
+enum { REC_SAMPLE = 1, REC_THREAD = 2 };
+enum { SAMPLE_TRUNCATED = 1 };
+enum { THREAD_START = 0, THREAD_EXIT = 1 };
+
+struct rec_sample {           /* followed by nips uint64_t, leaf first */
+    struct rec_header h;
+    uint32_t tid;
+    uint32_t nips;
+    uint32_t gen;             /* maps generation current at the sample */
+    uint32_t pad;
+    uint64_t time_ns;         /* CLOCK_MONOTONIC */
+    uint64_t cpu_ns;          /* CLOCK_THREAD_CPUTIME_ID of the thread */
+};
+
+struct rec_thread {
+    struct rec_header h;      /* flags: THREAD_START or THREAD_EXIT */
+    uint32_t tid;
+    uint32_t pad;
+    uint64_t cpu_ns;
+    char name[16];
+};
+
+/* ---- ring.c ---------------------------------------------------------------*/
+struct ring {
+    struct ring_header *hdr;
+    unsigned char *data;      /* mapped twice back to back: writes never wrap */
+};
+
+/* Create or reopen (after exec) the ring file of this process.  Not AS-safe
+ * in spirit (file creation) but uses only syscalls, so it is safe in a fork
+ * child.  Returns 0 on success. */
+int ring_open(struct ring *r, const char *dir, uint64_t data_size, int *reused);
+/* Reserve `size` bytes (multiple of 8).  AS-safe, lock-free, never blocks:
+ * NULL and `dropped` counted when full. */
+void *ring_reserve(struct ring *r, uint32_t size);
+/* Publish a reserved record.  AS-safe. */
+void ring_commit(void *rec, uint32_t size);
+/* Controller side (called through ctypes): copy committed records from a
+ * mapped ring file into `out`, mark them consumed.  Returns bytes copied. */
+CTPROF_API size_t ctprof_ring_drain(void *file_base, void *out, size_t cap);
+
+/* ---- unwind.c -------------------------------------------------------------*/
+enum unwind_mode { UNWIND_AUTO = 0, UNWIND_FP = 1, UNWIND_DWARF = 2 };
+
+struct stack_bounds { uintptr_t lo, hi; };
+
+/* Load and warm up libgcc's unwinder outside any handler.  Not AS-safe. */
+void unwind_init(void);
+/* Fill ips[] (leaf first) from the interrupted context `uc`.  AS-safe.
+ * Returns the frame count; *truncated set if the stack was deeper than max. */
+int unwind_stack(enum unwind_mode mode, void *uc, const struct stack_bounds *b,
+                 uint64_t *ips, int max, int *truncated);
+
+/* ---- sampler.c ------------------------------------------------------------*/
+struct sampler_config {
+    unsigned hz;
+    int signo;                /* sampling signal for perf/posix timers */
+    int forced_timer;         /* 0 = best available, else enum timer kind */
+    enum unwind_mode unwind;
+    int max_depth;
+};
+
+/* Install the handler and remember the config.  Not AS-safe. */
+int sampler_install(struct ring *r, const struct sampler_config *c);
+/* Arm the CPU-time timer of the calling thread.  Not AS-safe (may malloc
+ * nothing, but calls pthread functions).  Idempotent. */
+void sampler_thread_start(void);
+/* Disarm the calling thread's timer and emit its exit record. */
+void sampler_thread_stop(void);
+/* In a fork child: forget the parent's threads and switch to ring `r`. */
+void sampler_after_fork(struct ring *r);
+/* Emit a THREAD record for the calling thread (name, cpu time). */
+void sampler_thread_record(int what);
+/* Is this signal/siginfo one of our timer's?  AS-safe. */
+int sampler_owns(int sig, const siginfo_t *si);
+/* Called by preload.c when the target claims our signal. */
+void sampler_chain(const struct sigaction *act, struct sigaction *old);
+/* Signal currently used for sampling (SIGPROF for the itimer fallback). */
+int sampler_signal(void);
+int sampler_active(void);
+/* The C library's sigaction, bypassing our own interposer. */
+int real_sigaction(int sig, const struct sigaction *act, struct sigaction *old);
+
+/* ---- maps.c ---------------------------------------------------------------*/
+/* Copy /proc/self/maps into <dir>/<pid>.maps.<gen> and publish `gen` in the
+ * ring header.  Only syscalls; not called from the handler. */
+void maps_snapshot(struct ring *r, const char *dir);
+
+/* ---- small helpers (util.c) ------------------------------------------------*/
+uint64_t now_ns(void);                    /* CLOCK_MONOTONIC, AS-safe */
+uint64_t thread_cpu_ns(void);             /* AS-safe */
+int ctprof_gettid(void);                  /* AS-safe */
+size_t fmt_u64(char *out, uint64_t v);    /* AS-safe decimal formatting */
+void path_join3(char *out, size_t cap, const char *a, const char *b, const char *c);
+
+#endif
