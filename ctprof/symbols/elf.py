@@ -238,11 +238,12 @@ class SymbolTable:
 
 
 def _name_rank(bind: int, name: bytes) -> tuple:
-    """Which of several names at one address to show: global before weak
-    before local, fewer leading underscores (``malloc`` over ``__libc_malloc``),
-    then shorter."""
+    """Which of several names at one address to show: fewest leading
+    underscores (the public ``getpid``, a weak alias, over the global
+    ``__getpid``; ``malloc`` over ``__libc_malloc``), then global before weak
+    before local, then shorter."""
     brank = 0 if bind == STB_GLOBAL else 1 if bind == STB_WEAK else 2
-    return (brank, len(name) - len(name.lstrip(b"_")), len(name), name)
+    return (len(name) - len(name.lstrip(b"_")), brank, len(name), name)
 
 
 def read_symbols(data, info: ElfFile, section: Section) -> List[Tuple[int, int, int, bytes, int]]:
