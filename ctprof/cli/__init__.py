@@ -34,6 +34,14 @@ class Command:
 REGISTRY: Dict[str, Command] = {}
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def register(command_class):
     """Class decorator adding a command to the registry."""
     REGISTRY[command_class.name] = command_class()
@@ -43,7 +51,7 @@ def register(command_class):
 def build_parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         importlib.import_module(module)
-    parser = argparse.ArgumentParser(prog="ctprof", description="Sampling CPU and heap profiler for native programs.")
+    parser = ArgumentParser(prog="ctprof", description="Sampling CPU and heap profiler for native programs.")
     from .. import __version__
     parser.add_argument("--version", action="version", version=f"ctprof {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

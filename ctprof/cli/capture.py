@@ -1,0 +1,132 @@
+"""``ctprof run``: profile a program from start to end."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import List, Optional
+
+from . import Command, register
+from ..capture.launch import CaptureOptions, run_program
+from ..capture.stats import overhead_lines, run_metadata, select_threads
+from ..errors import UsageError
+from ..profile import Profile
+from ..session import Session, save
+
+MIN_HZ, MAX_HZ, WARN_HZ = 10.0, 100000.0, 1000.0
+
+
+def parse_hz(text: str) -> float:
+    try:
+        hz = float(text)
+    except ValueError:
+        raise UsageError(f"--hz must be a number of samples per second, not {text!r}") from None
+    if hz != hz or hz <= 0:
+        raise UsageError(f"--hz must be positive, not {text}")
+    if hz < MIN_HZ or hz > MAX_HZ:
+        raise UsageError(f"--hz {text} is out of range ({MIN_HZ:g} to {MAX_HZ:g} Hz)")
+    return hz
+
+
+def say(message: str) -> None:
+    print(f"ctprof: {message}", file=sys.stderr)
+
+
+def default_output_name(argv: List[str]) -> str:
+    """``ctprof-PROGRAM-YYYYmmdd-HHMMSS.ctprof`` in the current directory,
+    never an existing file."""
+    stem = os.path.basename(argv[0]) if argv else "profile"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"ctprof-{stem}-{stamp}.ctprof"
+    n = 1
+    while os.path.lexists(name):
+        n += 1
+        name = f"ctprof-{stem}-{stamp}-{n}.ctprof"
+    return name
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", metavar="PROFILE",
+                        help="where to save the profile (default: ctprof-PROGRAM-DATE.ctprof here)")
+    parser.add_argument("--svg", metavar="FILE", help="also write a flame graph")
+    parser.add_argument("--folded", metavar="FILE", help="also write folded stacks")
+    parser.add_argument("--top", type=int, default=10, metavar="N", help="functions in the summary (default 10)")
+    parser.add_argument("--threads", metavar="SPEC",
+                        help="keep only these threads: ids, name globs or 'main', comma-separated")
+    parser.add_argument("--group-by", choices=("thread", "process"),
+                        help="a root frame per thread or process in the flame graph and folded output")
+    parser.add_argument("--no-demangle", action="store_true", help="keep raw C++/Rust symbol names")
+    parser.add_argument("--lines", action="store_true", help="resolve source files and lines (DWARF), slower")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only where the files went")
+
+
+def add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hz", default="99", help="samples per CPU-second per thread (default 99)")
+    parser.add_argument("--unwind", choices=("auto", "fp", "dwarf"), default="auto",
+                        help="stack unwinding: auto (DWARF, frame pointers as fallback), fp, dwarf")
+    parser.add_argument("--max-depth", type=int, default=128, metavar="N",
+                        help="frames kept per sample, leaf end first (default 128)")
+    parser.add_argument("--timer", choices=("perf", "posix", "itimer"), help=argparse.SUPPRESS)
+
+
+def finish_capture(session: Session, args: argparse.Namespace) -> Profile:
+    """Resolve, save and summarise a captured session (shared by run/attach)."""
+    from ..symbols import resolve_session
+    from ..render import top_text, write_folded, write_svg
+
+    profile = resolve_session(session, demangle=not args.no_demangle, lines=args.lines)
+    profile.metadata.update(run_metadata(session))
+    if args.threads:
+        profile = select_threads(profile, args.threads)
+    view = profile
+    if args.group_by:
+        from ..processors import group_by
+        view = group_by(profile, args.group_by)
+
+    output = args.output or default_output_name(session.command)
+    save(output, profile, session)
+    written = [f"profile: {output}"]
+    if args.svg:
+        write_svg(view, args.svg)
+        written.append(f"flame graph: {args.svg}")
+    if args.folded:
+        write_folded(view, args.folded)
+        written.append(f"folded stacks: {args.folded}")
+
+    if not args.quiet:
+        if profile.total("samples"):
+            print(top_text(profile, "samples", args.top), file=sys.stderr)
+        else:
+            say(f"no samples: the program used {profile.metadata.get('cpu_s', 0):.3f} s of CPU "
+                f"(at {session.hz:g} Hz a sample needs about {1 / session.hz:.3f} s); try a higher --hz")
+        for line in overhead_lines(session):
+            print(f"ctprof: {line}", file=sys.stderr)
+    for line in written:
+        say(line)
+    return profile
+
+
+@register
+class RunCommand(Command):
+    name = "run"
+    help = "run a program under the sampling profiler and save its profile"
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        add_sampling_options(parser)
+        add_output_options(parser)
+        parser.add_argument("program", nargs=argparse.REMAINDER, metavar="-- PROGRAM ARGS...")
+
+    def run(self, args: argparse.Namespace) -> int:
+        argv = list(args.program)
+        if argv and argv[0] == "--":
+            argv = argv[1:]
+        if not argv:
+            raise UsageError("no program given (usage: ctprof run [options] -- PROGRAM ARGS...)")
+        hz = parse_hz(args.hz)
+        if hz > WARN_HZ:
+            say(f"warning: {hz:g} Hz is above {WARN_HZ:g} Hz; expect the sampling itself to slow the program")
+        opts = CaptureOptions(hz=hz, unwind=args.unwind, max_depth=args.max_depth, timer=args.timer)
+        session = run_program(argv, opts)
+        finish_capture(session, args)
+        return session.exit_status if session.exit_status is not None else 0

@@ -1,0 +1,87 @@
+"""Shared helpers: compile the C programs in tests/progs at test time, run
+ctprof on them as a user would (``python -m ctprof ...``), read back the
+saved profile."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROGS = os.path.join(ROOT, "tests", "progs")
+sys.path.insert(0, ROOT)
+
+
+def ctprof_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if extra:
+        env.update(extra)
+    return env
+
+
+class Built:
+    """Compiles test programs once per session, keyed by source and flags."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.cache: Dict[Tuple[str, Tuple[str, ...]], str] = {}
+
+    def __call__(self, source: str, *flags: str, name: Optional[str] = None, shared: bool = False) -> str:
+        key = (source, flags + (("-shared",) if shared else ()))
+        if key in self.cache:
+            return self.cache[key]
+        stem = name or os.path.splitext(source)[0] + ("-" + "-".join(f.strip("-").replace("=", "_") for f in flags) if flags else "")
+        out = os.path.join(self.directory, stem + (".so" if shared else ""))
+        compiler = "c++" if source.endswith(".cpp") else "cc"
+        cmd = [compiler, "-O2", *flags, "-o", out, os.path.join(PROGS, source)]
+        if shared:
+            cmd[1:1] = ["-shared", "-fPIC"]
+        if "pthread" not in " ".join(flags):
+            cmd.append("-pthread")
+        cmd.append("-ldl")
+        subprocess.run(cmd, check=True, capture_output=True)
+        self.cache[key] = out
+        return out
+
+
+@pytest.fixture(scope="session")
+def build(tmp_path_factory) -> Built:
+    return Built(str(tmp_path_factory.mktemp("progs")))
+
+
+def ctprof(args: List[str], cwd: str, timeout: float = 120, input: Optional[bytes] = None,
+           env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """Run ``python -m ctprof ARGS`` and return the completed process."""
+    return subprocess.run([sys.executable, "-m", "ctprof", *args], cwd=cwd, capture_output=True,
+                          timeout=timeout, input=input, env=ctprof_env(env))
+
+
+def load_profile(path: str):
+    from ctprof.session import load
+    return load(path)
+
+
+def stacks_by_name(profile, metric: str = "samples") -> List[Tuple[Tuple[str, ...], int]]:
+    return list(profile.named_stacks(metric))
+
+
+def share(profile, predicate, metric: str = "samples") -> float:
+    """Fraction of the metric's total in stacks for which predicate(names) holds."""
+    total = 0
+    hit = 0
+    for names, value in profile.named_stacks(metric):
+        total += value
+        if predicate(names):
+            hit += value
+    return hit / total if total else 0.0
+
+
+def has_chain(names, chain) -> bool:
+    """True if ``chain`` appears in ``names`` as consecutive frames."""
+    n = len(chain)
+    return any(tuple(names[i:i + n]) == tuple(chain) for i in range(len(names) - n + 1))

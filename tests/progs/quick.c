@@ -1,0 +1,2 @@
+/* Exits at once: a run with no samples. */
+int main(void) { return 0; }
