@@ -5,6 +5,7 @@
  * own use of our signal or of SIGPROF.  Everything else is forwarded. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <link.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -134,11 +135,43 @@ static void after_fork_child(void)
     pthread_setspecific(thread_key, (void *)1);
 }
 
+/* glibc searches a bare library name along the RUNPATH of the object that
+ * called dlopen.  Through this wrapper the caller would be the shim, so look
+ * the name up along the real caller's search path ourselves and hand the
+ * full path on; anything not found there goes on as it came. */
+static void *dlopen_as(const void *caller, const char *file, int flags)
+{
+    struct link_map *lm = NULL;
+    Dl_info info;
+    if (!file || strchr(file, '/') || !dladdr1(caller, &info, (void **)&lm, RTLD_DL_LINKMAP) || !lm)
+        return NULL;
+    Dl_serinfo size;
+    if (dlinfo(lm, RTLD_DI_SERINFOSIZE, &size) != 0 || size.dls_size > 8192)
+        return NULL;
+    union {
+        Dl_serinfo info;
+        char bytes[8192];
+    } paths;
+    paths.info.dls_size = size.dls_size;
+    paths.info.dls_cnt = size.dls_cnt;
+    if (dlinfo(lm, RTLD_DI_SERINFO, &paths.info) != 0)
+        return NULL;
+    for (unsigned i = 0; i < paths.info.dls_cnt; i++) {
+        char path[4096];
+        path_join3(path, sizeof path, paths.info.dls_serpath[i].dls_name, "/", file);
+        if (access(path, F_OK) == 0)
+            return real_dlopen(path, flags);
+    }
+    return NULL;
+}
+
 CTPROF_API void *dlopen(const char *file, int flags)
 {
     if (!real_dlopen)
         real_dlopen = (void *(*)(const char *, int))dlsym(RTLD_NEXT, "dlopen");
-    void *h = real_dlopen(file, flags);
+    void *h = active ? dlopen_as(__builtin_return_address(0), file, flags) : NULL;
+    if (!h)
+        h = real_dlopen(file, flags);
     if (active && h)
         maps_snapshot(ring_now(), session_dir);
     return h;

@@ -77,6 +77,7 @@ def finish_capture(session: Session, args: argparse.Namespace) -> Profile:
 
     profile = resolve_session(session, demangle=not args.no_demangle, lines=args.lines)
     profile.metadata.update(run_metadata(session))
+    profile.values.setdefault("samples", [0] * len(profile.stacks))  # a run with no samples
     if args.threads:
         profile = select_threads(profile, args.threads)
     view = profile

@@ -33,8 +33,10 @@ __attribute__((noinline)) static unsigned long process_block(size_t n, int round
     unsigned long h = 0;
     for (size_t i = 0; i < n; i++)
         buf[i] = (unsigned char)(i * 31);
-    for (int r = 0; r < rounds; r++)
+    for (int r = 0; r < rounds; r++) {
+        buf[(size_t)r % n] ^= (unsigned char)r; /* new data each round: no hoisting */
         h += checksum_buffer(buf, n);
+    }
     free(buf);
     return h;
 }
@@ -63,9 +65,9 @@ __attribute__((noinline)) static void sort_records(size_t n, int rounds)
 int main(int argc, char **argv)
 {
     double scale = argc > 1 ? atof(argv[1]) : 1.0;
-    sink += compute_primes((unsigned long)(2200000 * scale));
+    sink += compute_primes((unsigned long)(2600000 * scale));
     sink += process_block(1 << 20, (int)(300 * scale));
-    sort_records(200000, (int)(40 * scale));
+    sort_records(200000, (int)(20 * scale));
     printf("demo done (%lu)\n", sink & 0xff);
     return 0;
 }
