@@ -225,16 +225,27 @@ class SymbolTable:
     def __len__(self) -> int:
         return len(self.starts)
 
-    def lookup(self, vaddr: int) -> Optional[Tuple[str, int]]:
-        """(raw name, start) of the symbol whose [start, end) holds ``vaddr``."""
+    def index(self, vaddr: int) -> int:
+        """Index of the symbol whose [start, end) holds ``vaddr``, or -1."""
         i = bisect.bisect_right(self.starts, vaddr) - 1
         if i < 0 or vaddr >= self.ends[i]:
-            return None
+            return -1
+        return i
+
+    def name(self, i: int) -> str:
+        """Raw (mangled) name of symbol ``i``."""
         name = self._names.get(i)
         if name is None:
             name = self.blob[self.offs[i]:self.offs[i + 1]].decode("utf-8", "replace")
             self._names[i] = name
-        return name, self.starts[i]
+        return name
+
+    def lookup(self, vaddr: int) -> Optional[Tuple[str, int]]:
+        """(raw name, start) of the symbol whose [start, end) holds ``vaddr``."""
+        i = self.index(vaddr)
+        if i < 0:
+            return None
+        return self.name(i), self.starts[i]
 
 
 def _name_rank(bind: int, name: bytes) -> tuple:

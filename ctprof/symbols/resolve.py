@@ -128,6 +128,9 @@ class Resolver:
         self._lineinfo: Dict[str, object] = {}
         self._addr_memo: Dict[tuple, Tuple[Frame, ...]] = {}
         self._sym_memo: Dict[tuple, Optional[tuple]] = {}
+        self._contexts: Dict[int, tuple] = {}
+        self._sym_frames: Dict[tuple, Tuple[Frame, ...]] = {}
+        self._context_keep: List[Mapping] = []   # keeps id() keys valid
         self.stats = {"modules": 0, "modules_cached": 0, "addresses": 0}
 
     # -- bookkeeping ----------------------------------------------------------
@@ -282,6 +285,29 @@ class Resolver:
             self.stats["addresses"] += 1
         return out
 
+    def _context(self, pid: int, g: int, m: Mapping) -> tuple:
+        """(kind, module name, category, ModuleSymbols or None) of a mapping,
+        computed once per mapping object."""
+        ctx = self._contexts.get(id(m))
+        if ctx is not None:
+            return ctx
+        module = m.module
+        if m.path in KERNEL_PSEUDO:
+            ctx = ("kernel", module, "kernel", self._vdso(m) if m.path == "[vdso]" else None)
+        elif not m.is_file:
+            # [heap], [stack], anonymous memory, memfd: no file to read.
+            label = module or "[anon]"
+            if m.executable:
+                self.warn(label, f"{label}: executable memory without symbols "
+                                 f"(JIT code without a perf map?); frames show as {label}+0x...")
+            ctx = ("memfd" if m.path.startswith("/memfd:") else "anon", label, "unknown", None)
+        else:
+            category = "program" if m.path == self._main_exe(pid, g) else "library"
+            ctx = ("file", module, category, self._module(m))
+        self._contexts[id(m)] = ctx
+        self._context_keep.append(m)
+        return ctx
+
     def _resolve(self, pid: int, gen: int, ip: int, is_return: bool) -> Tuple[Frame, ...]:
         # A return address points at the instruction after the call.  If the
         # call was the function's last instruction (a call to a noreturn
@@ -289,47 +315,50 @@ class Resolver:
         # look up ip - 1, which is inside the call instruction.  The leaf is
         # the interrupted instruction itself and is looked up as is.
         look = max(ip - 1, 0) if is_return else ip
-        pm = self._perfmap(pid)
+        pm = self._perfmaps.get(pid, 0)
+        if pm == 0:
+            pm = self._perfmap(pid)
         if pm is not None:
             name = pm.lookup(look)
             if name is not None:
                 return (Frame(name, "[jit]", "jit"),)
-        m, g = self._find_mapping(pid, gen, look)
+        table = self._tables.get((pid, gen))
+        m = table.find(look) if table is not None else None
+        g = gen
+        if m is None:
+            m, g = self._find_mapping(pid, gen, look)
         if m is None:
             if ip >= _KERNEL_START:
                 return (Frame(f"[kernel] {ip:#x}", "[kernel]", "kernel"),)
             return (Frame(f"[unknown] {ip:#x}", "", "unknown"),)
-        module = m.module
-        if m.path in KERNEL_PSEUDO:
-            mod = self._vdso(m) if m.path == "[vdso]" else None
-            off = m.file_offset(look)
-            if mod is not None:
-                va = mod.vaddr(off)
-                levels = self._symbolize(mod, va) if va is not None else None
-                if levels:
-                    return tuple(Frame(n, module, "kernel") for n, _f, _l, _i in levels)
-            return (Frame(f"{module}+{m.file_offset(ip):#x}", module, "kernel"),)
-        if not m.is_file:
-            # [heap], [stack], anonymous memory, memfd: no file to read.
-            label = module or "[anon]"
-            if m.executable:
-                self.warn(label, f"{label}: executable memory without symbols "
-                                 f"(JIT code without a perf map?); frames show as {label}+0x...")
-            return (Frame(f"{label}+{m.file_offset(ip) if m.path.startswith('/memfd:') else ip - m.start:#x}",
-                          label, "unknown"),)
-        category = "program" if m.path == self._main_exe(pid, g) else "library"
-        mod = self._module(m)
+        kind, module, category, mod = self._context(pid, g, m)
+        if kind == "anon":
+            return (Frame(f"{module}+{ip - m.start:#x}", module, category),)
+        off = look - m.start + m.offset
         if mod is not None:
-            va = mod.vaddr(m.file_offset(look))
+            va = mod.vaddr(off)
             if va is not None:
-                levels = self._symbolize(mod, va)
+                if not self.lines:
+                    # Fast path: one Frame per (mapping, symbol), shared by
+                    # every address inside that function.
+                    i = mod.table.index(va)
+                    if i >= 0:
+                        fkey = (id(m), i)
+                        out = self._sym_frames.get(fkey)
+                        if out is None:
+                            out = self._sym_frames[fkey] = (
+                                Frame(self._name(mod.table.name(i)), module, category),)
+                        return out
+                    levels = None
+                else:
+                    levels = self._symbolize(mod, va)
                 if levels:
                     return tuple(Frame(n, module, category, f, ln, inl) for n, f, ln, inl in levels)
                 # Unresolved: show the ELF virtual address of the original
                 # ip (what objdump/addr2line -e take), not the file offset.
                 return (Frame(f"{module}+{va + (ip - look):#x}", module, category),)
         # No usable ELF: the offset shown is the file offset of ip.
-        return (Frame(f"{module}+{m.file_offset(ip):#x}", module, category),)
+        return (Frame(f"{module}+{off + (ip - look):#x}", module, category),)
 
     def frames(self, pid: int, gen: int, ips: Sequence[int]) -> List[Frame]:
         """Frames root first for one stack, ``ips`` leaf first (``ips[0]``
