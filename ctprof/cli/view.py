@@ -99,11 +99,12 @@ class SvgCommand(Command):
         _add_processors(parser)
 
     def run(self, args):
-        from ..render.svg import svg_text, write_text
+        from ..render.svg import open_output, svg_text
         profile = _processed(args, args.profile, invert=args.inverted)
         options = _svg_options(args, inverted=args.inverted)
         out = _output(args, args.profile, ".svg")
-        write_text(svg_text(profile, options), out)
+        with open_output(out) as write:
+            svg_text(profile, options, write)
         _said(out, "flame graph")
         return 0
 
@@ -190,11 +191,12 @@ class DiffCommand(Command):
 
     def run(self, args):
         from ..render.diff import diff_svg_text
-        from ..render.svg import write_text
+        from ..render.svg import open_output
         before = _processed(args, args.before, invert=args.inverted)
         after = _processed(args, args.after, invert=args.inverted)
         options = _svg_options(args, inverted=args.inverted)
         out = args.output or ("-" if not sys.stdout.isatty() else "diff.svg")
-        write_text(diff_svg_text(before, after, options), out)
+        with open_output(out) as write:
+            diff_svg_text(before, after, options, write)
         _said(out, "differential flame graph")
         return 0

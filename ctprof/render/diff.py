@@ -15,7 +15,7 @@ from typing import Dict, Optional, Tuple
 from ..profile import Profile
 from . import palette
 from .layout import Box, layout
-from .svg import SvgOptions, _percent, write_text, min_value_for, render, subtitle_for
+from .svg import SvgOptions, _percent, min_value_for, open_output, render, subtitle_for
 
 
 def _named(profile: Profile, metric: Optional[str]) -> Dict[Tuple[str, ...], int]:
@@ -25,7 +25,9 @@ def _named(profile: Profile, metric: Optional[str]) -> Dict[Tuple[str, ...], int
     return out
 
 
-def diff_svg_text(before: Profile, after: Profile, options: Optional[SvgOptions] = None) -> str:
+def diff_svg_text(before: Profile, after: Profile, options: Optional[SvgOptions] = None,
+                  write=None) -> str:
+    """Markup of the differential graph (streamed to ``write`` if given)."""
     options = options or SvgOptions()
     if not options.title:
         options = replace(options, title="Differential Flame Graph")
@@ -75,10 +77,11 @@ def diff_svg_text(before: Profile, after: Profile, options: Optional[SvgOptions]
         extra += f"; {_percent(vanished, before_total)} of before is in stacks absent after"
     from .layout import Layout
     return render(after, lay or Layout(), options, unit,
-                  subtitle_for(after_total, unit, metric, options, extra), colour, describe)
+                  subtitle_for(after_total, unit, metric, options, extra), colour, describe, write)
 
 
 def write_diff_svg(before: Profile, after: Profile, path, options: Optional[SvgOptions] = None, **kwargs) -> None:
     """Write the differential flame graph of BEFORE -> AFTER to ``path``."""
     options = replace(options or SvgOptions(), **kwargs)
-    write_text(diff_svg_text(before, after, options), path)
+    with open_output(path) as write:
+        diff_svg_text(before, after, options, write)

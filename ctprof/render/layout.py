@@ -9,13 +9,14 @@ so huge profiles lay out without building a tree, and boxes narrower than
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..profile import Profile
 
 
-@dataclass
+@dataclass(slots=True)
 class Box:
     """One frame drawn in one place.
 
@@ -104,6 +105,7 @@ def layout(profile: Profile, metric: Optional[str] = None, min_value: float = 0,
     max_depth = 0
     x = 0
     append = boxes.append
+    threshold = min_value
     for key in sorted(merged):
         value, oth = merged[key]
         n = len(key)
@@ -112,30 +114,30 @@ def layout(profile: Profile, metric: Optional[str] = None, min_value: float = 0,
         limit = n if n < m else m
         while common < limit and key[common] == open_ranks[common]:
             common += 1
-        # close frames deeper than the common prefix, deepest first
-        for d in range(m - 1, common - 1, -1):
-            width = x - open_start[d]
-            if width >= min_value:
-                append(Box(unrank[open_ranks[d]], d + 1, open_start[d], width, open_other[d]))
-            else:
-                pruned += 1
-        del open_ranks[common:], open_start[common:], open_other[common:]
-        for d in range(common, n):
-            open_ranks.append(key[d])
-            open_start.append(x)
-            open_other.append(0)
+        if common < m:
+            # Close frames deeper than the common prefix.  They all end at x
+            # and open_start rises with depth, so the wide enough ones are
+            # the shallowest: bisect instead of testing each.
+            keep = bisect_right(open_start, x - threshold, common, m) if threshold > 0 else m
+            for d in range(common, keep):
+                append(Box(unrank[open_ranks[d]], d + 1, open_start[d], x - open_start[d], open_other[d]))
+            pruned += m - keep
+            del open_ranks[common:], open_start[common:], open_other[common:]
+        if common < n:
+            open_ranks.extend(key[common:])
+            open_start.extend([x] * (n - common))
+            open_other.extend([0] * (n - common))
         if oth:
             for d in range(n):
                 open_other[d] += oth
         if n > max_depth:
             max_depth = n
         x += value
-    for d in range(len(open_ranks) - 1, -1, -1):
-        width = x - open_start[d]
-        if width >= min_value:
-            append(Box(unrank[open_ranks[d]], d + 1, open_start[d], width, open_other[d]))
-        else:
-            pruned += 1
+    m = len(open_ranks)
+    keep = bisect_right(open_start, x - threshold, 0, m) if threshold > 0 else m
+    for d in range(keep):
+        append(Box(unrank[open_ranks[d]], d + 1, open_start[d], x - open_start[d], open_other[d]))
+    pruned += m - keep
     out.pruned = pruned
     out.max_depth = max(b.depth for b in boxes)
     return out

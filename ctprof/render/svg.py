@@ -9,6 +9,7 @@ least three characters fit; the script adds labels as zooming widens boxes.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass, replace
@@ -108,7 +109,7 @@ def fit_label(name: str, width_px: float, options: SvgOptions) -> str:
     return name[:chars - 2] + ".."
 
 
-def _header(out: List[str], options: SvgOptions, height: int, title: str, subtitle: str) -> None:
+def _header(out: "_Sink", options: SvgOptions, height: int, title: str, subtitle: str) -> None:
     w = options.width
     out.append('<?xml version="1.0" standalone="no"?>\n'
                '<!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 1.1//EN" "http://www.w3.org/Graphics/SVG/1.1/DTD/svg11.dtd">\n')
@@ -139,7 +140,7 @@ def _header(out: List[str], options: SvgOptions, height: int, title: str, subtit
     out.append(f'<text id="matched" x="{w - PAD}" y="{height - 12}"> </text>\n')
 
 
-def _footer(out: List[str], options: SvgOptions, unit: str) -> None:
+def _footer(out: "_Sink", options: SvgOptions, unit: str) -> None:
     config = {"width": options.width, "pad": PAD, "frameHeight": options.frame_height,
               "fontSize": options.font_size, "fontWidth": options.font_width,
               "inverted": bool(options.inverted), "unit": unit, "highlight": palette.HIGHLIGHT}
@@ -149,32 +150,55 @@ def _footer(out: List[str], options: SvgOptions, unit: str) -> None:
     out.append(']]></script>\n</svg>\n')
 
 
+class _Sink:
+    """Collects markup and hands it to ``write`` in large chunks, so a huge
+    graph is never held in memory as one string."""
+
+    def __init__(self, write: Callable[[str], object]) -> None:
+        self.parts: List[str] = []
+        self.write = write
+
+    def append(self, text: str) -> None:
+        self.parts.append(text)
+        if len(self.parts) >= 8192:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            self.write("".join(self.parts))
+            self.parts.clear()
+
+
 def render(profile: Profile, lay: Layout, options: SvgOptions, unit: str, subtitle: str,
-           colour: Callable[[Box], str], describe: Callable[[Box, str], str]) -> str:
+           colour: Callable[[Box], str], describe: Callable[[Box, str], str],
+           write: Optional[Callable[[str], object]] = None) -> str:
     """Markup for a laid-out profile.  ``colour(box)`` gives the fill,
-    ``describe(box, name)`` the title text (must be ``NAME (N ...)``)."""
+    ``describe(box, name)`` the title text (must be ``NAME (N ...)``).
+    With ``write`` the markup goes there piece by piece and "" is returned."""
+    chunks: List[str] = []
+    out = _Sink(write or chunks.append)
     title = options.title or ("Icicle Graph" if options.inverted else "Flame Graph")
     fh = options.frame_height
-    out: List[str] = []
     if lay.total <= 0 or not lay.boxes:
         height = TOP + BOTTOM + 3 * fh
         _header(out, options, height, title, subtitle)
         out.append(f'<text id="nosamples" x="{options.width / 2:g}" y="{TOP + 2 * fh}">no samples</text>\n')
         out.append('<g id="frames">\n</g>\n')
         _footer(out, options, unit)
-        return "".join(out)
+        out.flush()
+        return "".join(chunks)
     levels = lay.max_depth + 1
     height = TOP + levels * fh + BOTTOM
     _header(out, options, height, title, subtitle)
     out.append('<g id="frames">\n')
     scale = (options.width - 2 * PAD) / lay.total
     frames = profile.frames
-    names: Dict[int, str] = {}
     inverted = options.inverted
     base = height - BOTTOM - fh
     append = out.append
     # root first, then by depth and position: a stable, readable order
-    for box in sorted(lay.boxes, key=lambda b: (b.depth, b.start)):
+    lay.boxes.sort(key=lambda b: (b.depth, b.start))
+    for box in lay.boxes:
         name = "all" if box.frame < 0 else frames[box.frame].name
         x = PAD + box.start * scale
         w = box.value * scale
@@ -186,7 +210,8 @@ def render(profile: Profile, lay: Layout, options: SvgOptions, unit: str, subtit
                f'height="{fh - 1}" fill="{colour(box)}"/>{text}</g>\n')
     out.append('</g>\n')
     _footer(out, options, unit)
-    return "".join(out)
+    out.flush()
+    return "".join(chunks)
 
 
 def _percent(value: int, total: int) -> str:
@@ -205,8 +230,10 @@ def subtitle_for(total: int, unit: str, metric: str, options: SvgOptions, extra:
     return text
 
 
-def svg_text(profile: Profile, options: SvgOptions = SvgOptions()) -> str:
-    """The flame graph of ``profile`` as SVG markup."""
+def svg_text(profile: Profile, options: SvgOptions = SvgOptions(),
+             write: Optional[Callable[[str], object]] = None) -> str:
+    """The flame graph of ``profile`` as SVG markup (or, with ``write``,
+    streamed to it and "" returned)."""
     metric = options.metric or profile.default_metric()
     if profile.values:
         profile.column(metric)  # raises UsageError for an unknown metric
@@ -235,7 +262,8 @@ def svg_text(profile: Profile, options: SvgOptions = SvgOptions()) -> str:
     extra = ""
     if lay.pruned:
         extra = f"{lay.pruned:,} frames narrower than {options.minwidth}{'' if str(options.minwidth).endswith('%') else ' px'} not drawn"
-    return render(profile, lay, options, unit, subtitle_for(total, unit, metric, options, extra), colour, describe)
+    return render(profile, lay, options, unit, subtitle_for(total, unit, metric, options, extra), colour, describe,
+                  write)
 
 
 def write_svg(profile: Profile, path: Union[str, IO[str]], options: Optional[SvgOptions] = None, **kwargs) -> None:
@@ -247,7 +275,31 @@ def write_svg(profile: Profile, path: Union[str, IO[str]], options: Optional[Svg
     if options.inverted and not profile.metadata.get("inverted"):
         from ..processors import invert
         profile = invert(profile)
-    write_text(svg_text(profile, options), path)
+    with open_output(path) as write:
+        svg_text(profile, options, write)
+
+
+@contextlib.contextmanager
+def open_output(path: Union[str, IO[str]]):
+    """A ``write(str)`` callable for a path (``-`` is stdout) or an open
+    text file.  A path is written to a temporary name and renamed when
+    complete, so a failed render never leaves half a file."""
+    import os
+    import sys
+    if not isinstance(path, str):
+        yield path.write
+    elif path == "-":
+        yield sys.stdout.write
+        sys.stdout.flush()
+    else:
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "w", encoding="utf-8", newline="\n") as out:
+                yield out.write
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def write_text(text: str, path: Union[str, IO[str]]) -> None:
