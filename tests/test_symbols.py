@@ -543,3 +543,52 @@ def test_unreadable_deleted_and_missing(tmp_path):
     assert any("deleted" in w for w in r.warnings)
     # an unknown pid or generation never raises either
     assert r.frames(99, 5, [0x10])[0].name == "[unknown] 0x10"
+
+
+def test_symbol_size_is_honoured(tmp_path):
+    """An address in the padding after a function is not that function."""
+    exe = compile_prog("sym_basic.c", tmp_path / "sym_basic", "-O2", "-ldl")
+    out = subprocess.run(["nm", "-S", "--defined-only", "-n", exe], check=True, capture_output=True,
+                         text=True).stdout
+    syms = [(int(p[0], 16), int(p[1], 16), p[3]) for p in (l.split() for l in out.splitlines())
+            if len(p) == 4 and p[2] in "Tt"]
+    gap = None
+    for (a, size, name), (b, _s, _n) in zip(syms, syms[1:]):
+        if name == "sym_leaf" and a + size < b:
+            gap = (a, size, name)
+    if gap is None:
+        pytest.skip("sym_leaf is not followed by padding in this build")
+    with Running(exe) as p:
+        bias = p.addrs["sym_leaf"] - gap[0]
+        r = Resolver(session_for(p.pid, p.maps(), [], exe=exe))
+        last = r.frames(p.pid, 0, [bias + gap[0] + gap[1] - 1])[0]
+        past = r.frames(p.pid, 0, [bias + gap[0] + gap[1]])[0]
+    assert last.name == "sym_leaf"
+    assert past.name == f"sym_basic+{gap[0] + gap[1]:#x}"
+
+
+def test_progress_only_when_asked_or_tty(monkeypatch, capsys):
+    from ctprof.symbols import resolve as resolve_mod
+    maps = "7f0000000000-7f0000010000 r-xp 00000000 00:00 0 \n"
+    sess = session_for(5, maps, [(0, [0x7f0000000000 + i]) for i in range(600)])
+    monkeypatch.setattr(resolve_mod._Progress, "DELAY_S", 0.0)
+    resolve_session(sess, progress=False)
+    assert capsys.readouterr().err == ""
+    resolve_session(sess)            # stderr is not a terminal under pytest
+    assert capsys.readouterr().err == ""
+    resolve_session(sess, progress=True)
+    err = capsys.readouterr().err
+    assert "resolved 600 addresses" in err and err.endswith("\n")
+    assert capsys.readouterr().out == ""
+
+
+def test_lines_without_debug_info_keep_names(tmp_path):
+    """lines=True on a program without DWARF: names as usual, no file/line."""
+    exe = compile_prog("sym_lines.c", tmp_path / "sym_nodwarf", "-O2")
+    with Running(exe) as p:
+        a = p.addrs
+        sess = session_for(p.pid, p.maps(), [(0, [a["record"], a["ra_inline"]])], exe=exe)
+        prof = resolve_session(sess, lines=True)
+    frames = [prof.frames[i] for i in prof.stacks[0]]
+    assert names(frames)[-2:] == ["outer", "record"]
+    assert all(f.line is None for f in frames)

@@ -144,12 +144,17 @@ class LineInfo:
                 comp_dir = _text(top.attributes["DW_AT_comp_dir"].value)
             dirs = [_text(d) for d in lp.header.include_directory]
             if version < 5:
-                dirs = [comp_dir] + dirs
+                dirs = [comp_dir] + dirs   # DWARF 2-4: directory 0 is the CU's own
+            base = dirs[0] if dirs else comp_dir
             for fe in lp.header.file_entry:
                 name = _text(fe.name)
-                d = dirs[fe.dir_index] if 0 <= fe.dir_index < len(dirs) else ""
-                if d and not os.path.isabs(d) and comp_dir:
-                    d = os.path.join(comp_dir, d)
+                idx = fe.dir_index
+                d = dirs[idx] if 0 <= idx < len(dirs) else ""
+                # Relative directories are relative to directory 0 (the
+                # compilation directory), which itself may be relative when
+                # built with -fdebug-prefix-map.
+                if idx > 0 and d and not os.path.isabs(d) and base:
+                    d = os.path.join(base, d)
                 files.append(os.path.normpath(os.path.join(d, name)) if d else name)
             if version < 5:
                 files = [""] + files       # DWARF 2-4 file numbers start at 1

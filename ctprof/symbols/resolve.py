@@ -62,8 +62,11 @@ def _own_vdso() -> Optional[Tuple[int, bytes]]:
 
 
 class _Progress:
-    """Progress on stderr once resolution has taken more than a second, only
-    when stderr is a terminal (or ``enabled`` forces it on or off)."""
+    """Progress on stderr once resolution has taken more than
+    :attr:`DELAY_S`, only when stderr is a terminal (or ``enabled`` forces it
+    on or off)."""
+
+    DELAY_S = 1.0
 
     def __init__(self, enabled: Optional[bool]) -> None:
         if enabled is None:
@@ -80,7 +83,7 @@ class _Progress:
         if not self.enabled:
             return
         now = time.monotonic()
-        if now - self.t0 < 1.0 or now - self.last < 0.2:
+        if now - self.t0 < self.DELAY_S or now - self.last < 0.2:
             return
         self.last = now
         self.shown = True
