@@ -416,13 +416,21 @@ def _marker_line(src, marker):
     raise AssertionError(marker)
 
 
-def test_lines_and_inlined_frames(tmp_path):
+def test_lines_and_inlined_frames(tmp_path, monkeypatch):
     exe = compile_prog("sym_lines.c", tmp_path / "sym_lines", "-O2", "-g")
     with Running(exe) as p:
         a = p.addrs
         sess = session_for(p.pid, p.maps(), [(0, [a["record"], a["ra_direct"]]),
                                               (0, [a["record"], a["ra_inline"]])], exe=exe)
         prof = resolve_session(sess, lines=True)
+    # the second run answers from the line cache without opening DWARF
+    from ctprof.symbols import lines as lines_mod
+
+    def no_dwarf(*args, **kwargs):
+        raise AssertionError("DWARF parsed although cached")
+    monkeypatch.setattr(lines_mod, "LineInfo", no_dwarf)
+    again = resolve_session(sess, lines=True)
+    assert again.frames == prof.frames and again.stacks == prof.stacks
     direct, inline = ([prof.frames[i] for i in s] for s in prof.stacks)
     src = "sym_lines.c"
     assert names(direct) == ["outer", "record"]

@@ -96,6 +96,46 @@ class _Progress:
             sys.stderr.flush()
 
 
+class _CachedLines:
+    """DWARF lookups of one file, through the on-disk line cache; the file
+    is only opened (with pyelftools) for addresses the cache lacks."""
+
+    def __init__(self, path: str, resolver: "Resolver") -> None:
+        self.path = path
+        self.resolver = resolver
+        self.entry = symcache.lines_entry(path) if resolver.use_cache else None
+        self.known = symcache.load_lines(self.entry)
+        self.info = None
+        self.failed = False
+        self.dirty = False
+
+    def lookup(self, vaddr: int):
+        if vaddr in self.known:
+            return self.known[vaddr]
+        if self.info is None and not self.failed:
+            try:
+                from .lines import LineInfo
+                self.info = LineInfo(self.path)
+            except Exception as err:   # pyelftools raises many kinds; lines are optional
+                self.failed = True
+                self.resolver.warn("lines:" + self.path,
+                                   f"{os.path.basename(self.path)}: no source lines ({err})")
+        if self.info is None:
+            return None
+        levels = self.info.lookup(vaddr)
+        self.known[vaddr] = tuple(levels) if levels else None
+        self.dirty = True
+        return self.known[vaddr]
+
+    def close(self) -> None:
+        if self.info is not None:
+            self.info.close()
+            self.info = None
+        if self.dirty:
+            symcache.save_lines(self.entry, self.known)
+            self.dirty = False
+
+
 class Resolver:
     """Resolve raw addresses of a :class:`~ctprof.session.Session` to frames.
 
@@ -144,9 +184,9 @@ class Resolver:
             self.warnings.append(message)
 
     def close(self) -> None:
+        """Release open DWARF files and write new line results to the cache."""
         for li in self._lineinfo.values():
-            if li is not None:
-                li.close()
+            li.close()
         self._lineinfo.clear()
 
     def _table(self, pid: int, gen: int) -> MapTable:
@@ -235,16 +275,11 @@ class Resolver:
         self._modules[key] = mod
         return mod
 
-    def _line_info(self, path: str):
-        if path not in self._lineinfo:
-            li = None
-            try:
-                from .lines import LineInfo
-                li = LineInfo(path)
-            except Exception as err:   # pyelftools raises many kinds; lines are optional
-                self.warn("lines:" + path, f"{os.path.basename(path)}: no source lines ({err})")
-            self._lineinfo[path] = li
-        return self._lineinfo[path]
+    def _line_info(self, path: str) -> "_CachedLines":
+        li = self._lineinfo.get(path)
+        if li is None:
+            li = self._lineinfo[path] = _CachedLines(path, self)
+        return li
 
     def _name(self, raw: str) -> str:
         return _dm.demangle(raw) if self.demangle else raw
@@ -259,8 +294,7 @@ class Resolver:
         name = self._name(hit[0]) if hit else None
         levels = None
         if self.lines and mod.dwarf_path:
-            li = self._line_info(mod.dwarf_path)
-            dl = li.lookup(vaddr) if li is not None else None
+            dl = self._line_info(mod.dwarf_path).lookup(vaddr)
             if dl:
                 levels = []
                 for k, (link, plain, f, ln) in enumerate(dl):

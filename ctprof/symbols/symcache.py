@@ -127,3 +127,49 @@ def load(path: str, debug_dirs: Sequence[str] = elf.DEFAULT_DEBUG_DIRS,
         except OSError:
             pass
     return mod, False
+
+
+# -- source lines ---------------------------------------------------------------
+#
+# DWARF decoding through pyelftools costs milliseconds per compilation unit,
+# so --lines results are cached too: per DWARF file (same stat identity as
+# above), a JSON object {"vaddr": levels or null} that grows as new
+# addresses are looked up.
+
+LINES_VERSION = 1
+
+
+def lines_entry(path: str) -> Optional[str]:
+    """Cache file for the line results of ``path``, or None without a cache."""
+    directory = _dir()
+    if not directory:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return os.path.join(directory, module_key(path, st, (f"lines{LINES_VERSION}",)) + ".lines.json")
+
+
+def load_lines(entry: Optional[str]) -> dict:
+    """{vaddr: levels (tuple of 4-tuples) or None} from ``entry``; {} if
+    missing or unreadable."""
+    if not entry:
+        return {}
+    try:
+        with open(entry, "rb") as f:
+            raw = json.loads(f.read())
+        return {int(k): (tuple(tuple(level) for level in v) if v is not None else None)
+                for k, v in raw.items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+
+
+def save_lines(entry: Optional[str], known: dict) -> None:
+    if not entry:
+        return
+    try:
+        data = json.dumps({str(k): v for k, v in known.items()}, separators=(",", ":"))
+        _cache.write_atomic(entry, data.encode())
+    except (OSError, TypeError, ValueError):
+        pass
