@@ -24,14 +24,34 @@ CFLAGS = ["-O2", "-g", "-fPIC", "-shared", "-pthread", "-fvisibility=hidden",
 LIBS = ["-ldl"]
 
 
-def shim_sources() -> List[str]:
+#: Which C files go into each build of the shim.  "cpu" is preloaded by
+#: ``ctprof run``; "mem" adds the heap hooks (``--mem``: CPU-only runs must
+#: not pay for them); "self" is loaded into Python with ctypes for
+#: self-profiling.  Headers are always hashed.
+COMMON_SOURCES = ("util.c", "ring.c", "unwind.c", "sampler.c", "maps.c", "preload.c")
+VARIANTS = {
+    "cpu": COMMON_SOURCES,
+    "mem": COMMON_SOURCES + ("heap.c", "heaphooks.c"),
+    "self": COMMON_SOURCES + ("selfprof.c", "pyframes.c"),
+}
+VARIANT_FLAGS = {"cpu": [], "mem": ["-DCTPROF_HEAP=1"], "self": ["-DCTPROF_SELF=1"]}
+
+
+def shim_sources(variant: str = "cpu") -> List[str]:
+    """The C sources of ``variant`` plus every header, as paths."""
+    names = VARIANTS.get(variant)
+    if names is None:
+        raise BuildError(f"unknown shim variant {variant!r}")
     try:
-        names = sorted(n for n in os.listdir(SHIM_DIR) if n.endswith((".c", ".h")))
+        headers = sorted(n for n in os.listdir(SHIM_DIR) if n.endswith(".h"))
     except OSError:
-        names = []
-    if not any(n.endswith(".c") for n in names):
-        raise BuildError(f"shim sources not found in {SHIM_DIR}; the installation is incomplete")
-    return [os.path.join(SHIM_DIR, n) for n in names]
+        headers = []
+    paths = [os.path.join(SHIM_DIR, n) for n in list(names) + headers]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing or not headers:
+        raise BuildError(f"shim sources missing in {SHIM_DIR} ({', '.join(os.path.basename(m) for m in missing) or 'headers'}); "
+                         f"the installation is incomplete")
+    return paths
 
 
 def find_compiler() -> str:
@@ -52,28 +72,30 @@ def _compiler_identity(cc: str) -> str:
         return ""
 
 
-def shim_key(cc: str, sources: List[str]) -> str:
+def shim_key(cc: str, sources: List[str], flags: List[str]) -> str:
     h = hashlib.sha256()
     for path in sources:
         h.update(os.path.basename(path).encode() + b"\0")
         with open(path, "rb") as f:
             h.update(f.read())
     h.update(cc.encode() + b"\0" + _compiler_identity(cc).encode() + b"\0")
-    h.update(" ".join(CFLAGS + LIBS).encode())
+    h.update(" ".join(flags + LIBS).encode())
     return h.hexdigest()[:20]
 
 
-def shim_path(cc: Optional[str] = None) -> str:
-    """Path of the compiled shim, building it if needed."""
-    sources = shim_sources()
+def shim_path(variant: str = "cpu", cc: Optional[str] = None, extra_flags: Optional[List[str]] = None) -> str:
+    """Path of the compiled shim ``variant``, building it if needed.
+    ``extra_flags`` (e.g. ``-I`` for Python headers) join the cache key."""
+    sources = shim_sources(variant)
     cc = cc or find_compiler()
-    key = shim_key(cc, sources)
+    flags = CFLAGS + VARIANT_FLAGS[variant] + list(extra_flags or [])
+    key = shim_key(cc, sources, flags)
     directory = cache_dir("shim")
-    target = os.path.join(directory, f"libctprof-{key}.so")
+    target = os.path.join(directory, f"libctprof-{variant}-{key}.so")
     if os.path.exists(target):
         return target
     tmp = f"{target}.build.{os.getpid()}"
-    cmd = [cc] + CFLAGS + ["-o", tmp] + [s for s in sources if s.endswith(".c")] + LIBS
+    cmd = [cc] + flags + ["-o", tmp] + [s for s in sources if s.endswith(".c")] + LIBS
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     except OSError as err:

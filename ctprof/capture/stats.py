@@ -26,12 +26,13 @@ def achieved_hz(session: Session) -> float:
 
 def run_metadata(session: Session) -> Dict[str, object]:
     procs = session.processes.values()
-    threads = {f"{p.pid}:{tid}": name for p in procs for tid, name in p.threads.items()}
+    threads = {str(tid): name for p in procs for tid, name in p.threads.items()}
     return {
         "kind": session.kind,
         "command": list(session.command),
         "default_metric": "samples",
         "units": {"samples": "samples"},
+        "hz": session.hz,
         "hz_requested": session.hz,
         "hz_achieved": round(achieved_hz(session), 1),
         "timer": sorted({p.timer for p in procs}),
@@ -72,7 +73,7 @@ def overhead_lines(session: Session) -> List[str]:
 def select_threads(profile: Profile, spec: str) -> Profile:
     """Keep the stacks of the threads named in ``spec``: a comma-separated
     list of thread ids, thread-name globs, or ``main`` (each process's main
-    thread).  Names come from ``profile.metadata["threads"]``."""
+    thread).  Names come from ``profile.metadata["threads"]`` (tid -> name)."""
     items = [s.strip() for s in spec.split(",") if s.strip()]
     if not items:
         raise UsageError("--threads needs a thread id, a name pattern or 'main'")
@@ -81,7 +82,7 @@ def select_threads(profile: Profile, spec: str) -> Profile:
     names = profile.metadata.get("threads") or {}
 
     def wanted(pid, tid) -> bool:
-        name = names.get(f"{pid}:{tid}", "")
+        name = names.get(str(tid), "")
         for item in items:
             if item.isdigit() and int(item) == tid:
                 return True
