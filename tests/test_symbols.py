@@ -541,13 +541,14 @@ def test_fuzz_mutated_elf_files(tmp_path):
 def test_unreadable_deleted_and_missing(tmp_path):
     maps = ("7f0000000000-7f0000001000 r-xp 00000000 fe:01 99 /nonexistent/libgone.so\n"
             "7f0000001000-7f0000002000 r-xp 00002000 fe:01 98 /usr/lib/libold.so (deleted)\n"
-            f"7f0000002000-7f0000003000 r-xp 00000000 fe:01 97 {tmp_path}\n")
+            f"7f0000002000-7f0000003000 r-xp 00000000 fe:01 97 {tmp_path}\n"
+            "7f0000003000-7f0000004000 r-xp 00000000 00:05 5 /dev/zero\n")
     r = Resolver(session_for(3, maps, []))
     got = [r.frames(3, 0, [ip])[0] for ip in (0x7f0000000010, 0x7f0000000020, 0x7f0000001010,
-                                               0x7f0000002010)]
+                                               0x7f0000002010, 0x7f0000003010)]
     assert names(got) == ["libgone.so+0x10", "libgone.so+0x20", "libold.so+0x2010",
-                          f"{os.path.basename(str(tmp_path))}+0x10"]
-    assert len(r.warnings) == 3                  # once per module
+                          f"{os.path.basename(str(tmp_path))}+0x10", "zero+0x10"]
+    assert len(r.warnings) == 4                  # once per module
     assert any("deleted" in w for w in r.warnings)
     # an unknown pid or generation never raises either
     assert r.frames(99, 5, [0x10])[0].name == "[unknown] 0x10"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import stat
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -244,6 +245,9 @@ class Resolver:
         else:
             try:
                 st = os.stat(m.path)
+                if not stat.S_ISREG(st.st_mode):
+                    # a device or FIFO: opening it could block or have effects
+                    raise elf.ElfError("not a regular file")
                 same_dev = _dev_matches(m.dev, st.st_dev)
                 if m.inode and st.st_ino != m.inode and same_dev:
                     raise elf.ElfError("file replaced since it was mapped (inode changed)")
