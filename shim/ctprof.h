@@ -97,10 +97,11 @@ struct ring {
     unsigned char *data;      /* mapped twice back to back: writes never wrap */
 };
 
-/* Create or reopen (after exec) the ring file of this process.  Not AS-safe
- * in spirit (file creation) but uses only syscalls, so it is safe in a fork
+/* Create or reopen (after exec) the ring file <dir>/<pid><suffix> of this
+ * process (".ring" for samples, ".heap" for heap events).  Not AS-safe in
+ * spirit (file creation) but uses only syscalls, so it is safe in a fork
  * child.  Returns 0 on success. */
-int ring_open(struct ring *r, const char *dir, uint64_t data_size, int *reused);
+int ring_open(struct ring *r, const char *dir, const char *suffix, uint64_t data_size, int *reused);
 /* Reserve `size` bytes (multiple of 8).  AS-safe, lock-free, never blocks:
  * NULL and `dropped` counted when full. */
 void *ring_reserve(struct ring *r, uint32_t size);
@@ -121,6 +122,17 @@ void unwind_init(void);
  * Returns the frame count; *truncated set if the stack was deeper than max. */
 int unwind_stack(enum unwind_mode mode, void *uc, const struct stack_bounds *b,
                  uint64_t *ips, int max, int *truncated);
+
+/* ---- cfi.c: cached DWARF CFI unwinder -------------------------------------- */
+/* Allocate the rule cache.  Not AS-safe (mmap once at start). */
+void cfi_init(void);
+/* Unwind from registers (pc, sp, fp) within stack bounds `b`, leaf first.
+ * The first pc is exact, later ones return addresses.  Frames whose pc is
+ * in [skip_lo, skip_hi) (when skip_lo_hi) are walked but not recorded.
+ * Returns the frame count, or -1 when a frame needs the slow unwinder
+ * (no FDE, DWARF expressions, signal frame, unknown stack bounds).  AS-safe. */
+int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds *b,
+               uint64_t *ips, int max, int skip_lo_hi, uint64_t skip_lo, uint64_t skip_hi, int *truncated);
 
 /* ---- sampler.c ------------------------------------------------------------*/
 struct sampler_config {

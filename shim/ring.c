@@ -27,15 +27,15 @@ static int map_twice(struct ring *r, int fd, uint64_t size)
     return 0;
 }
 
-int ring_open(struct ring *r, const char *dir, uint64_t data_size, int *reused)
+int ring_open(struct ring *r, const char *dir, const char *suffix, uint64_t data_size, int *reused)
 {
     char path[4096], pid[24];
     fmt_u64(pid, (uint64_t)getpid());
     path_join3(path, sizeof path, dir, "/", pid);
     size_t n = strlen(path);
-    if (n + 6 >= sizeof path)
+    if (n + strlen(suffix) + 1 >= sizeof path)
         return -1;
-    memcpy(path + n, ".ring", 6);
+    memcpy(path + n, suffix, strlen(suffix) + 1);
 
     *reused = 0;
     /* O_EXCL|O_NOFOLLOW, 0600: nobody else's file is ever adopted, except

@@ -117,6 +117,7 @@ static _Unwind_Reason_Code count_step(struct _Unwind_Context *ctx, void *arg)
 
 void unwind_init(void)
 {
+    cfi_init();
     /* The first call loads libgcc_s and sets up its caches: do it here, not
      * in the handler. */
     int n = 0;
@@ -134,7 +135,11 @@ int unwind_stack(enum unwind_mode mode, void *ucv, const struct stack_bounds *b,
     if (max < 1)
         return 0;
     if (mode != UNWIND_FP) {
-        int n = dwarf_walk(pc, ips, max, truncated);
+        /* Cached CFI rules first; libgcc for frames they cannot express. */
+        int n = cfi_unwind(pc, sp, fp, b, ips, max, 0, 0, 0, truncated);
+        if (n > 1)
+            return n;
+        n = dwarf_walk(pc, ips, max, truncated);
         /* A leaf without unwind info ends the DWARF walk at one frame: the
          * frame-pointer chain may still know the callers. */
         if (n > 1 || mode == UNWIND_DWARF)

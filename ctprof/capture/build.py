@@ -28,7 +28,7 @@ LIBS = ["-ldl"]
 #: ``ctprof run``; "mem" adds the heap hooks (``--mem``: CPU-only runs must
 #: not pay for them); "self" is loaded into Python with ctypes for
 #: self-profiling.  Headers are always hashed.
-COMMON_SOURCES = ("util.c", "ring.c", "unwind.c", "sampler.c", "maps.c", "preload.c")
+COMMON_SOURCES = ("util.c", "ring.c", "cfi.c", "unwind.c", "sampler.c", "maps.c", "preload.c")
 VARIANTS = {
     "cpu": COMMON_SOURCES,
     "mem": COMMON_SOURCES + ("heap.c", "heaphooks.c"),

@@ -1,0 +1,346 @@
+/* A cached DWARF CFI unwinder for x86-64.
+ *
+ * libgcc's _Unwind_Backtrace re-parses the CIE and FDE of every frame on
+ * every call; per allocation that is where the time goes.  Here the unwind
+ * rule of each pc (how to find the CFA, the return address and the saved
+ * rbp) is computed once from .eh_frame and cached in a lock-free table, so
+ * a cached frame costs one hash probe and two loads.  Frames whose rules
+ * need DWARF expressions (PLT stubs, signal trampolines) or whose code has
+ * no FDE report "fallback" and the caller uses libgcc instead.
+ *
+ * AS-safe: no malloc, no locks.  _Unwind_Find_FDE finds FDEs lock-free
+ * through _dl_find_object (glibc >= 2.35, gcc >= 12), as libgcc itself does
+ * when unwinding from a signal handler. */
+#define _GNU_SOURCE
+#include <string.h>
+#include <sys/mman.h>
+#include "ctprof.h"
+
+struct dwarf_eh_bases {
+    void *tbase, *dbase, *func;
+};
+extern const void *_Unwind_Find_FDE(void *pc, struct dwarf_eh_bases *bases);
+
+enum { REG_RBP_DW = 6, REG_RSP_DW = 7, REG_RA_DW = 16 };
+enum { RULE_OK = 1, RULE_END = 2, RULE_COMPLEX = 3 };
+#define NO_OFFSET (-32768)
+
+struct rule {
+    uint8_t kind;         /* RULE_* */
+    uint8_t cfa_rbp;      /* CFA based on rbp (else rsp) */
+    int16_t ra_off;       /* return address at CFA + ra_off */
+    int16_t rbp_off;      /* saved rbp at CFA + rbp_off, or NO_OFFSET */
+    int32_t cfa_off;      /* CFA = base + cfa_off */
+};
+
+/* ---- the cache: open addressing, pc -> rule ---------------------------- */
+#define CACHE_BITS 16
+#define CACHE_SIZE (1u << CACHE_BITS)
+#define BUSY 1ull
+struct slot {
+    uint64_t key;         /* pc, or 0 (empty), or pc|BUSY while being filled */
+    struct rule rule;
+};
+static struct slot *cache;
+static uint32_t cache_used;
+
+void cfi_init(void)
+{
+    if (!cache) {
+        void *p = mmap(NULL, sizeof(struct slot) * CACHE_SIZE, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p != MAP_FAILED)
+            cache = p;
+    }
+}
+
+static inline uint32_t hash_pc(uint64_t pc)
+{
+    pc ^= pc >> 29;
+    pc *= 0xbf58476d1ce4e5b9ull;
+    return (uint32_t)(pc >> (64 - CACHE_BITS));
+}
+
+/* ---- .eh_frame decoding ---------------------------------------------------- */
+
+static uint64_t uleb(const uint8_t **p, const uint8_t *end)
+{
+    uint64_t v = 0;
+    int shift = 0;
+    while (*p < end) {
+        uint8_t b = *(*p)++;
+        if (shift < 64)
+            v |= (uint64_t)(b & 0x7f) << shift;
+        shift += 7;
+        if (!(b & 0x80))
+            break;
+    }
+    return v;
+}
+
+static int64_t sleb(const uint8_t **p, const uint8_t *end)
+{
+    int64_t v = 0;
+    int shift = 0;
+    uint8_t b = 0;
+    while (*p < end) {
+        b = *(*p)++;
+        if (shift < 64)
+            v |= (int64_t)(b & 0x7f) << shift;
+        shift += 7;
+        if (!(b & 0x80))
+            break;
+    }
+    if (shift < 64 && (b & 0x40))
+        v |= -((int64_t)1 << shift);
+    return v;
+}
+
+/* Size in bytes of a pointer with DW_EH_PE encoding `enc` (value format). */
+static int enc_size(uint8_t enc)
+{
+    switch (enc & 0x0f) {
+    case 0x00: return 8;            /* absptr */
+    case 0x02: case 0x0a: return 2;
+    case 0x03: case 0x0b: return 4;
+    case 0x04: case 0x0c: return 8;
+    default: return -1;             /* uleb/sleb encoded: not used for FDE pointers by gcc */
+    }
+}
+
+struct rules {
+    uint8_t cfa_reg;
+    int64_t cfa_off;
+    int rbp_kind;                   /* 0 same value, 1 offset, 2 complex */
+    int64_t rbp_off;
+    int ra_kind;                    /* 0 unset, 1 offset, 2 undefined, 3 complex */
+    int64_t ra_off;
+    int complex_cfa;
+};
+
+static void set_reg(struct rules *r, uint64_t reg, int kind, int64_t off)
+{
+    if (reg == REG_RBP_DW) {
+        r->rbp_kind = kind;
+        r->rbp_off = off;
+    } else if (reg == REG_RA_DW) {
+        r->ra_kind = kind == 0 ? 0 : kind == 1 ? 1 : kind == 3 ? 2 : 3;
+        r->ra_off = off;
+    }
+}
+
+/* Run CFA instructions [p, end) until the location passes `target`.
+ * Returns 0, or -1 on anything unsupported. */
+static int run_cfa(const uint8_t *p, const uint8_t *end, uint64_t loc, uint64_t target,
+                   uint64_t code_align, int64_t data_align, struct rules *r, const struct rules *initial)
+{
+    struct rules stack[8];
+    int depth = 0;
+    while (p < end) {
+        uint8_t op = *p++;
+        uint8_t hi = op & 0xc0, lo = op & 0x3f;
+        uint64_t delta = 0, reg;
+        if (hi == 0x40) {
+            delta = lo * code_align;
+        } else if (hi == 0x80) {
+            reg = lo;
+            set_reg(r, reg, 1, (int64_t)uleb(&p, end) * data_align);
+            continue;
+        } else if (hi == 0xc0) {
+            reg = lo;
+            if (reg == REG_RBP_DW) { r->rbp_kind = initial->rbp_kind; r->rbp_off = initial->rbp_off; }
+            if (reg == REG_RA_DW) { r->ra_kind = initial->ra_kind; r->ra_off = initial->ra_off; }
+            continue;
+        } else {
+            switch (op) {
+            case 0x00: continue;                                   /* nop */
+            case 0x02: if (p + 1 > end) return -1; delta = p[0] * code_align; p += 1; break;
+            case 0x03: if (p + 2 > end) return -1; { uint16_t v; memcpy(&v, p, 2); delta = v * code_align; } p += 2; break;
+            case 0x04: if (p + 4 > end) return -1; { uint32_t v; memcpy(&v, p, 4); delta = v * code_align; } p += 4; break;
+            case 0x05: reg = uleb(&p, end); set_reg(r, reg, 1, (int64_t)uleb(&p, end) * data_align); continue;
+            case 0x06: reg = uleb(&p, end);
+                if (reg == REG_RBP_DW) { r->rbp_kind = initial->rbp_kind; r->rbp_off = initial->rbp_off; }
+                if (reg == REG_RA_DW) { r->ra_kind = initial->ra_kind; r->ra_off = initial->ra_off; }
+                continue;
+            case 0x07: reg = uleb(&p, end); set_reg(r, reg, 3, 0); if (reg == REG_RBP_DW) r->rbp_kind = 0; continue;
+            case 0x08: reg = uleb(&p, end); set_reg(r, reg, 0, 0); continue;
+            case 0x09: reg = uleb(&p, end); uleb(&p, end); set_reg(r, reg, 2, 0); continue;
+            case 0x0a: if (depth == 8) return -1; stack[depth++] = *r; continue;
+            case 0x0b: if (depth == 0) return -1;
+                *r = stack[--depth];   /* the CFA rule too, as libgcc does */
+                continue;
+            case 0x0c: r->cfa_reg = (uint8_t)uleb(&p, end); r->cfa_off = (int64_t)uleb(&p, end); r->complex_cfa = 0; continue;
+            case 0x0d: r->cfa_reg = (uint8_t)uleb(&p, end); r->complex_cfa = 0; continue;
+            case 0x0e: r->cfa_off = (int64_t)uleb(&p, end); continue;
+            case 0x0f: { uint64_t n = uleb(&p, end); p += n; r->complex_cfa = 1; continue; }
+            case 0x10: case 0x16: { reg = uleb(&p, end); uint64_t n = uleb(&p, end); p += n; set_reg(r, reg, 2, 0); continue; }
+            case 0x11: reg = uleb(&p, end); set_reg(r, reg, 1, sleb(&p, end) * data_align); continue;
+            case 0x12: r->cfa_reg = (uint8_t)uleb(&p, end); r->cfa_off = sleb(&p, end) * data_align; r->complex_cfa = 0; continue;
+            case 0x13: r->cfa_off = sleb(&p, end) * data_align; continue;
+            case 0x14: reg = uleb(&p, end); uleb(&p, end); set_reg(r, reg, 2, 0); continue;
+            case 0x15: reg = uleb(&p, end); sleb(&p, end); set_reg(r, reg, 2, 0); continue;
+            case 0x2e: uleb(&p, end); continue;                    /* GNU_args_size */
+            case 0x2f: reg = uleb(&p, end); set_reg(r, reg, 1, -(int64_t)uleb(&p, end) * data_align); continue;
+            default: return -1;
+            }
+        }
+        if (loc + delta > target)
+            return 0;
+        loc += delta;
+    }
+    return 0;
+}
+
+/* The rule for `pc` (already adjusted: pc-1 for return addresses). */
+static struct rule compute_rule(uint64_t pc)
+{
+    struct rule out = {RULE_COMPLEX, 0, 0, NO_OFFSET, 0};
+    struct dwarf_eh_bases bases;
+    const uint8_t *fde = _Unwind_Find_FDE((void *)pc, &bases);
+    if (!fde)
+        return out;
+    uint32_t len32;
+    memcpy(&len32, fde, 4);
+    if (len32 == 0xffffffffu || len32 == 0)
+        return out;
+    const uint8_t *fde_end = fde + 4 + len32;
+    int32_t cie_ptr;
+    memcpy(&cie_ptr, fde + 4, 4);
+    const uint8_t *cie = fde + 4 - cie_ptr;
+    memcpy(&len32, cie, 4);
+    if (len32 == 0xffffffffu || len32 == 0)
+        return out;
+    const uint8_t *cie_end = cie + 4 + len32;
+    const uint8_t *p = cie + 8;           /* skip length and CIE id */
+    uint8_t version = *p++;
+    const char *aug = (const char *)p;
+    size_t auglen = strnlen(aug, 16);
+    p += auglen + 1;
+    if (aug[0] && aug[0] != 'z')
+        return out;
+    uint64_t code_align = uleb(&p, cie_end);
+    int64_t data_align = sleb(&p, cie_end);
+    if (version == 1)
+        p++;
+    else
+        uleb(&p, cie_end);
+    uint8_t fde_enc = 0;
+    int signal_frame = 0;
+    if (aug[0] == 'z') {
+        uint64_t n = uleb(&p, cie_end);
+        const uint8_t *aug_end = p + n;
+        for (size_t i = 1; i < auglen && p < aug_end; i++) {
+            switch (aug[i]) {
+            case 'R': fde_enc = *p++; break;
+            case 'L': p++; break;
+            case 'P': { uint8_t e = *p++; int sz = enc_size(e); if (sz < 0) return out; p += sz; break; }
+            case 'S': signal_frame = 1; break;
+            default: return out;
+            }
+        }
+        p = aug_end;
+    }
+    if (signal_frame)
+        return out;
+    int psize = enc_size(fde_enc);
+    if (psize < 0)
+        return out;
+
+    struct rules initial = {REG_RSP_DW, 8, 0, 0, 1, -8, 0};
+    if (run_cfa(p, cie_end, 0, 0, code_align, data_align, &initial, &initial) != 0)
+        return out;
+    struct rules r = initial;
+    const uint8_t *q = fde + 8 + 2 * psize;
+    if (aug[0] == 'z') {
+        uint64_t n = uleb(&q, fde_end);
+        q += n;
+    }
+    uint64_t start = (uint64_t)bases.func;
+    if (run_cfa(q, fde_end, start, pc, code_align, data_align, &r, &initial) != 0)
+        return out;
+    if (r.ra_kind == 2) {
+        out.kind = RULE_END;              /* return address undefined: outermost frame */
+        return out;
+    }
+    if (r.complex_cfa || r.ra_kind != 1 || r.rbp_kind == 2 ||
+        (r.cfa_reg != REG_RSP_DW && r.cfa_reg != REG_RBP_DW) ||
+        r.cfa_off < -(1 << 30) || r.cfa_off > (1 << 30) || r.ra_off < -30000 || r.ra_off > 30000 ||
+        r.rbp_off < -30000 || r.rbp_off > 30000)
+        return out;
+    out.kind = RULE_OK;
+    out.cfa_rbp = r.cfa_reg == REG_RBP_DW;
+    out.cfa_off = (int32_t)r.cfa_off;
+    out.ra_off = (int16_t)r.ra_off;
+    out.rbp_off = r.rbp_kind == 1 ? (int16_t)r.rbp_off : NO_OFFSET;
+    return out;
+}
+
+static struct rule lookup(uint64_t pc)
+{
+    if (!cache)
+        return compute_rule(pc);
+    uint32_t i = hash_pc(pc);
+    for (int probe = 0; probe < 16; probe++, i = (i + 1) & (CACHE_SIZE - 1)) {
+        uint64_t key = __atomic_load_n(&cache[i].key, __ATOMIC_ACQUIRE);
+        if (key == pc)
+            return cache[i].rule;
+        if (key == 0) {
+            struct rule r = compute_rule(pc);
+            if (__atomic_load_n(&cache_used, __ATOMIC_RELAXED) < CACHE_SIZE / 4 * 3) {
+                uint64_t expect = 0;
+                if (__atomic_compare_exchange_n(&cache[i].key, &expect, pc | BUSY, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+                    cache[i].rule = r;
+                    __atomic_store_n(&cache[i].key, pc, __ATOMIC_RELEASE);
+                    __atomic_fetch_add(&cache_used, 1, __ATOMIC_RELAXED);
+                }
+            }
+            return r;
+        }
+    }
+    return compute_rule(pc);
+}
+
+int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds *b,
+               uint64_t *ips, int max, int skip_lo_hi, uint64_t skip_lo, uint64_t skip_hi, int *truncated)
+{
+    int n = 0;
+    int first = 1;
+    *truncated = 0;
+    if (!b->hi)
+        return -1;
+    for (int steps = 0; steps < max + 256; steps++) {
+        int skipping = skip_lo_hi && pc >= skip_lo && pc < skip_hi;
+        if (!skipping) {
+            if (n == max) {
+                *truncated = 1;
+                return n;
+            }
+            ips[n++] = pc;
+        }
+        /* A return address points after the call: look up the call itself. */
+        struct rule r = lookup(first ? pc : pc - 1);
+        first = 0;
+        if (r.kind == RULE_END)
+            return n;
+        if (r.kind != RULE_OK)
+            return -1;
+        uint64_t cfa = (r.cfa_rbp ? fp : sp) + (int64_t)r.cfa_off;
+        if (cfa & 7 || cfa <= sp || cfa < b->lo || cfa > b->hi)
+            return n > 0 ? n : -1;
+        uint64_t ra_at = cfa + (int64_t)r.ra_off;
+        if (ra_at < b->lo || ra_at + 8 > b->hi)
+            return -1;
+        uint64_t ra = *(const uint64_t *)ra_at;
+        if (r.rbp_off != NO_OFFSET) {
+            uint64_t at = cfa + (int64_t)r.rbp_off;
+            if (at < b->lo || at + 8 > b->hi)
+                return -1;
+            fp = *(const uint64_t *)at;
+        }
+        sp = cfa;
+        if (ra < 4096)
+            return n;
+        pc = ra;
+    }
+    return n;
+}
