@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 
 from ..errors import CtprofError
 
-COMMAND_MODULES = ("ctprof.cli.capture", "ctprof.cli.view")
+COMMAND_MODULES = ("ctprof.cli.capture", "ctprof.cli.view", "ctprof.cli.attach")
 
 
 class Command:

@@ -1,0 +1,207 @@
+"""perf_event_open from Python: per-thread sampling events and their rings.
+
+Used by ``ctprof attach``: one software ``task-clock`` event per thread of the
+target, sampling the user registers and a copy of the top of the user stack
+(``PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER``) every ``1/hz`` seconds
+of the thread's CPU time.  The kernel writes the samples into a ring buffer
+we ``mmap``; nothing runs inside the target, so closing the events leaves it
+exactly as it was.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import struct
+from typing import Iterator, List, Optional, Tuple
+
+SYS_perf_event_open = 298          # x86-64
+PERF_TYPE_SOFTWARE = 1
+PERF_COUNT_SW_TASK_CLOCK = 1
+PERF_SAMPLE_TID = 1 << 1
+PERF_SAMPLE_TIME = 1 << 2
+PERF_SAMPLE_REGS_USER = 1 << 12
+PERF_SAMPLE_STACK_USER = 1 << 13
+PERF_FLAG_FD_CLOEXEC = 1 << 3
+PERF_RECORD_LOST = 2
+PERF_RECORD_SAMPLE = 9
+PERF_SAMPLE_REGS_ABI_NONE = 0
+
+# attr flag bits
+_DISABLED, _EXCLUDE_KERNEL, _EXCLUDE_HV = 1 << 0, 1 << 5, 1 << 6
+
+#: perf register indexes (arch/x86/include/uapi/asm/perf_regs.h) -> DWARF
+#: register numbers.  Sampled: the general registers and rip.
+PERF_TO_DWARF = {0: 0, 1: 3, 2: 2, 3: 1, 4: 4, 5: 5, 6: 6, 7: 7, 8: 16,
+                 16: 8, 17: 9, 18: 10, 19: 11, 20: 12, 21: 13, 22: 14, 23: 15}
+REGS_MASK = sum(1 << i for i in PERF_TO_DWARF)
+_REG_ORDER = [PERF_TO_DWARF[i] for i in sorted(PERF_TO_DWARF)]
+_NREGS = len(_REG_ORDER)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+
+class PerfEventAttr(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_uint32), ("size", ctypes.c_uint32), ("config", ctypes.c_uint64),
+        ("sample_period", ctypes.c_uint64), ("sample_type", ctypes.c_uint64),
+        ("read_format", ctypes.c_uint64), ("flags", ctypes.c_uint64),
+        ("wakeup_events", ctypes.c_uint32), ("bp_type", ctypes.c_uint32),
+        ("config1", ctypes.c_uint64), ("config2", ctypes.c_uint64),
+        ("branch_sample_type", ctypes.c_uint64), ("sample_regs_user", ctypes.c_uint64),
+        ("sample_stack_user", ctypes.c_uint32), ("clockid", ctypes.c_int32),
+        ("sample_regs_intr", ctypes.c_uint64), ("aux_watermark", ctypes.c_uint32),
+        ("sample_max_stack", ctypes.c_uint16), ("reserved_2", ctypes.c_uint16),
+    ]
+
+
+assert ctypes.sizeof(PerfEventAttr) == 112  # PERF_ATTR_SIZE_VER5
+
+
+def open_sampler(tid: int, period_ns: int, stack_bytes: int, exclude_kernel: bool) -> int:
+    """Open a task-clock sampling event on thread ``tid``; returns the fd.
+    Raises OSError with the kernel's errno."""
+    a = PerfEventAttr()
+    a.type = PERF_TYPE_SOFTWARE
+    a.size = ctypes.sizeof(a)
+    a.config = PERF_COUNT_SW_TASK_CLOCK
+    a.sample_period = max(1000, int(period_ns))
+    a.sample_type = PERF_SAMPLE_TID | PERF_SAMPLE_TIME | PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER
+    a.flags = _EXCLUDE_HV | (_EXCLUDE_KERNEL if exclude_kernel else 0)
+    a.wakeup_events = 1
+    a.sample_regs_user = REGS_MASK
+    a.sample_stack_user = stack_bytes
+    fd = _syscall(SYS_perf_event_open, ctypes.byref(a), tid, -1, -1, PERF_FLAG_FD_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(fd)
+
+
+class Sample:
+    __slots__ = ("pid", "tid", "time", "regs", "stack", "stack_base")
+
+    def __init__(self, pid, tid, time, regs, stack, stack_base) -> None:
+        self.pid = pid
+        self.tid = tid
+        self.time = time
+        self.regs = regs            # DWARF register number -> value
+        self.stack = stack          # bytes copied from stack_base (= rsp)
+        self.stack_base = stack_base
+
+
+_HDR = struct.Struct("<IHH")
+_TIDTIME = struct.Struct("<IIQ")
+_REGS = struct.Struct("<Q" + "Q" * _NREGS)
+_U64 = struct.Struct("<Q")
+_PAGE = mmap.PAGESIZE
+
+
+class ThreadRing:
+    """One thread's event and its mmap'ed ring buffer."""
+
+    def __init__(self, tid: int, fd: int, pages: int) -> None:
+        self.tid = tid
+        self.fd = fd
+        self.map = mmap.mmap(fd, (pages + 1) * _PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.data_size = pages * _PAGE
+        self.lost = 0
+        self.hung_up = False
+
+    def cpu_ns(self) -> int:
+        """Task-clock count of the event: CPU time of the thread since it was opened."""
+        try:
+            data = os.read(self.fd, 8)
+            return _U64.unpack(data)[0] if len(data) == 8 else 0
+        except OSError:
+            return 0
+
+    def read(self) -> Iterator[Sample]:
+        """Every complete record written since the last call."""
+        m = self.map
+        head = _U64.unpack_from(m, 1024)[0]           # data_head
+        tail = _U64.unpack_from(m, 1032)[0]           # data_tail
+        if head == tail:
+            return
+        size = self.data_size
+        start = tail % size
+        avail = head - tail
+        if start + avail <= size:
+            chunk = m[_PAGE + start:_PAGE + start + avail]
+        else:
+            first = size - start
+            chunk = m[_PAGE + start:_PAGE + size] + m[_PAGE:_PAGE + avail - first]
+        # Free the space before decoding: the kernel may write on.
+        _U64.pack_into(m, 1032, head)
+        off = 0
+        n = len(chunk)
+        while off + 8 <= n:
+            rtype, _misc, rsize = _HDR.unpack_from(chunk, off)
+            if rsize < 8 or off + rsize > n:
+                break
+            if rtype == PERF_RECORD_SAMPLE:
+                s = _decode_sample(chunk, off + 8)
+                if s is not None:
+                    yield s
+            elif rtype == PERF_RECORD_LOST:
+                self.lost += _U64.unpack_from(chunk, off + 16)[0]
+            off += rsize
+
+    def close(self) -> None:
+        try:
+            self.map.close()
+        except (BufferError, ValueError):
+            pass
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def _decode_sample(buf: bytes, off: int) -> Optional[Sample]:
+    pid, tid, time = _TIDTIME.unpack_from(buf, off)
+    off += _TIDTIME.size
+    abi = _U64.unpack_from(buf, off)[0]
+    if abi == PERF_SAMPLE_REGS_ABI_NONE:
+        return None                                      # no user context (kernel thread)
+    values = _REGS.unpack_from(buf, off)
+    regs = dict(zip(_REG_ORDER, values[1:]))
+    off += _REGS.size
+    size = _U64.unpack_from(buf, off)[0]
+    off += 8
+    stack = b""
+    if size:
+        dyn = _U64.unpack_from(buf, off + size)[0]
+        stack = buf[off:off + min(dyn, size)]
+    return Sample(pid, tid, time, regs, stack, regs[7])
+
+
+def map_ring(tid: int, fd: int, pages: int) -> ThreadRing:
+    """mmap the ring of ``fd``, halving ``pages`` while the locked-memory
+    limit refuses (perf_event_mlock_kb, then RLIMIT_MEMLOCK)."""
+    while True:
+        try:
+            return ThreadRing(tid, fd, pages)
+        except OSError as err:
+            if err.errno in (errno.EPERM, errno.ENOMEM) and pages > 8:
+                pages //= 2
+                continue
+            raise
+
+
+def thread_ids(pid: int) -> List[int]:
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if t.isdigit())
+    except OSError:
+        return []
+
+
+def read_sysctl(path: str) -> Optional[str]:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
