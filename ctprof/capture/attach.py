@@ -161,7 +161,7 @@ def explain_permission(pid: int, what: str) -> str:
         reasons.append("inside a container perf_event_open needs CAP_PERFMON/CAP_SYS_ADMIN "
                        "or a seccomp profile that allows it")
     comm = (_read(f"/proc/{pid}/comm") or "").strip()
-    return (f"cannot attach to process {pid}{f' ({comm})' if comm else ''}: {what} denied"
+    return (f"cannot attach to process {pid}{f' ({comm})' if comm else ''}: permission denied ({what})"
             + (f": {'; '.join(reasons)}" if reasons else ""))
 
 
@@ -308,10 +308,12 @@ class _Target:
 
 
 def attach_process(pid: int, opts: AttachOptions,
-                   should_stop: Optional[Callable[[], bool]] = None) -> Session:
+                   should_stop: Optional[Callable[[], bool]] = None,
+                   on_start: Optional[Callable[[int], None]] = None) -> Session:
     """Sample process ``pid`` until ``opts.duration`` passes, the process
     exits, ``should_stop()`` returns true, or (in the main thread) Ctrl-C /
-    SIGTERM; then detach and return the session.  Raises
+    SIGTERM; then detach and return the session.  ``on_start(threads)`` is
+    called once sampling runs.  Raises
     :class:`~ctprof.errors.AttachError` when the process cannot be attached."""
     opts.validate()
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
@@ -361,6 +363,8 @@ def attach_process(pid: int, opts: AttachOptions,
             except (ValueError, OSError):
                 pass
 
+    if on_start is not None:
+        on_start(len(target.rings))
     wall_start = time.time()
     t0 = time.monotonic()
     t0_ns = time.monotonic_ns()

@@ -52,9 +52,13 @@ class AttachCommand(Command):
         if hz > WARN_HZ:
             say(f"warning: {hz:g} Hz is above {WARN_HZ:g} Hz; ctprof may fall behind and the kernel drop samples")
         opts = AttachOptions(hz=hz, duration=duration, max_depth=args.max_depth, stack_kb=args.stack_kb)
-        if not args.quiet:
-            say(f"attached to process {pid}" + (f" for {duration:g} s" if duration else "; Ctrl-C detaches"))
-        session = attach_process(pid, opts)
+
+        def started(threads: int) -> None:
+            if not args.quiet:
+                say(f"attached to process {pid} ({threads} thread{'s' if threads != 1 else ''}), sampling "
+                    + (f"for {duration:g} s" if duration else "until it exits; Ctrl-C detaches"))
+
+        session = attach_process(pid, opts, on_start=started)
         if getattr(session, "exited", False):
             say(f"process {pid} exited during the attach; keeping what was sampled")
         finish_capture(session, args)
