@@ -79,6 +79,10 @@ class Session:
     processes: Dict[int, ProcessInfo] = field(default_factory=dict)
     stacks: List[RawStack] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+    #: Heap profiling (``run --mem``): per pid (as a string), the totals,
+    #: live-heap timeline, peak time, scan state and overhead figures.
+    memory: Dict[str, dict] = field(default_factory=dict)
+    mem_sample: int = 0
 
     def maps_text(self, pid: int, gen: int) -> str:
         """The maps snapshot of ``pid`` current at generation ``gen`` (the

@@ -69,7 +69,8 @@ struct rec_header {
     uint16_t flags;
 };
 
-enum { REC_SAMPLE = 1, REC_THREAD = 2 };
+enum { REC_SAMPLE = 1, REC_THREAD = 2, REC_ALLOC = 3, REC_FREE = 4, REC_REALLOC = 5 };
+enum { ALLOC_SAMPLED = 1, ALLOC_TRUNCATED = 2 };
 enum { SAMPLE_TRUNCATED = 1 };
 enum { THREAD_START = 0, THREAD_EXIT = 1 };
 
@@ -91,6 +92,78 @@ struct rec_thread {
     char name[16];
 };
 
+/* Heap events (in <pid>.heap).  An allocation of `size` bytes at `ptr` made
+ * from the stack ips[nips] (leaf first, the caller of malloc first). */
+struct rec_alloc {
+    struct rec_header h;      /* flags: ALLOC_* */
+    uint64_t ptr;
+    uint64_t size;
+    uint32_t tid;
+    uint32_t nips;
+};
+struct rec_free {
+    struct rec_header h;
+    uint64_t ptr;
+};
+/* realloc: the free of `old` and the allocation of `ptr` as one event,
+ * reserved before the real realloc runs so no other thread's use of `old`
+ * can be ordered before it.  ptr == 0 and size > 0: realloc failed, `old`
+ * is still allocated.  Followed by nips return addresses. */
+struct rec_realloc {
+    struct rec_header h;
+    uint64_t old;
+    uint64_t ptr;
+    uint64_t size;
+    uint32_t tid;
+    uint32_t nips;
+};
+
+/* The heap part of a .heap ring's header page (at HEAP_SHARED_OFFSET).
+ * Keep in sync with ctprof/memory/collect.py. */
+#define HEAP_SHARED_OFFSET 2048
+#define HEAP_MAGIC 0x50414548u /* "HEAP" */
+#define HEAP_MAX_THREADS 60
+enum { EXIT_RUNNING = 0, EXIT_WAITING = 1, EXIT_SCANNED = 2 };
+struct heap_shared {
+    uint32_t magic;
+    uint32_t depth;           /* frames kept per allocation */
+    uint64_t sample_bytes;    /* 0: exact; else mean bytes between samples */
+    uint32_t exit_state;      /* EXIT_*: the controller scans while WAITING */
+    uint32_t nthreads;
+    uint64_t exit_sp;         /* stack pointer of the thread running exit */
+    uint64_t exit_fs;         /* its TLS base (main thread TLS is not on a stack) */
+    uint64_t exit_tid;
+    uint64_t heartbeat_ns;    /* controller's CLOCK_MONOTONIC at its last drain */
+    uint64_t lost;            /* events dropped: ring full and controller gone */
+    uint64_t wait_ns;         /* time writers waited for ring space */
+    uint64_t hook_calls;      /* tracked calls */
+    uint64_t timed_calls;     /* every 64th call is timed ... */
+    uint64_t timed_ns;        /* ... and its time summed here */
+    uint64_t sampled_free_overflow; /* sampled mode: set of sampled blocks overflowed */
+    struct {
+        uint64_t tid;
+        uint64_t lo, hi;
+    } stacks[HEAP_MAX_THREADS];
+};
+
+/* ---- heap.c (target side, only in the "mem" build) -------------------------
+ * Called by the interposers in heaphooks.c with their recursion guard set;
+ * never from a signal handler of ours.  May block briefly when the ring is
+ * full (the controller drains it), never while holding a lock. */
+int heap_init(const char *dir);                 /* constructor */
+void heap_after_fork(void);                     /* fork child: new ring */
+void heap_thread_start(void);                   /* register this thread's stack */
+void heap_thread_stop(void);
+void heap_at_exit(void);                        /* wait for the leak scan */
+int heap_active(void);
+void heap_on_alloc(void *ptr, size_t size);
+void heap_on_free(void *ptr);
+/* realloc in three steps: prepare (unwind, reserve), the real call, finish. */
+void *heap_realloc_begin(void *old, size_t size);
+void heap_realloc_end(void *rec, void *ptr, size_t size);
+const struct stack_bounds *sampler_bounds(void);
+void heap_account_time(uint64_t ns);            /* a timed hook call */
+
 /* ---- ring.c ---------------------------------------------------------------*/
 struct ring {
     struct ring_header *hdr;
@@ -105,6 +178,10 @@ int ring_open(struct ring *r, const char *dir, const char *suffix, uint64_t data
 /* Reserve `size` bytes (multiple of 8).  AS-safe, lock-free, never blocks:
  * NULL and `dropped` counted when full. */
 void *ring_reserve(struct ring *r, uint32_t size);
+/* Reserve without dropping: a full ring means waiting for the controller
+ * (heap events must not be lost).  Gives up, counting `*lost`, only when the
+ * controller's heartbeat stops.  Not AS-safe (sleeps). */
+void *ring_reserve_wait(struct ring *r, uint32_t size, const uint64_t *heartbeat, uint64_t *wait_ns, uint64_t *lost);
 /* Publish a reserved record.  AS-safe. */
 void ring_commit(void *rec, uint32_t size);
 /* Controller side (called through ctypes): copy committed records from a

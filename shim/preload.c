@@ -79,6 +79,9 @@ static void fill_header(struct ring *r)
 static void thread_gone(void *unused)
 {
     (void)unused;
+#ifdef CTPROF_HEAP
+    heap_thread_stop();
+#endif
     sampler_thread_stop();
 }
 
@@ -92,6 +95,9 @@ static void *thread_main(void *p)
     struct trampoline t = *(struct trampoline *)p;
     munmap(p, sizeof t);
     sampler_thread_start();
+#ifdef CTPROF_HEAP
+    heap_thread_start();
+#endif
     pthread_setspecific(thread_key, (void *)1); /* destructor stops the timer */
     return t.fn(t.arg);
 }
@@ -132,6 +138,10 @@ static void after_fork_child(void)
     maps_snapshot(&fork_ring, session_dir);
     sampler_after_fork(&fork_ring);
     sampler_thread_start();
+#ifdef CTPROF_HEAP
+    heap_after_fork();
+    heap_thread_start();
+#endif
     pthread_setspecific(thread_key, (void *)1);
 }
 
@@ -265,6 +275,10 @@ __attribute__((constructor)) static void ctprof_start(void)
         return;
     active = 1;
     sampler_thread_start();
+#ifdef CTPROF_HEAP
+    if (heap_init(session_dir) == 0)
+        heap_thread_start();
+#endif
     pthread_setspecific(thread_key, (void *)1);
 }
 
@@ -272,6 +286,9 @@ __attribute__((destructor)) static void ctprof_stop(void)
 {
     if (!active)
         return;
+#ifdef CTPROF_HEAP
+    heap_at_exit();
+#endif
     sampler_thread_stop();
     ring_now()->hdr->end_ns = now_ns();
 }

@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include "ctprof.h"
 
 static int map_twice(struct ring *r, int fd, uint64_t size)
@@ -162,4 +163,41 @@ size_t ctprof_ring_drain(void *file_base, void *out, size_t cap)
     }
     __atomic_store_n(&h->read_pos, rd, __ATOMIC_RELEASE);
     return copied;
+}
+
+void *ring_reserve_wait(struct ring *r, uint32_t size, const uint64_t *heartbeat, uint64_t *wait_ns, uint64_t *lost)
+{
+    struct ring_header *h = r->hdr;
+    uint64_t waited_since = 0;
+    int spins = 0;
+    if (size > h->data_size)
+        goto lose;
+    for (;;) {
+        uint64_t w = __atomic_load_n(&h->write_pos, __ATOMIC_RELAXED);
+        uint64_t rd = __atomic_load_n(&h->read_pos, __ATOMIC_ACQUIRE);
+        if (w + size - rd <= h->data_size) {
+            if (__atomic_compare_exchange_n(&h->write_pos, &w, w + size, 1, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+                if (waited_since)
+                    __atomic_fetch_add(wait_ns, now_ns() - waited_since, __ATOMIC_RELAXED);
+                return r->data + (w & (h->data_size - 1));
+            }
+            continue;
+        }
+        /* Full: the controller is behind.  Wait for it, unless it is gone. */
+        uint64_t t = now_ns();
+        if (!waited_since)
+            waited_since = t;
+        uint64_t beat = __atomic_load_n(heartbeat, __ATOMIC_RELAXED);
+        if (t - waited_since > 2000000000ull && (beat == 0 || t - beat > 2000000000ull))
+            goto lose;
+        if (++spins < 64) {
+            __builtin_ia32_pause();
+        } else {
+            struct timespec ts = {0, 200000};
+            nanosleep(&ts, NULL);
+        }
+    }
+lose:
+    __atomic_fetch_add(lost, 1, __ATOMIC_RELAXED);
+    return NULL;
 }

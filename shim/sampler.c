@@ -54,6 +54,8 @@ int real_sigaction(int sig, const struct sigaction *act, struct sigaction *old)
     return libc_sigaction(sig, act, old);
 }
 
+const struct stack_bounds *sampler_bounds(void) { return &ts.bounds; }
+
 int sampler_signal(void) { return process_kind == TIMER_ITIMER ? SIGPROF : cfg.signo; }
 int sampler_active(void) { return installed && cur_ring != NULL; }
 

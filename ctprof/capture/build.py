@@ -21,14 +21,14 @@ from ..errors import BuildError
 SHIM_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_shim")
 CFLAGS = ["-O2", "-g", "-fPIC", "-shared", "-pthread", "-fvisibility=hidden",
           "-ftls-model=initial-exec", "-fno-omit-frame-pointer", "-Wall"]
-LIBS = ["-ldl"]
+LIBS = ["-ldl", "-lm"]
 
 
 #: Which C files go into each build of the shim.  "cpu" is preloaded by
 #: ``ctprof run``; "mem" adds the heap hooks (``--mem``: CPU-only runs must
 #: not pay for them); "self" is loaded into Python with ctypes for
 #: self-profiling.  Headers are always hashed.
-COMMON_SOURCES = ("util.c", "ring.c", "cfi.c", "unwind.c", "sampler.c", "maps.c", "preload.c")
+COMMON_SOURCES = ("util.c", "ring.c", "cfi.c", "unwind.c", "sampler.c", "maps.c", "preload.c", "collect.c")
 VARIANTS = {
     "cpu": COMMON_SOURCES,
     "mem": COMMON_SOURCES + ("heap.c", "heaphooks.c"),

@@ -39,6 +39,10 @@ class CaptureOptions:
     max_depth: frames kept per sample, leaf end first (default 128).
     timer: force "perf", "posix" or "itimer" (default: best available).
     ring_mb: size of each process's ring in MiB, a power of two (default 16).
+    memory: also track every heap allocation (``--mem``).
+    mem_depth: frames kept per allocation stack (default 32).
+    mem_sample: 0 for exact heap tracking, else sample about one allocation
+        per this many bytes (Poisson, unbiased estimates).
     """
 
     hz: float = 99.0
@@ -46,6 +50,9 @@ class CaptureOptions:
     max_depth: int = 128
     timer: Optional[str] = None
     ring_mb: int = 16
+    memory: bool = False
+    mem_depth: int = 32
+    mem_sample: int = 0
 
     def validate(self) -> None:
         if not (self.hz > 0) or self.hz != self.hz:
@@ -60,6 +67,10 @@ class CaptureOptions:
             raise UsageError(f"unknown timer {self.timer!r}")
         if self.ring_mb < 1 or self.ring_mb & (self.ring_mb - 1) or self.ring_mb > 1024:
             raise UsageError("ring size must be a power of two between 1 and 1024 MiB")
+        if not 1 <= self.mem_depth <= 256:
+            raise UsageError("--mem-depth must be between 1 and 256")
+        if self.mem_sample < 0:
+            raise UsageError("--mem-sample must be a positive number of bytes")
 
 
 def make_session_dir() -> str:
@@ -81,6 +92,8 @@ def child_environment(shim: str, session_dir: str, opts: CaptureOptions) -> Dict
         env["CTPROF_TIMER"] = opts.timer
     else:
         env.pop("CTPROF_TIMER", None)
+    env["CTPROF_MEM_DEPTH"] = str(opts.mem_depth)
+    env["CTPROF_MEM_SAMPLE"] = str(opts.mem_sample)
     return env
 
 
@@ -238,13 +251,19 @@ def run_program(argv: List[str], opts: CaptureOptions) -> Session:
     if not argv:
         raise UsageError("no program given (usage: ctprof run [options] -- PROGRAM ARGS...)")
     program = check_program(argv[0])
-    shim = shim_path()
+    shim = shim_path()  # the controller's own copy: ring drain and heap consumer
+    target_shim = shim_path("mem") if opts.memory else shim
     session_dir = make_session_dir()
+    heap = None
     try:
         collector = Collector(session_dir, shim)
-        env = child_environment(shim, session_dir, opts)
+        env = child_environment(target_shim, session_dir, opts)
         start = time.time()
         start_ns = time.monotonic_ns()
+        if opts.memory:
+            from ..memory.collect import HeapCollector
+            heap = HeapCollector(session_dir, shim, time.monotonic())
+            heap.start_thread()
         try:
             proc = subprocess.Popen([program] + list(argv[1:]), env=env, executable=program)
         except OSError as err:
@@ -258,16 +277,23 @@ def run_program(argv: List[str], opts: CaptureOptions) -> Session:
                 except subprocess.TimeoutExpired:
                     pass
             end_ns = time.monotonic_ns()
+            heap_processes = heap.stop() if heap else {}
+            heap = None
             processes = collector.finish(end_ns)
         rc = proc.returncode
-        session = Session(kind="cpu", command=list(argv), hz=float(opts.hz), unwind=opts.unwind,
-                          max_depth=opts.max_depth, start_time=start, wall_s=(end_ns - start_ns) / 1e9,
-                          exit_status=128 - rc if rc < 0 else rc, processes=processes,
-                          stacks=collector.raw_stacks)
+        session = Session(kind="memory" if opts.memory else "cpu", command=list(argv), hz=float(opts.hz),
+                          unwind=opts.unwind, max_depth=opts.max_depth, start_time=start,
+                          wall_s=(end_ns - start_ns) / 1e9, exit_status=128 - rc if rc < 0 else rc,
+                          processes=processes, stacks=collector.raw_stacks, mem_sample=opts.mem_sample)
+        if opts.memory:
+            from ..memory.model import add_heap_to_session
+            add_heap_to_session(session, heap_processes)
         if interrupts.count:
             session.notes.append("interrupted: the program was stopped by Ctrl-C/SIGTERM")
         if not processes:
             session.notes.append("the shim never started in the program (is LD_PRELOAD cleared or ignored?)")
         return session
     finally:
+        if heap is not None:
+            heap.stop()
         shutil.rmtree(session_dir, ignore_errors=True)

@@ -27,7 +27,7 @@ def achieved_hz(session: Session) -> float:
 def run_metadata(session: Session) -> Dict[str, object]:
     procs = session.processes.values()
     threads = {str(tid): name for p in procs for tid, name in p.threads.items()}
-    return {
+    meta: Dict[str, object] = {
         "kind": session.kind,
         "command": list(session.command),
         "default_metric": "samples",
@@ -46,6 +46,13 @@ def run_metadata(session: Session) -> Dict[str, object]:
         "threads": threads,
         "notes": list(session.notes) + sorted({n for p in procs for n in p.notes}),
     }
+    if session.kind == "memory":
+        from ..memory.model import DETAIL_METRICS, MEMORY_METRICS
+        meta["default_metric"] = "alloc_bytes"
+        meta["units"] = {"samples": "samples", **MEMORY_METRICS, **DETAIL_METRICS}
+        meta["memory"] = session.memory
+        meta["mem_sample"] = session.mem_sample
+    return meta
 
 
 def overhead_lines(session: Session) -> List[str]:

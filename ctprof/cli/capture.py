@@ -51,6 +51,9 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
                         help="where to save the profile (default: ctprof-PROGRAM-DATE.ctprof here)")
     parser.add_argument("--svg", metavar="FILE", help="also write a flame graph")
     parser.add_argument("--folded", metavar="FILE", help="also write folded stacks")
+    parser.add_argument("--metric", metavar="M",
+                        help="value drawn in --svg/--folded: samples (CPU), or with --mem alloc_bytes (default), "
+                             "alloc_count, leaked_bytes, reachable_bytes, peak_bytes")
     parser.add_argument("--top", type=int, default=10, metavar="N", help="functions in the summary (default 10)")
     parser.add_argument("--threads", metavar="SPEC",
                         help="keep only these threads: ids, name globs or 'main', comma-separated")
@@ -68,6 +71,16 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-depth", type=int, default=128, metavar="N",
                         help="frames kept per sample, leaf end first (default 128)")
     parser.add_argument("--timer", choices=("perf", "posix", "itimer"), help=argparse.SUPPRESS)
+
+
+def add_memory_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mem", action="store_true",
+                        help="also track every heap allocation: sites, peak, leaks (CPU sampling continues)")
+    parser.add_argument("--mem-sample", type=int, default=0, metavar="BYTES",
+                        help="sample about one allocation per BYTES allocated instead of tracking all (estimates)")
+    parser.add_argument("--mem-depth", type=int, default=32, metavar="N",
+                        help="frames kept per allocation stack (default 32)")
+    parser.add_argument("--timeline", metavar="FILE", help="with --mem: write a chart of the live heap over time (SVG)")
 
 
 def finish_capture(session: Session, args: argparse.Namespace) -> Profile:
@@ -88,17 +101,26 @@ def finish_capture(session: Session, args: argparse.Namespace) -> Profile:
     output = args.output or default_output_name(session.command)
     save(output, profile, session)
     written = [f"profile: {output}"]
+    metric = getattr(args, "metric", None) or profile.default_metric()
+    profile.column(metric)  # an unknown metric is a usage error before any file is written
     if args.svg:
-        write_svg(view, args.svg)
-        written.append(f"flame graph: {args.svg}")
+        write_svg(view, args.svg, metric=metric)
+        written.append(f"flame graph ({metric}): {args.svg}")
     if args.folded:
-        write_folded(view, args.folded)
-        written.append(f"folded stacks: {args.folded}")
+        write_folded(view, args.folded, metric)
+        written.append(f"folded stacks ({metric}): {args.folded}")
+    if getattr(args, "timeline", None):
+        from ..memory.timeline import write_timeline
+        write_timeline(profile, args.timeline)
+        written.append(f"live heap timeline: {args.timeline}")
 
     if not args.quiet:
+        if session.kind == "memory":
+            from ..memory.report import memory_report
+            print(memory_report(profile, args.top), file=sys.stderr, end="")
         if profile.total("samples"):
             print(top_text(profile, "samples", args.top), file=sys.stderr)
-        else:
+        elif session.kind != "memory":
             say(f"no samples: the program used {profile.metadata.get('cpu_s', 0):.3f} s of CPU "
                 f"(at {session.hz:g} Hz a sample needs about {1 / session.hz:.3f} s); try a higher --hz")
         for line in overhead_lines(session):
@@ -115,6 +137,7 @@ class RunCommand(Command):
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         add_sampling_options(parser)
+        add_memory_options(parser)
         add_output_options(parser)
         parser.add_argument("program", nargs=argparse.REMAINDER, metavar="-- PROGRAM ARGS...")
 
@@ -127,7 +150,10 @@ class RunCommand(Command):
         hz = parse_hz(args.hz)
         if hz > WARN_HZ:
             say(f"warning: {hz:g} Hz is above {WARN_HZ:g} Hz; expect the sampling itself to slow the program")
-        opts = CaptureOptions(hz=hz, unwind=args.unwind, max_depth=args.max_depth, timer=args.timer)
+        if (args.mem_sample or args.timeline) and not args.mem:
+            raise UsageError("--mem-sample and --timeline need --mem")
+        opts = CaptureOptions(hz=hz, unwind=args.unwind, max_depth=args.max_depth, timer=args.timer,
+                              memory=args.mem, mem_depth=args.mem_depth, mem_sample=args.mem_sample)
         session = run_program(argv, opts)
         finish_capture(session, args)
         return session.exit_status if session.exit_status is not None else 0
