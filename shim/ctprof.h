@@ -70,6 +70,11 @@ struct rec_header {
 };
 
 enum { REC_SAMPLE = 1, REC_THREAD = 2, REC_ALLOC = 3, REC_FREE = 4, REC_REALLOC = 5 };
+/* selfprof.c (self-profiling from Python): a rec_sample whose `pad` holds the
+ * number of Python frames; nips native ips follow, then 2 x uint64_t per
+ * Python frame (code object address, lasti | PYFRAME_ENTRY). */
+enum { REC_PYSAMPLE = 16 };
+#define PYFRAME_ENTRY (1ull << 32)
 enum { ALLOC_SAMPLED = 1, ALLOC_TRUNCATED = 2 };
 enum { SAMPLE_TRUNCATED = 1 };
 enum { THREAD_START = 0, THREAD_EXIT = 1 };
@@ -252,5 +257,15 @@ uint64_t thread_cpu_ns(void);             /* AS-safe */
 int ctprof_gettid(void);                  /* AS-safe */
 size_t fmt_u64(char *out, uint64_t v);    /* AS-safe decimal formatting */
 void path_join3(char *out, size_t cap, const char *a, const char *b, const char *c);
+
+/* ---- pyframes.c (the "self" variant only) -----------------------------------
+ * Python frames of the calling thread, for CPython 3.11/3.12 (compiled
+ * against the running interpreter's headers; a stub elsewhere). */
+/* Locate the interpreter's thread-state key.  Not AS-safe; 1 if supported. */
+int pyframes_init(void);
+/* Fill out[2*i], out[2*i+1] (code address, lasti | PYFRAME_ENTRY), leaf
+ * first; returns the frame count.  AS-safe: every frame read is checked for
+ * readability first and the walk is bounded. */
+int pyframes_capture(uint64_t *out, int max);
 
 #endif
