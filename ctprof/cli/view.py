@@ -144,6 +144,9 @@ class ReportCommand(Command):
         if args.top < 1:
             raise UsageError(f"--top {args.top}: must be at least 1")
         profile = _processed(args, args.profile)
+        if profile.metadata.get("memory"):
+            from ..memory.report import memory_report
+            sys.stdout.write(memory_report(profile, args.top) + "\n")
         sys.stdout.write(top_text(profile, args.metric, args.top))
         sys.stdout.flush()
         return 0

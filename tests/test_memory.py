@@ -1,0 +1,190 @@
+"""Heap profiling (issue 5): programs with known answers, run under
+``ctprof run --mem``; the numbers must match to the byte."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import ctprof, load_profile
+
+
+def run_mem(tmp_path, argv, *options, timeout=120):
+    out = str(tmp_path / "mem.ctprof")
+    proc = ctprof(["run", "--mem", "-o", out, *options, "--", *argv], cwd=str(tmp_path), timeout=timeout)
+    profile = load_profile(out)[0] if os.path.exists(out) else None
+    return proc, profile
+
+
+def site(profile, metric, func, anywhere=False):
+    """Sum of ``metric`` over stacks allocated directly by ``func`` (its
+    innermost frame), or with ``func`` anywhere in the stack."""
+    total = 0
+    for i, stack in enumerate(profile.stacks):
+        names = [profile.frames[f].name for f in stack]
+        # gcc's specialised copies keep their name plus " [clone .isra.0]"
+        if names and (any(n == func or n.startswith(func + " [clone") for n in names) if anywhere
+                      else names[-1] == func):
+            total += profile.values[metric][i]
+    return total
+
+
+def test_leaks_reachable_and_indirect(build, tmp_path):
+    proc, p = run_mem(tmp_path, [build("leaks.c")])
+    assert proc.returncode == 0, proc.stderr.decode()
+    # definitely lost, two distinct sites, exact sizes and counts
+    assert site(p, "definite_bytes", "leak_small") == 1000
+    assert site(p, "definite_count", "leak_small") == 10
+    assert site(p, "definite_bytes", "leak_big") == 15000
+    assert site(p, "definite_count", "leak_big") == 3
+    # held by a global: still reachable, not lost
+    assert site(p, "reachable_bytes", "keep_global") == 1024
+    assert site(p, "reachable_count", "keep_global") == 4
+    assert site(p, "leaked_bytes", "keep_global") == 0
+    # a lost list: its head definitely lost, the 7 nodes behind it indirectly
+    assert site(p, "definite_count", "lost_list") == 1
+    assert site(p, "indirect_count", "lost_list") == 7
+    assert site(p, "leaked_bytes", "lost_list") == 512
+    # churn: everything freed
+    assert site(p, "alloc_count", "churn") == 1000
+    assert site(p, "alloc_bytes", "churn") == 32000
+    assert site(p, "leaked_bytes", "churn") == 0
+    # the peak: the 1 MiB block plus what was live then, exactly
+    totals = next(iter(p.metadata["memory"].values()))["totals"]
+    assert totals["peak_bytes"] == 1000 + 15000 + 1024 + 512 + (1 << 20)
+    assert site(p, "peak_bytes", "peak_holder") == 1 << 20
+    err = proc.stderr.decode()
+    assert "definitely lost" in err and "leak_big <- main" in err and "indirectly lost" in err
+    assert "still reachable" in err
+
+
+def test_report_command_on_memory_profile(build, tmp_path):
+    proc, p = run_mem(tmp_path, [build("leaks.c")])
+    rep = ctprof(["report", str(tmp_path / "mem.ctprof")], cwd=str(tmp_path))
+    assert rep.returncode == 0
+    out = rep.stdout.decode()
+    assert "Top allocation sites by bytes allocated" in out
+    assert "14.6 KiB in 3 blocks definitely lost at: leak_big <- main" in out
+
+
+@pytest.mark.parametrize("metric", ["alloc_bytes", "alloc_count", "leaked_bytes", "reachable_bytes", "peak_bytes"])
+def test_memory_flame_graphs(build, tmp_path, metric):
+    proc, p = run_mem(tmp_path, [build("leaks.c")], "--metric", metric, "--svg", "m.svg", "--folded", "m.folded")
+    assert proc.returncode == 0, proc.stderr.decode()
+    folded = (tmp_path / "m.folded").read_text().splitlines()
+    total = sum(int(l.rsplit(" ", 1)[1]) for l in folded)
+    assert total == p.total(metric)
+    svg = (tmp_path / "m.svg").read_text()
+    assert "bytes" in svg or "allocations" in svg
+
+
+def test_timeline_marks_the_peak(build, tmp_path):
+    proc, p = run_mem(tmp_path, [build("leaks.c")], "--timeline", "t.svg")
+    assert proc.returncode == 0
+    svg = (tmp_path / "t.svg").read_text()
+    import xml.etree.ElementTree as ET
+    root = ET.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    assert root.find(f"{ns}polyline") is not None
+    marker = root.find(f"{ns}circle")
+    assert marker is not None and "peak 1.0 MiB" in marker.find(f"{ns}title").text
+
+
+def test_realloc_chains(build, tmp_path):
+    proc, p = run_mem(tmp_path, [build("mem_realloc.c")])
+    assert proc.returncode == 0, proc.stderr.decode()
+    # 16 + 32 + ... + 16384: every realloc is a free plus a new allocation
+    assert site(p, "alloc_bytes", "grow_and_free") == sum(16 << k for k in range(11))
+    assert site(p, "alloc_count", "grow_and_free") == 11
+    assert site(p, "leaked_bytes", "grow_and_free") == 0
+    assert site(p, "alloc_count", "grow_and_leak") == 7
+    assert site(p, "definite_bytes", "grow_and_leak") == 4096
+    assert site(p, "definite_count", "grow_and_leak") == 1
+
+
+def test_allocator_semantics_kept(build, tmp_path):
+    proc, p = run_mem(tmp_path, [build("mem_semantics.c")])
+    assert b"semantics ok" in proc.stdout, proc.stdout.decode()
+    assert proc.returncode == 0
+    assert site(p, "alloc_count", "aligned_ones") == 5
+    assert site(p, "alloc_bytes", "aligned_ones") == 1000 + 8192 + 300 + 100 + 100
+    assert site(p, "leaked_bytes", "aligned_ones") == 0
+
+
+def test_cxx_new_delete(build, tmp_path):
+    proc, p = run_mem(tmp_path, [build("mem_cxx.cpp")])
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert site(p, "definite_count", "store::Pool<store::Item>::make()", anywhere=True) == 6
+    assert site(p, "definite_bytes", "store::Pool<store::Item>::make()", anywhere=True) == 6 * 32
+    assert site(p, "alloc_bytes", "fill_vector(std::vector<int, std::allocator<int> >&)", anywhere=True) > 40000
+    assert site(p, "leaked_bytes", "fill_vector(std::vector<int, std::allocator<int> >&)", anywhere=True) == 0
+
+
+def test_threads_exact_totals(build, tmp_path):
+    proc, p = run_mem(tmp_path, [build("mem_threads.c")], timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert site(p, "alloc_count", "churn_thread") == 8 * 200000
+    assert site(p, "live_bytes", "churn_thread") == 0
+    totals = next(iter(p.metadata["memory"].values()))["totals"]
+    assert totals["alloc_bytes"] - totals["free_bytes"] == totals["live_bytes"]
+    assert totals["unmatched_frees"] == 0
+    assert next(iter(p.metadata["memory"].values()))["lost_events"] == 0
+
+
+def test_fork_and_exec(build, tmp_path):
+    other = build("leaks.c")
+    proc, p = run_mem(tmp_path, [build("mem_fork.c"), other])
+    assert proc.returncode == 0, proc.stderr.decode()
+    by_pid = {}
+    for func, size in (("parent_leak", 222), ("child_leak", 666), ("leak_big", 15000)):
+        pids = {p.pids[i] for i, s in enumerate(p.stacks)
+                if p.frames[s[-1]].name == func and p.values["definite_bytes"][i]}
+        assert len(pids) == 1, (func, pids)
+        by_pid[func] = pids.pop()
+        assert site(p, "definite_bytes", func) == size
+    assert len(set(by_pid.values())) == 3
+
+
+@pytest.mark.parametrize("how,status", [("segv", 139), ("sigkill", 137), ("_exit", 4)])
+def test_crash_keeps_the_report(build, tmp_path, how, status):
+    proc, p = run_mem(tmp_path, [build("mem_crash.c"), how])
+    assert proc.returncode == status
+    assert site(p, "leaked_bytes", "doomed_alloc") == 1500
+    assert site(p, "leaked_count", "doomed_alloc") == 5
+    assert b"live at death" in proc.stderr
+
+
+def test_malloc_in_signal_handler_does_not_hang(build, tmp_path):
+    proc, p = run_mem(tmp_path, [build("mem_signal.c")], timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"signal done 1" in proc.stdout
+
+
+def test_sampled_mode_estimates(build, tmp_path):
+    prog = build("mem_big.c")
+    proc, exact = run_mem(tmp_path, [prog, "300000"])
+    assert proc.returncode == 0
+    proc, sampled = run_mem(tmp_path, [prog, "300000"], "--mem-sample", "65536")
+    assert proc.returncode == 0, proc.stderr.decode()
+    for func in ("small_site", "big_site"):
+        e, s = site(exact, "alloc_bytes", func), site(sampled, "alloc_bytes", func)
+        assert abs(s - e) / e < 0.10, (func, e, s)
+    assert b"estimated from samples" in proc.stderr
+
+
+def test_overhead_line(build, tmp_path):
+    proc, p = run_mem(tmp_path, [build("leaks.c")])
+    err = proc.stderr.decode()
+    assert "metadata in the program" in err and "of its peak RSS" in err and "in the hook per allocation" in err
+
+
+def test_mem_options_need_mem(tmp_path):
+    proc = ctprof(["run", "--mem-sample", "1000", "--", "true"], cwd=str(tmp_path))
+    assert proc.returncode == 2 and b"need --mem" in proc.stderr
+
+
+def test_static_binary_with_mem(build, tmp_path):
+    prog = build("quick.c", "-static", name="quick-static")
+    proc = ctprof(["run", "--mem", "--", prog], cwd=str(tmp_path))
+    assert proc.returncode == 127 and b"statically linked" in proc.stderr
