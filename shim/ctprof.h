@@ -254,7 +254,8 @@ void maps_snapshot(struct ring *r, const char *dir);
 /* ---- small helpers (util.c) ------------------------------------------------*/
 uint64_t now_ns(void);                    /* CLOCK_MONOTONIC, AS-safe */
 uint64_t thread_cpu_ns(void);             /* AS-safe */
-int ctprof_gettid(void);                  /* AS-safe */
+int ctprof_gettid(void);                  /* AS-safe, cached per thread */
+void ctprof_forget_tid(void);             /* in a fork child */
 size_t fmt_u64(char *out, uint64_t v);    /* AS-safe decimal formatting */
 void path_join3(char *out, size_t cap, const char *a, const char *b, const char *c);
 

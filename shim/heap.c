@@ -33,6 +33,9 @@ static int depth = 32;
 static uint64_t sample_bytes;
 static uint64_t shim_lo, shim_hi;   /* our own code: frames skipped */
 static volatile int active;
+/* The event ring is the only heap metadata in the program: keep it small
+ * (CTPROF_MEM_RING_MB, default 2); the controller drains it continuously. */
+static uint64_t ring_mb = 2;
 
 static __thread int64_t bytes_left CTPROF_TLS;
 static __thread uint64_t rng_state CTPROF_TLS;
@@ -110,6 +113,11 @@ struct sset_stripe {
     uint64_t keys[SSET_SLOTS];
 };
 static struct sset_stripe *sset;
+/* A count of sampled blocks per address bucket, read without a lock: a
+ * zero means "not sampled", so most frees never touch a stripe lock.  (An
+ * allocation happens-before its free, so the count is never stale-zero.) */
+#define FILTER_SIZE (1u << 16)
+static uint8_t *filter;
 
 static inline uint64_t mix64(uint64_t x)
 {
@@ -131,6 +139,9 @@ static void sset_insert(uint64_t p)
 {
     uint64_t h = mix64(p);
     struct sset_stripe *s = &sset[h % SSET_STRIPES];
+    uint8_t *f = &filter[(h >> 8) % FILTER_SIZE];
+    if (__atomic_add_fetch(f, 1, __ATOMIC_RELEASE) == 0)
+        __atomic_store_n(f, 255, __ATOMIC_RELAXED); /* saturate, never wrap to "absent" */
     stripe_lock(s);
     if (s->count >= SSET_SLOTS * 3 / 4) {
         hs->sampled_free_overflow = 1;  /* from now on every free is reported */
@@ -148,6 +159,9 @@ static void sset_insert(uint64_t p)
 static int sset_remove(uint64_t p)
 {
     uint64_t h = mix64(p);
+    uint8_t *f = &filter[(h >> 8) % FILTER_SIZE];
+    if (!__atomic_load_n(f, __ATOMIC_ACQUIRE))
+        return 0;
     struct sset_stripe *s = &sset[h % SSET_STRIPES];
     int found = 0;
     stripe_lock(s);
@@ -177,6 +191,9 @@ static int sset_remove(uint64_t p)
         }
     done:
         s->count--;
+        uint8_t v = __atomic_load_n(f, __ATOMIC_RELAXED);
+        while (v && v != 255 && !__atomic_compare_exchange_n(f, &v, (uint8_t)(v - 1), 1, __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+            ;
     }
     stripe_unlock(s);
     return found;
@@ -322,7 +339,7 @@ static int open_heap_ring(void)
 {
     int reused;
     struct ring r;
-    if (ring_open(&r, heap_dir, ".heap", 16u << 20, &reused) != 0)
+    if (ring_open(&r, heap_dir, ".heap", ring_mb << 20, &reused) != 0)
         return -1;
     heap_ring = r;
     hs = (struct heap_shared *)((char *)r.hdr + HEAP_SHARED_OFFSET);
@@ -348,16 +365,23 @@ int heap_init(const char *dir)
     if (depth > MAX_HEAP_DEPTH)
         depth = MAX_HEAP_DEPTH;
     sample_bytes = sb && *sb ? strtoull(sb, NULL, 10) : 0;
+    const char *rm = getenv("CTPROF_MEM_RING_MB");
+    if (rm && *rm) {
+        uint64_t v = strtoull(rm, NULL, 10);
+        if (v >= 1 && v <= 1024 && !(v & (v - 1)))
+            ring_mb = v;
+    }
     if (strlen(dir) >= sizeof heap_dir)
         return -1;
     strcpy(heap_dir, dir);
     dl_iterate_phdr(find_self, (void *)(uintptr_t)&heap_init);
     if (sample_bytes) {
-        void *p = mmap(NULL, sizeof(struct sset_stripe) * SSET_STRIPES, PROT_READ | PROT_WRITE,
+        void *p = mmap(NULL, sizeof(struct sset_stripe) * SSET_STRIPES + FILTER_SIZE, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (p == MAP_FAILED)
             return -1;
         sset = p;
+        filter = (uint8_t *)p + sizeof(struct sset_stripe) * SSET_STRIPES;
     }
     if (open_heap_ring() != 0)
         return -1;
@@ -371,7 +395,7 @@ void heap_after_fork(void)
         return;
     stack_slot = 0;
     if (sset)
-        memset(sset, 0, sizeof(struct sset_stripe) * SSET_STRIPES);
+        memset(sset, 0, sizeof(struct sset_stripe) * SSET_STRIPES + FILTER_SIZE);
     if (open_heap_ring() != 0)
         active = 0;
 }

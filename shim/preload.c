@@ -124,6 +124,7 @@ CTPROF_API int pthread_create(pthread_t *thread, const pthread_attr_t *attr, voi
 
 static void after_fork_child(void)
 {
+    ctprof_forget_tid();
     if (!active)
         return;
     int reused;

@@ -21,9 +21,20 @@ uint64_t thread_cpu_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* Cached per thread: the heap hooks ask on every allocation.  A fork child
+ * inherits the parent thread's value, so the fork handler resets it. */
+static __thread int cached_tid CTPROF_TLS;
+
 int ctprof_gettid(void)
 {
-    return (int)syscall(SYS_gettid);
+    if (!cached_tid)
+        cached_tid = (int)syscall(SYS_gettid);
+    return cached_tid;
+}
+
+void ctprof_forget_tid(void)
+{
+    cached_tid = 0;
 }
 
 size_t fmt_u64(char *out, uint64_t v)
