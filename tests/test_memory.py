@@ -188,3 +188,31 @@ def test_static_binary_with_mem(build, tmp_path):
     prog = build("quick.c", "-static", name="quick-static")
     proc = ctprof(["run", "--mem", "--", prog], cwd=str(tmp_path))
     assert proc.returncode == 127 and b"statically linked" in proc.stderr
+
+
+def test_usr2_writes_a_snapshot_while_running(build, tmp_path):
+    import signal
+    import sys
+    import time
+    from conftest import ctprof_env
+    prog = build("mem_snapshot.c")
+    out = str(tmp_path / "s.ctprof")
+    p = subprocess.Popen([sys.executable, "-m", "ctprof", "run", "--mem", "-o", out, "--", prog],
+                         cwd=str(tmp_path), env=ctprof_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline() == b"ready\n"
+    time.sleep(0.2)
+    p.send_signal(signal.SIGUSR2)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 0, stderr.decode()
+    snap = load_profile(out + ".snapshot1")[0]
+    assert site(snap, "live_bytes", "hold_for_a_while") == 4000
+    final = load_profile(out)[0]
+    assert site(final, "alloc_bytes", "hold_for_a_while") == 4000
+    assert site(final, "leaked_bytes", "hold_for_a_while") == 0
+    assert b"snapshot: " in stderr
+
+
+def test_program_with_its_own_allocator_is_reported(build, tmp_path):
+    proc, p = run_mem(tmp_path, [build("mem_ownalloc.c")])
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"defines its own malloc/free" in proc.stderr

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from ..errors import TargetError, UsageError
 from ..session import ProcessInfo, RawStack, Session
@@ -203,6 +203,31 @@ class Collector:
         return info
 
 
+def _snapshot_session(argv, opts: CaptureOptions, collector: "Collector", heap, start: float,
+                      start_ns: int) -> Session:
+    """The session so far, without disturbing the run."""
+    now = time.monotonic_ns()
+    collector.poll()
+    processes: Dict[int, ProcessInfo] = {}
+    stacks: List[RawStack] = []
+    for ring in collector.rings.values():
+        if not ring.ready():
+            continue
+        info = collector._process_info(ring, now)
+        processes[info.pid] = info
+        for (tid, gen, ips, truncated), count in ring.capture.stacks.items():
+            stacks.append(RawStack(info.pid, tid, gen, ips, truncated, {"samples": count}))
+    session = Session(kind="memory" if opts.memory else "cpu", command=list(argv), hz=float(opts.hz),
+                      unwind=opts.unwind, max_depth=opts.max_depth, start_time=start,
+                      wall_s=(now - start_ns) / 1e9, exit_status=None, processes=processes, stacks=stacks,
+                      mem_sample=opts.mem_sample)
+    session.notes.append("snapshot taken while the program ran (kill -USR2)")
+    if heap is not None:
+        from ..memory.model import add_heap_to_session
+        add_heap_to_session(session, heap.snapshot())
+    return session
+
+
 class _Interrupts:
     """Ctrl-C / SIGTERM while the target runs: the target (in our process
     group) gets the terminal's SIGINT itself; if it is still alive a moment
@@ -211,6 +236,7 @@ class _Interrupts:
 
     def __init__(self, proc: subprocess.Popen) -> None:
         self.proc = proc
+        self.snapshot_requested = False
         self.count = 0
         self.first_at = 0.0
         self.saved = {}
@@ -218,7 +244,11 @@ class _Interrupts:
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.saved[sig] = signal.signal(sig, self._handle)
+        self.saved[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, self._snapshot)
         return self
+
+    def _snapshot(self, signum, frame) -> None:
+        self.snapshot_requested = True
 
     def __exit__(self, *exc):
         for sig, handler in self.saved.items():
@@ -245,8 +275,12 @@ class _Interrupts:
             pass
 
 
-def run_program(argv: List[str], opts: CaptureOptions) -> Session:
-    """Run ``argv`` under the sampler until it exits; return the session."""
+def run_program(argv: List[str], opts: CaptureOptions,
+                on_snapshot: Optional[Callable[[Session], None]] = None) -> Session:
+    """Run ``argv`` under the sampler until it exits; return the session.
+
+    ``kill -USR2`` on ctprof while the program runs calls ``on_snapshot``
+    with the session so far (heap: what is live now)."""
     opts.validate()
     if not argv:
         raise UsageError("no program given (usage: ctprof run [options] -- PROGRAM ARGS...)")
@@ -272,6 +306,10 @@ def run_program(argv: List[str], opts: CaptureOptions) -> Session:
             while proc.poll() is None:
                 collector.poll()
                 interrupts.tick()
+                if interrupts.snapshot_requested:
+                    interrupts.snapshot_requested = False
+                    if on_snapshot:
+                        on_snapshot(_snapshot_session(argv, opts, collector, heap, start, start_ns))
                 try:
                     proc.wait(timeout=POLL_SECONDS)
                 except subprocess.TimeoutExpired:
@@ -287,7 +325,12 @@ def run_program(argv: List[str], opts: CaptureOptions) -> Session:
                           processes=processes, stacks=collector.raw_stacks, mem_sample=opts.mem_sample)
         if opts.memory:
             from ..memory.model import add_heap_to_session
+            from .target import own_allocator
             add_heap_to_session(session, heap_processes)
+            if own_allocator(program):
+                session.notes.append(f"{os.path.basename(program)} defines its own malloc/free (a statically "
+                                     f"linked allocator): its heap is invisible to ctprof's hooks, so the memory "
+                                     f"figures miss its allocations")
         if interrupts.count:
             session.notes.append("interrupted: the program was stopped by Ctrl-C/SIGTERM")
         if not processes:

@@ -71,3 +71,19 @@ def check_program(name: str) -> str:
         raise TargetError(f"cannot profile {name}: it is statically linked, so LD_PRELOAD cannot load "
                           f"the sampler into it (rebuild it without -static)")
     return path
+
+
+ALLOCATOR_NAMES = {b"malloc", b"free", b"calloc", b"realloc"}
+
+
+def own_allocator(path: str) -> bool:
+    """True if the program defines malloc/free itself (a statically linked
+    allocator): the preloaded heap hooks cannot see its allocations."""
+    from ..symbols import elf
+    try:
+        data = elf.open_bytes(path)
+        info = elf.parse(data)
+        symbols = elf.symbols_of(data, info, (elf.SHT_SYMTAB, elf.SHT_DYNSYM))
+    except (OSError, ValueError, elf.ElfError):
+        return False
+    return any(name in ALLOCATOR_NAMES for _value, _size, _bind, name, _shndx in symbols)

@@ -91,6 +91,10 @@ def finish_capture(session: Session, args: argparse.Namespace) -> Profile:
     profile = resolve_session(session, demangle=not args.no_demangle, lines=args.lines)
     profile.metadata.update(run_metadata(session))
     profile.values.setdefault("samples", [0] * len(profile.stacks))  # a run with no samples
+    if session.kind == "memory":  # every memory column, even if nothing was allocated
+        from ..memory.model import DETAIL_METRICS, MEMORY_METRICS
+        for column in list(MEMORY_METRICS) + list(DETAIL_METRICS):
+            profile.values.setdefault(column, [0] * len(profile.stacks))
     if args.threads:
         profile = select_threads(profile, args.threads)
     view = profile
@@ -98,7 +102,7 @@ def finish_capture(session: Session, args: argparse.Namespace) -> Profile:
         from ..processors import group_by
         view = group_by(profile, args.group_by)
 
-    output = args.output or default_output_name(session.command)
+    output = args.output or getattr(args, "_default_output", None) or default_output_name(session.command)
     save(output, profile, session)
     written = [f"profile: {output}"]
     metric = getattr(args, "metric", None) or profile.default_metric()
@@ -154,6 +158,18 @@ class RunCommand(Command):
             raise UsageError("--mem-sample and --timeline need --mem")
         opts = CaptureOptions(hz=hz, unwind=args.unwind, max_depth=args.max_depth, timer=args.timer,
                               memory=args.mem, mem_depth=args.mem_depth, mem_sample=args.mem_sample)
-        session = run_program(argv, opts)
+        args._default_output = args.output or default_output_name(argv)
+        snapshots = []
+
+        def write_snapshot(partial: Session) -> None:
+            from ..symbols import resolve_session
+            snap = resolve_session(partial, demangle=not args.no_demangle)
+            snap.metadata.update(run_metadata(partial))
+            path = f"{args._default_output}.snapshot{len(snapshots) + 1}"
+            save(path, snap, partial)
+            snapshots.append(path)
+            say(f"snapshot: {path}")
+
+        session = run_program(argv, opts, on_snapshot=write_snapshot)
         finish_capture(session, args)
         return session.exit_status if session.exit_status is not None else 0

@@ -163,6 +163,17 @@ class HeapRing:
                 out.append((tid, lo, hi))
         return out
 
+    def snapshot(self) -> HeapProcess:
+        """A copy of what is known now (for a snapshot while the program
+        runs): no scan, so everything live counts as "live now"."""
+        saved = self.info
+        self.info = HeapProcess(self.pid, timeline=list(saved.timeline), peak_time=saved.peak_time,
+                                peak_rss=saved.peak_rss)
+        try:
+            return self.finish()
+        finally:
+            self.info = saved
+
     def finish(self) -> HeapProcess:
         info = self.info
         info.header = self.header()
@@ -255,6 +266,9 @@ class HeapCollector:
         self.buffer = bytearray(4 << 20)
         self.buffer_address = ctypes.addressof(ctypes.c_char.from_buffer(self.buffer))
         self._stop = threading.Event()
+        self._snapshot_wanted = threading.Event()
+        self._snapshot_ready = threading.Event()
+        self._snapshot: Dict[int, HeapProcess] = {}
         self._thread = threading.Thread(target=self._loop, name="ctprof-heap", daemon=True)
         self.errors: List[str] = []
 
@@ -289,8 +303,21 @@ class HeapCollector:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            if self._snapshot_wanted.is_set():
+                self._snapshot_wanted.clear()
+                self.poll_once()
+                self._snapshot = {r.pid: r.snapshot() for r in self.rings.values() if r.consumer is not None}
+                self._snapshot_ready.set()
             if not self.poll_once():
                 time.sleep(0.001)
+
+    def snapshot(self, timeout: float = 30.0) -> Dict[int, HeapProcess]:
+        """The heap state of every process now, taken by the draining thread
+        (the only one that touches the consumers)."""
+        self._snapshot_ready.clear()
+        self._snapshot_wanted.set()
+        self._snapshot_ready.wait(timeout)
+        return self._snapshot
 
     def stop(self) -> Dict[int, HeapProcess]:
         self._stop.set()
