@@ -275,7 +275,7 @@ def test_run_writes_svg_and_folded(build, tmp_path):
     assert (tmp_path / "g.svg").read_text().lstrip().startswith("<?xml")
     assert "hot_leaf" in (tmp_path / "g.folded").read_text()
     err = proc.stderr.decode()
-    assert "profile: " in err and "flame graph: g.svg" in err and "folded stacks: g.folded" in err
+    assert "profile: " in err and "flame graph (samples): g.svg" in err and "folded stacks (samples): g.folded" in err
 
 
 def test_default_output_name_never_overwrites(build, tmp_path):
