@@ -321,6 +321,23 @@ static void on_alloc(struct consumer *c, uint64_t ptr, uint64_t size, const uint
         live_rehash(c);
 }
 
+/* exec replaced the program: its blocks are gone, not freed and not leaked. */
+static void on_exec(struct consumer *c)
+{
+    for (size_t i = 0; i < c->live_cap; i++) {
+        struct live_entry *e = &c->live[i];
+        if (!e->ptr)
+            continue;
+        double *st = c->stats + (size_t)e->stack * NSTAT;
+        st[ST_LIVE_COUNT] -= e->count;
+        st[ST_LIVE_BYTES] -= e->bytes;
+        c->totals[T_LIVE_COUNT] -= e->count;
+        c->totals[T_LIVE_BYTES] -= e->bytes;
+        e->ptr = 0;
+    }
+    c->live_n = 0;
+}
+
 static void process(struct consumer *c, const unsigned char *buf, size_t len)
 {
     size_t off = 0;
@@ -334,6 +351,8 @@ static void process(struct consumer *c, const unsigned char *buf, size_t len)
             on_alloc(c, a->ptr, a->size, (const uint64_t *)(a + 1), a->nips, h->flags);
         } else if (h->type == REC_FREE) {
             on_free(c, ((const struct rec_free *)h)->ptr);
+        } else if (h->type == REC_EXEC) {
+            on_exec(c);
         } else if (h->type == REC_REALLOC) {
             const struct rec_realloc *r = (const void *)h;
             if (!(r->ptr == 0 && r->size > 0)) {   /* a failed realloc changes nothing */

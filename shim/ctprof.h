@@ -69,7 +69,7 @@ struct rec_header {
     uint16_t flags;
 };
 
-enum { REC_SAMPLE = 1, REC_THREAD = 2, REC_ALLOC = 3, REC_FREE = 4, REC_REALLOC = 5 };
+enum { REC_SAMPLE = 1, REC_THREAD = 2, REC_ALLOC = 3, REC_FREE = 4, REC_REALLOC = 5, REC_EXEC = 6 };
 /* selfprof.c (self-profiling from Python): a rec_sample whose `pad` holds the
  * number of Python frames; nips native ips follow, then 2 x uint64_t per
  * Python frame (code object address, lasti | PYFRAME_ENTRY). */

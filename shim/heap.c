@@ -351,6 +351,16 @@ static int open_heap_ring(void)
     hs->depth = (uint32_t)depth;
     hs->sample_bytes = sample_bytes;
     __atomic_store_n(&hs->magic, HEAP_MAGIC, __ATOMIC_RELEASE);
+    if (reused) {
+        /* Tell the controller where the new image starts: every block of
+         * the old one vanished with exec. */
+        struct rec_header *rec = reserve(sizeof *rec);
+        if (rec) {
+            rec->type = REC_EXEC;
+            rec->flags = 0;
+            ring_commit(rec, sizeof *rec);
+        }
+    }
     return 0;
 }
 

@@ -216,3 +216,12 @@ def test_program_with_its_own_allocator_is_reported(build, tmp_path):
     proc, p = run_mem(tmp_path, [build("mem_ownalloc.c")])
     assert proc.returncode == 0, proc.stderr.decode()
     assert b"defines its own malloc/free" in proc.stderr
+
+
+def test_exec_in_the_same_process(build, tmp_path):
+    proc, p = run_mem(tmp_path, [build("mem_exec.c"), build("leaks.c")])
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert site(p, "alloc_bytes", "before_exec") == 350
+    assert site(p, "leaked_bytes", "before_exec") == 0      # gone with the old image
+    assert site(p, "definite_bytes", "leak_big") == 15000   # the new image's leaks
+    assert len(set(p.pids)) == 1
