@@ -163,8 +163,7 @@ class Collector:
                 continue
             info = self._process_info(ring, end_ns)
             processes[info.pid] = info
-            for (tid, gen, ips, truncated), count in ring.capture.stacks.items():
-                self.raw_stacks.append(RawStack(info.pid, tid, gen, ips, truncated, {"samples": count}))
+            self.raw_stacks.extend(ring.raw_stacks(info.pid))
         for ring in self.rings.values():
             ring.close()
         return processes
@@ -215,8 +214,7 @@ def _snapshot_session(argv, opts: CaptureOptions, collector: "Collector", heap, 
             continue
         info = collector._process_info(ring, now)
         processes[info.pid] = info
-        for (tid, gen, ips, truncated), count in ring.capture.stacks.items():
-            stacks.append(RawStack(info.pid, tid, gen, ips, truncated, {"samples": count}))
+        stacks.extend(ring.raw_stacks(info.pid))
     session = Session(kind="memory" if opts.memory else "cpu", command=list(argv), hz=float(opts.hz),
                       unwind=opts.unwind, max_depth=opts.max_depth, start_time=start,
                       wall_s=(now - start_ns) / 1e9, exit_status=None, processes=processes, stacks=stacks,

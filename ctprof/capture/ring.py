@@ -59,10 +59,11 @@ class ProcessCapture:
     last_time_ns: int = 0
 
 
-class RingFile:
-    """One mapped ring file and the records drained from it."""
+class MappedFile:
+    """A shared file mapped read-write, with the address C code needs.
+    (Never follows a symlink: the session directory is private anyway.)"""
 
-    def __init__(self, path: str, drain_fn) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
@@ -71,6 +72,17 @@ class RingFile:
             os.close(fd)
         self._anchor = ctypes.c_char.from_buffer(self.map)
         self.address = ctypes.addressof(self._anchor)
+
+    def close(self) -> None:
+        del self._anchor
+        self.map.close()
+
+
+class RingFile(MappedFile):
+    """One mapped ring file and the records drained from it."""
+
+    def __init__(self, path: str, drain_fn) -> None:
+        super().__init__(path)
         self._drain = drain_fn
         self.capture = ProcessCapture(pid=0, path=path)
 
@@ -93,9 +105,11 @@ class RingFile:
             decode_records(memoryview(buffer)[:n], self.capture)
             total += n
 
-    def close(self) -> None:
-        del self._anchor
-        self.map.close()
+    def raw_stacks(self, pid: int) -> List["RawStack"]:
+        """Every unique stack sampled so far, with its count."""
+        from ..session import RawStack
+        return [RawStack(pid, tid, gen, ips, truncated, {"samples": count})
+                for (tid, gen, ips, truncated), count in self.capture.stacks.items()]
 
 
 def decode_records(buf: memoryview, cap: ProcessCapture) -> None:

@@ -8,7 +8,6 @@ the program's allocations wait on it only when its ring is full.
 from __future__ import annotations
 
 import ctypes
-import mmap
 import os
 import struct
 import threading
@@ -16,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from ..session import RawStack
+from ..capture.ring import MappedFile
 
 HEAP_SHARED_OFFSET = 2048
 HEAP_MAGIC = 0x50414548
@@ -77,20 +76,13 @@ class HeapProcess:
     ring_bytes_used: int = 0
 
 
-class HeapRing:
+class HeapRing(MappedFile):
     """One mapped .heap file and its consumer."""
 
     def __init__(self, lib, path: str, start: float) -> None:
+        super().__init__(path)
         self.lib = lib
-        self.path = path
         self.pid = int(os.path.basename(path).split(".")[0])
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            self.map = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            os.close(fd)
-        self._anchor = ctypes.c_char.from_buffer(self.map)
-        self.address = ctypes.addressof(self._anchor)
         self.consumer = None
         self.start = start
         self.info = HeapProcess(self.pid)
@@ -199,8 +191,7 @@ class HeapRing:
         if self.consumer is not None:
             self.lib.ctprof_heap_delete(self.consumer)
             self.consumer = None
-        del self._anchor
-        self.map.close()
+        super().close()
 
 
 def read_peak_rss(pid: int) -> int:
