@@ -162,12 +162,9 @@ static int64_t intern(struct consumer *c, const uint64_t *ips, uint32_t n, uint3
         i = (i + 1) & mask;
     }
     uint32_t id = c->nstacks;
-    size_t cap_slots = id;
     if (grow((void **)&c->ippool, &c->ippool_cap, c->ippool_len + n, 8) ||
         grow((void **)&c->stats, &c->stats_cap, (size_t)id + 1, NSTAT * sizeof(double)))
         return -1;
-    size_t slot_cap = cap_slots ? cap_slots : 0;
-    (void)slot_cap;
     uint32_t *slots = realloc(c->stack_slot, ((size_t)id + 1) * sizeof *slots);
     if (!slots)
         return -1;
@@ -494,7 +491,6 @@ static void drain_work(struct scan *s, uint8_t from, uint8_t to)
 {
     while (s->work_n) {
         struct iovec local[256], remote[256];
-        uint32_t ids[256];
         size_t k = 0, used = 0;
         while (s->work_n && k < 256) {
             uint32_t b = s->work[s->work_n - 1];
@@ -515,11 +511,13 @@ static void drain_work(struct scan *s, uint8_t from, uint8_t to)
             s->work_n--;
             local[k] = (struct iovec){s->buf + used, len};
             remote[k] = (struct iovec){(void *)(uintptr_t)s->blocks[b].lo, len};
-            ids[k++] = b;
+            k++;
             used += len;
         }
         if (!k)
             continue;
+        if (s->heartbeat)  /* the program waits for us only while we show signs of life */
+            __atomic_store_n(s->heartbeat, now_ns(), __ATOMIC_RELAXED);
         ssize_t got = process_vm_readv(s->pid, local, k, remote, k, 0);
         if (got == (ssize_t)used) {
             for (size_t i = 0; i < k; i++)
@@ -530,7 +528,6 @@ static void drain_work(struct scan *s, uint8_t from, uint8_t to)
                     (ssize_t)local[i].iov_len)
                     scan_words(s, local[i].iov_base, local[i].iov_len, from, to);
         }
-        (void)ids;
     }
 }
 
