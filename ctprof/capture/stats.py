@@ -69,8 +69,11 @@ def overhead_lines(session: Session) -> List[str]:
         share = 100.0 * p.handler_ns / p.wall_ns if p.wall_ns else 0.0
         threads = ", ".join(f"{tid}{'/' + p.threads[tid] if p.threads.get(tid) else ''}:{n}"
                             for tid, n in sorted(p.thread_samples.items()))
-        lines.append(f"  pid {p.pid} {os.path.basename(p.exe)}: {p.samples} samples, "
-                     f"handler {p.handler_ns / 1e6:.1f} ms = {share:.2f}% of its {p.wall_ns / 1e9:.2f} s wall time"
+        if "(attach)" in p.timer:  # the kernel takes the samples: no handler runs in the target
+            cost = f"sampled by the kernel over {p.wall_ns / 1e9:.2f} s"
+        else:
+            cost = f"handler {p.handler_ns / 1e6:.1f} ms = {share:.2f}% of its {p.wall_ns / 1e9:.2f} s wall time"
+        lines.append(f"  pid {p.pid} {os.path.basename(p.exe)}: {p.samples} samples, {cost}"
                      + (f"; threads {threads}" if threads else ""))
     for note in run_metadata(session)["notes"]:
         lines.append(f"  note: {note}")
