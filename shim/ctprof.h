@@ -160,7 +160,8 @@ void heap_after_fork(void);                     /* fork child: new ring */
 void heap_thread_start(void);                   /* register this thread's stack */
 void heap_thread_stop(void);
 void heap_at_exit(void);                        /* wait for the leak scan */
-int heap_active(void);
+extern int heap_enabled;                        /* tracking is on */
+static inline int heap_active(void) { return __atomic_load_n(&heap_enabled, __ATOMIC_RELAXED); }
 void heap_on_alloc(void *ptr, size_t size);
 void heap_on_free(void *ptr);
 /* realloc in three steps: prepare (unwind, reserve), the real call, finish. */
@@ -168,6 +169,28 @@ void *heap_realloc_begin(void *old, size_t size);
 void heap_realloc_end(void *rec, void *ptr, size_t size);
 const struct stack_bounds *sampler_bounds(void);
 void heap_account_time(uint64_t ns);            /* a timed hook call */
+
+/* Sampled mode's fast path, inlined into the hooks so that an allocation
+ * that is not sampled costs a subtraction, and a free of a block that was
+ * not sampled a hash and a load. */
+#define HEAP_FILTER_SIZE (1u << 16)
+extern uint64_t heap_sampling;            /* mean bytes between samples; 0: exact */
+extern int heap_free_all;                 /* the sampled set overflowed: report every free */
+extern uint8_t *heap_filter;              /* sampled blocks per address bucket */
+extern __thread int64_t heap_bytes_left CTPROF_TLS;
+static inline uint64_t heap_mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    return x;
+}
+/* Could `p` be a sampled block?  (No false "no": see heap.c.) */
+static inline int heap_maybe_sampled(const void *p)
+{
+    return heap_free_all || __atomic_load_n(&heap_filter[(heap_mix64((uint64_t)(uintptr_t)p) >> 8) % HEAP_FILTER_SIZE],
+                                            __ATOMIC_ACQUIRE) != 0;
+}
 
 /* ---- ring.c ---------------------------------------------------------------*/
 struct ring {

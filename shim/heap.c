@@ -31,17 +31,20 @@ static struct heap_shared *hs;
 static char heap_dir[2048];
 static int depth = 32;
 static uint64_t sample_bytes;
+uint64_t heap_sampling;
+int heap_free_all;
+uint8_t *heap_filter;
+__thread int64_t heap_bytes_left CTPROF_TLS;
 static uint64_t shim_lo, shim_hi;   /* our own code: frames skipped */
-static volatile int active;
+int heap_enabled; /* read inline by the hooks: tracking is on in this process */
+#define active heap_enabled
 /* The event ring is the only heap metadata in the program: keep it small
  * (CTPROF_MEM_RING_MB, default 2); the controller drains it continuously. */
 static uint64_t ring_mb = 2;
 
-static __thread int64_t bytes_left CTPROF_TLS;
 static __thread uint64_t rng_state CTPROF_TLS;
 static __thread int stack_slot CTPROF_TLS; /* index+1 in hs->stacks */
 
-int heap_active(void) { return active; }
 
 /* ---- where our own code is, so its frames can be dropped ------------------- */
 
@@ -116,16 +119,10 @@ static struct sset_stripe *sset;
 /* A count of sampled blocks per address bucket, read without a lock: a
  * zero means "not sampled", so most frees never touch a stripe lock.  (An
  * allocation happens-before its free, so the count is never stale-zero.) */
-#define FILTER_SIZE (1u << 16)
-static uint8_t *filter;
+#define FILTER_SIZE HEAP_FILTER_SIZE
+#define filter heap_filter
 
-static inline uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    return x;
-}
+#define mix64 heap_mix64
 
 static void stripe_lock(struct sset_stripe *s)
 {
@@ -145,6 +142,7 @@ static void sset_insert(uint64_t p)
     stripe_lock(s);
     if (s->count >= SSET_SLOTS * 3 / 4) {
         hs->sampled_free_overflow = 1;  /* from now on every free is reported */
+        heap_free_all = 1;
     } else {
         uint32_t i = (uint32_t)(h >> 32) % SSET_SLOTS;
         while (s->keys[i] && s->keys[i] != p)
@@ -221,10 +219,14 @@ void heap_on_alloc(void *ptr, size_t size)
 {
     uint16_t flags = 0;
     if (sample_bytes) {
-        bytes_left -= (int64_t)size;
-        if (bytes_left > 0)
-            return;
-        bytes_left = next_sample_distance();
+        /* The hook has subtracted `size` from heap_bytes_left and found it
+         * crossed zero.  A thread's first allocation only starts its count. */
+        if (!rng_state) {
+            heap_bytes_left += next_sample_distance();
+            if (heap_bytes_left > 0)
+                return;
+        }
+        heap_bytes_left = next_sample_distance();
         flags |= ALLOC_SAMPLED;
         sset_insert((uint64_t)(uintptr_t)ptr);
     }
@@ -247,7 +249,7 @@ void heap_on_alloc(void *ptr, size_t size)
 
 void heap_on_free(void *ptr)
 {
-    if (sample_bytes && !sset_remove((uint64_t)(uintptr_t)ptr) && !hs->sampled_free_overflow)
+    if (sample_bytes && !sset_remove((uint64_t)(uintptr_t)ptr) && !heap_free_all)
         return;
     struct rec_free *rec = reserve(sizeof *rec);
     if (!rec)
@@ -289,7 +291,7 @@ void heap_realloc_end(void *recp, void *ptr, size_t size)
 {
     struct rec_realloc *rec = recp;
     if (!rec) {
-        if (sample_bytes && ptr && size)
+        if (sample_bytes && ptr && size && (heap_bytes_left -= (int64_t)size) <= 0)
             heap_on_alloc(ptr, size);
         return;
     }
@@ -375,6 +377,7 @@ int heap_init(const char *dir)
     if (depth > MAX_HEAP_DEPTH)
         depth = MAX_HEAP_DEPTH;
     sample_bytes = sb && *sb ? strtoull(sb, NULL, 10) : 0;
+    heap_sampling = sample_bytes;
     const char *rm = getenv("CTPROF_MEM_RING_MB");
     if (rm && *rm) {
         uint64_t v = strtoull(rm, NULL, 10);
@@ -406,6 +409,7 @@ void heap_after_fork(void)
     stack_slot = 0;
     if (sset)
         memset(sset, 0, sizeof(struct sset_stripe) * SSET_STRIPES + FILTER_SIZE);
+    heap_free_all = 0;
     if (open_heap_ring() != 0)
         active = 0;
 }

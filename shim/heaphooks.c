@@ -91,6 +91,12 @@ static __thread uint32_t call_counter CTPROF_TLS;
 
 static inline int tracking(void) { return !in_hook && heap_active(); }
 
+/* Sampled mode: most allocations are not sampled; decide inline. */
+static inline int unsampled(size_t n)
+{
+    return heap_sampling && (heap_bytes_left -= (int64_t)n) > 0;
+}
+
 static void track_alloc(void *p, size_t n)
 {
     int e = errno;
@@ -113,7 +119,7 @@ CTPROF_API void *malloc(size_t n)
             return boot_alloc(n, 16);
     }
     void *p = real_malloc(n);
-    if (p && tracking())
+    if (p && tracking() && !unsampled(n))
         track_alloc(p, n);
     return p;
 }
@@ -130,7 +136,7 @@ CTPROF_API void *calloc(size_t n, size_t m)
             return boot_alloc(n * m, 16); /* static memory is already zero */
     }
     void *p = real_calloc(n, m);
-    if (p && tracking())
+    if (p && tracking() && !unsampled(n * m))
         track_alloc(p, n * m);
     return p;
 }
@@ -140,7 +146,7 @@ CTPROF_API void free(void *p)
     if (!p || is_boot(p))
         return;
     ENSURE(real_free);
-    if (tracking()) {
+    if (tracking() && (!heap_sampling || heap_maybe_sampled(p))) {
         /* Record the free before the memory can be handed to another thread. */
         int e = errno;
         in_hook = 1;
@@ -189,7 +195,7 @@ CTPROF_API int posix_memalign(void **out, size_t align, size_t n)
 {
     ENSURE(real_posix_memalign);
     int rc = real_posix_memalign(out, align, n);
-    if (rc == 0 && *out && tracking())
+    if (rc == 0 && *out && tracking() && !unsampled(n))
         track_alloc(*out, n);
     return rc;
 }
@@ -199,7 +205,7 @@ CTPROF_API int posix_memalign(void **out, size_t align, size_t n)
     {                                               \
         ENSURE(real_##name);                        \
         void *p = real_##name call;                 \
-        if (p && tracking())                        \
+        if (p && tracking() && !unsampled(size))    \
             track_alloc(p, size);                   \
         return p;                                   \
     }
