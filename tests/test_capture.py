@@ -220,6 +220,20 @@ def test_3000_deep_recursion_whole(build, tmp_path):
         assert names.count("recurse") == 3000
 
 
+def test_full_ring_drops_and_counts_never_blocks(build, tmp_path):
+    """3000-frame stacks at 10 kHz into a 1 MiB ring: far more than the
+    controller drains between polls.  Samples are dropped and counted; the
+    program runs on unharmed."""
+    prog = build("deep.c")
+    proc, profile = run_profile(tmp_path, [prog, "3000", "0.5"], "--max-depth", "4096", "--hz", "10000",
+                                "--ring-mb", "1")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"depth 3000" in proc.stdout
+    assert profile.metadata["dropped"] > 0
+    assert profile.total("samples") > 0
+    assert f"{profile.metadata['dropped']} dropped".encode() in proc.stderr
+
+
 def test_dlopen_after_start_resolves(build, tmp_path):
     prog = build("dlopen_run.c")
     plugin = build("plugin.c", shared=True, name="libplugin")

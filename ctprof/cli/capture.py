@@ -71,6 +71,7 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-depth", type=int, default=128, metavar="N",
                         help="frames kept per sample, leaf end first (default 128)")
     parser.add_argument("--timer", choices=("perf", "posix", "itimer"), help=argparse.SUPPRESS)
+    parser.add_argument("--ring-mb", type=int, default=16, help=argparse.SUPPRESS)
 
 
 def add_memory_options(parser: argparse.ArgumentParser) -> None:
@@ -157,7 +158,7 @@ class RunCommand(Command):
         if (args.mem_sample or args.timeline) and not args.mem:
             raise UsageError("--mem-sample and --timeline need --mem")
         opts = CaptureOptions(hz=hz, unwind=args.unwind, max_depth=args.max_depth, timer=args.timer,
-                              memory=args.mem, mem_depth=args.mem_depth, mem_sample=args.mem_sample)
+                              ring_mb=args.ring_mb, memory=args.mem, mem_depth=args.mem_depth, mem_sample=args.mem_sample)
         args._default_output = args.output or default_output_name(argv)
         snapshots = []
 
