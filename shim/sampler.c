@@ -135,6 +135,9 @@ static void on_signal(int sig, siginfo_t *si, void *uc)
     int saved_errno = errno;
     if (sampler_owns(sig, si)) {
         take_sample(uc);
+        /* Re-arm for one more overflow only now: a handler slower than the
+         * period can never pile up queued signals (an overflowing real-time
+         * queue would make the kernel send SIGIO, which kills by default). */
         if (ts.kind == TIMER_PERF)
             ioctl(ts.perf_fd, PERF_EVENT_IOC_REFRESH, 1);
         /* With ITIMER_PROF the target's own profiling timer is the same
