@@ -24,7 +24,6 @@ Example::
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
@@ -225,11 +224,8 @@ def _check_unwind(unwind: object) -> str:
 
 def _finish(session: Session, demangle: bool, lines: bool, threads: Optional[str],
             output: Optional[str]) -> Result:
-    from .capture.stats import run_metadata, select_threads
-    from .symbols import resolve_session
-    profile = resolve_session(session, demangle=demangle, lines=lines, progress=False)
-    profile.metadata.update(run_metadata(session))
-    profile.values.setdefault("samples", [0] * len(profile.stacks))
+    from .capture.stats import build_profile, select_threads
+    profile = build_profile(session, demangle=demangle, lines=lines, progress=False)
     if threads:
         profile = select_threads(profile, threads)
     result = Result(profile, session, session.exit_status)
@@ -248,7 +244,7 @@ def run(argv: Sequence[str], *, hz: float = 99.0, memory: bool = False, unwind: 
 
     The program shares this process's stdin/stdout/stderr.  ``hz``: samples
     per CPU-second per thread (10 to 100000).  ``memory``: also profile heap
-    allocations (needs the heap profiler, ``ctprof.memory``).  ``unwind``:
+    allocations: sites, peak, leaks (``leaks()``, ``peak()``).  ``unwind``:
     ``auto``, ``fp`` or ``dwarf``.  ``max_depth``: frames kept per sample.
     ``threads``: keep only these threads (ids, name globs, ``main``).
     ``demangle``/``lines``: symbol options as on the command line.
@@ -262,11 +258,7 @@ def run(argv: Sequence[str], *, hz: float = 99.0, memory: bool = False, unwind: 
     if not all(isinstance(a, (str, os.PathLike)) for a in argv):
         raise UsageError("argv must contain only strings")
     options: Dict[str, Any] = dict(hz=_check_hz(hz), unwind=_check_unwind(unwind), max_depth=_check_depth(max_depth))
-    if memory:
-        fields = getattr(CaptureOptions, "__dataclass_fields__", {})
-        if importlib.util.find_spec("ctprof.memory") is None or "memory" not in fields:
-            raise CtprofError("memory profiling is not available in this version")
-        options["memory"] = True
+    options["memory"] = bool(memory)
     session = run_program([os.fspath(a) for a in argv], CaptureOptions(**options))
     return _finish(session, demangle, lines, threads, output)
 

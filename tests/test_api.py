@@ -134,16 +134,16 @@ def _folded(tmp_path) -> str:
     return str(path)
 
 
-def test_memory_argument(build):
-    """memory=True belongs to the heap profiler: it works where that is
-    present, else it is refused with one clear message."""
-    prog = build("chain.c")
-    try:
-        result = ctprof.run([prog, "0.1"], memory=True)
-    except ctprof.CtprofError as err:
-        assert str(err) == "memory profiling is not available in this version"
-    else:
-        assert result.exit_status == 0 and result.metadata.get("kind") == "memory"
+def test_memory_profile_through_the_api(build):
+    """ctprof.run(..., memory=True): leaks and peak as plain rows."""
+    result = ctprof.run([build("leaks.c")], memory=True)
+    assert result.exit_status == 0 and result.metadata.get("kind") == "memory"
+    leaks = {row["function"]: row for row in result.leaks(10)}
+    assert leaks["leak_big"]["self"] == 15000
+    assert leaks["leak_small"]["self"] == 1000
+    assert "keep_global" not in leaks                 # still reachable, not leaked
+    peak = {row["function"]: row["self"] for row in result.peak(10)}
+    assert peak["peak_holder"] == 1 << 20
 
 
 def test_attach_api(build):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from ..errors import UsageError
 from ..profile import Profile
@@ -53,6 +53,22 @@ def run_metadata(session: Session) -> Dict[str, object]:
         meta["memory"] = session.memory
         meta["mem_sample"] = session.mem_sample
     return meta
+
+
+def build_profile(session: Session, *, demangle: bool = True, lines: bool = False,
+                  progress: Optional[bool] = None) -> Profile:
+    """The resolved profile of a session, with its run metadata and every
+    column its kind promises (even when nothing was sampled or allocated)."""
+    from ..symbols import resolve_session
+    profile = resolve_session(session, demangle=demangle, lines=lines, progress=progress)
+    profile.metadata.update(run_metadata(session))
+    columns = ["samples"]
+    if session.kind == "memory":
+        from ..memory.model import DETAIL_METRICS, MEMORY_METRICS
+        columns += list(MEMORY_METRICS) + list(DETAIL_METRICS)
+    for column in columns:
+        profile.values.setdefault(column, [0] * len(profile.stacks))
+    return profile
 
 
 def overhead_lines(session: Session) -> List[str]:

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 from . import Command, register
 from ..capture.launch import CaptureOptions, run_program
-from ..capture.stats import overhead_lines, run_metadata, select_threads
+from ..capture.stats import build_profile, overhead_lines, select_threads
 from ..errors import UsageError
 from ..profile import Profile
 from ..session import Session, save
@@ -86,16 +86,9 @@ def add_memory_options(parser: argparse.ArgumentParser) -> None:
 
 def finish_capture(session: Session, args: argparse.Namespace) -> Profile:
     """Resolve, save and summarise a captured session (shared by run/attach)."""
-    from ..symbols import resolve_session
     from ..render import top_text, write_folded, write_svg
 
-    profile = resolve_session(session, demangle=not args.no_demangle, lines=args.lines)
-    profile.metadata.update(run_metadata(session))
-    profile.values.setdefault("samples", [0] * len(profile.stacks))  # a run with no samples
-    if session.kind == "memory":  # every memory column, even if nothing was allocated
-        from ..memory.model import DETAIL_METRICS, MEMORY_METRICS
-        for column in list(MEMORY_METRICS) + list(DETAIL_METRICS):
-            profile.values.setdefault(column, [0] * len(profile.stacks))
+    profile = build_profile(session, demangle=not args.no_demangle, lines=args.lines)
     if args.threads:
         profile = select_threads(profile, args.threads)
     view = profile
@@ -163,9 +156,7 @@ class RunCommand(Command):
         snapshots = []
 
         def write_snapshot(partial: Session) -> None:
-            from ..symbols import resolve_session
-            snap = resolve_session(partial, demangle=not args.no_demangle)
-            snap.metadata.update(run_metadata(partial))
+            snap = build_profile(partial, demangle=not args.no_demangle, progress=False)
             path = f"{args._default_output}.snapshot{len(snapshots) + 1}"
             save(path, snap, partial)
             snapshots.append(path)
