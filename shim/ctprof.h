@@ -86,7 +86,7 @@ struct rec_sample {           /* followed by nips uint64_t, leaf first */
     uint32_t gen;             /* maps generation current at the sample */
     uint32_t pad;
     uint64_t time_ns;         /* CLOCK_MONOTONIC */
-    uint64_t cpu_ns;          /* CLOCK_THREAD_CPUTIME_ID of the thread */
+    uint64_t cpu_ns;          /* CLOCK_THREAD_CPUTIME_ID of the thread (0: not read this time) */
 };
 
 struct rec_thread {
