@@ -110,7 +110,7 @@ class Collector:
         self.gone_ns: Dict[int, int] = {}
         self._last_names = 0.0
 
-    def poll(self) -> None:
+    def poll(self, decode: bool = False) -> None:
         try:
             names = os.listdir(self.session_dir)
         except OSError:
@@ -125,7 +125,7 @@ class Collector:
                 self.rings[name] = ring
         for ring in self.rings.values():
             if ring.ready():
-                ring.drain(self.buffer, self.buffer_address)
+                ring.drain(self.buffer, self.buffer_address, decode)
         now = time.monotonic()
         if now - self._last_names >= THREAD_NAME_POLL_SECONDS:
             self._last_names = now
@@ -155,7 +155,7 @@ class Collector:
     def finish(self, end_ns: int) -> Dict[int, ProcessInfo]:
         """Drain everything left and turn it into ProcessInfo + raw stacks."""
         self.poll()
-        self.poll()
+        self.poll(decode=True)
         processes: Dict[int, ProcessInfo] = {}
         self.raw_stacks: List[RawStack] = []
         for ring in self.rings.values():
@@ -206,7 +206,7 @@ def _snapshot_session(argv, opts: CaptureOptions, collector: "Collector", heap, 
                       start_ns: int) -> Session:
     """The session so far, without disturbing the run."""
     now = time.monotonic_ns()
-    collector.poll()
+    collector.poll(decode=True)
     processes: Dict[int, ProcessInfo] = {}
     stacks: List[RawStack] = []
     for ring in collector.rings.values():

@@ -29,6 +29,7 @@ SAMPLE_TRUNCATED = 1
 SAMPLE_BODY = struct.Struct("<IIIIQQ")       # tid, nips, gen, pad, time_ns, cpu_ns
 THREAD_BODY = struct.Struct("<IIQ16s")        # tid, pad, cpu_ns, name
 THREAD_EXIT = 1
+PENDING_DECODE_BYTES = 32 << 20
 
 TIMER_NAMES = {0: "none", 1: "perf_event task-clock", 2: "timer_create thread CPU clock", 3: "ITIMER_PROF"}
 NOTES = {
@@ -84,6 +85,8 @@ class RingFile(MappedFile):
     def __init__(self, path: str, drain_fn) -> None:
         super().__init__(path)
         self._drain = drain_fn
+        self._pending: List[bytes] = []
+        self._pending_bytes = 0
         self.capture = ProcessCapture(pid=0, path=path)
 
     def header(self) -> Dict[str, object]:
@@ -95,15 +98,29 @@ class RingFile(MappedFile):
     def ready(self) -> bool:
         return struct.unpack_from("<I", self.map, 0)[0] == MAGIC
 
-    def drain(self, buffer: bytearray, buffer_address: int) -> int:
-        """Decode every committed record; returns the number of bytes read."""
+    def drain(self, buffer: bytearray, buffer_address: int, decode: bool = False) -> int:
+        """Move every committed record out of the ring (freeing its space);
+        returns the number of bytes read.  Records are only copied while the
+        program runs (the controller stays light on a machine whose other
+        core may share the program's), and decoded in bulk when ``decode``
+        is set or a lot has piled up."""
         total = 0
         while True:
             n = self._drain(self.address, buffer_address, len(buffer))
             if not n:
-                return total
-            decode_records(memoryview(buffer)[:n], self.capture)
+                break
+            self._pending.append(bytes(memoryview(buffer)[:n]))
+            self._pending_bytes += n
             total += n
+        if decode or self._pending_bytes > PENDING_DECODE_BYTES:
+            self.decode_pending()
+        return total
+
+    def decode_pending(self) -> None:
+        for chunk in self._pending:
+            decode_records(memoryview(chunk), self.capture)
+        self._pending.clear()
+        self._pending_bytes = 0
 
     def raw_stacks(self, pid: int) -> List["RawStack"]:
         """Every unique stack sampled so far, with its count."""
