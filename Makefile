@@ -7,9 +7,12 @@ OUT ?= out
 
 # Python packages ctprof and its tests need (pyelftools at run time, pytest
 # for the tests); installed only when missing.
+# (A Debian system Python refuses plain pip installs: fall back to the flag
+# it asks for.)
+PIP_INSTALL = $(PYTHON) -m pip install -q
 deps:
-	@$(PYTHON) -c "import elftools" 2>/dev/null || $(PYTHON) -m pip install -q pyelftools
-	@$(PYTHON) -c "import pytest" 2>/dev/null || $(PYTHON) -m pip install -q pytest
+	@$(PYTHON) -c "import elftools" 2>/dev/null || $(PIP_INSTALL) pyelftools || $(PIP_INSTALL) --break-system-packages pyelftools
+	@$(PYTHON) -c "import pytest" 2>/dev/null || $(PIP_INSTALL) pytest || $(PIP_INSTALL) --break-system-packages pytest
 
 # Build the bundled demo program, profile it, print the hottest functions
 # and write the flame graph and folded stacks into $(OUT)/.
