@@ -71,10 +71,12 @@ static void resolve(void)
     if (resolving)
         return;
     resolving = 1;
+    /* free and realloc first: once malloc is known, dlsym's own allocations
+     * are real ones and must be released with the real functions. */
+    real_free = (void (*)(void *))dlsym(RTLD_NEXT, "free");
+    real_realloc = (void *(*)(void *, size_t))dlsym(RTLD_NEXT, "realloc");
     real_malloc = (void *(*)(size_t))dlsym(RTLD_NEXT, "malloc");
     real_calloc = (void *(*)(size_t, size_t))dlsym(RTLD_NEXT, "calloc");
-    real_realloc = (void *(*)(void *, size_t))dlsym(RTLD_NEXT, "realloc");
-    real_free = (void (*)(void *))dlsym(RTLD_NEXT, "free");
     real_posix_memalign = (int (*)(void **, size_t, size_t))dlsym(RTLD_NEXT, "posix_memalign");
     real_aligned_alloc = (void *(*)(size_t, size_t))dlsym(RTLD_NEXT, "aligned_alloc");
     real_memalign = (void *(*)(size_t, size_t))dlsym(RTLD_NEXT, "memalign");
@@ -146,6 +148,8 @@ CTPROF_API void free(void *p)
     if (!p || is_boot(p))
         return;
     ENSURE(real_free);
+    if (!real_free)
+        return; /* only while resolving, and only for memory we could not have handed out */
     if (tracking() && (!heap_sampling || heap_maybe_sampled(p))) {
         /* Record the free before the memory can be handed to another thread. */
         int e = errno;
@@ -168,6 +172,10 @@ CTPROF_API void *realloc(void *p, size_t n)
         return q;
     }
     ENSURE(real_realloc);
+    if (!real_realloc) {
+        errno = ENOMEM;
+        return NULL;
+    }
     if (!tracking())
         return real_realloc(p, n);
     int e = errno;
@@ -194,6 +202,8 @@ CTPROF_API void *reallocarray(void *p, size_t n, size_t m)
 CTPROF_API int posix_memalign(void **out, size_t align, size_t n)
 {
     ENSURE(real_posix_memalign);
+    if (!real_posix_memalign)
+        return ENOMEM;
     int rc = real_posix_memalign(out, align, n);
     if (rc == 0 && *out && tracking() && !unsampled(n))
         track_alloc(*out, n);
@@ -204,6 +214,10 @@ CTPROF_API int posix_memalign(void **out, size_t align, size_t n)
     CTPROF_API void *name args                      \
     {                                               \
         ENSURE(real_##name);                        \
+        if (!real_##name) {                         \
+            errno = ENOMEM;                         \
+            return NULL;                            \
+        }                                           \
         void *p = real_##name call;                 \
         if (p && tracking() && !unsampled(size))    \
             track_alloc(p, size);                   \
