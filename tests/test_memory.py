@@ -225,3 +225,10 @@ def test_exec_in_the_same_process(build, tmp_path):
     assert site(p, "leaked_bytes", "before_exec") == 0      # gone with the old image
     assert site(p, "definite_bytes", "leak_big") == 15000   # the new image's leaks
     assert len(set(p.pids)) == 1
+
+
+def test_unknown_metric_refused_before_running(tmp_path):
+    proc = ctprof(["run", "--metric", "leaked_bytes", "--", "true"], cwd=str(tmp_path))
+    assert proc.returncode == 2
+    assert b"memory metrics need --mem" in proc.stderr
+    assert not list(tmp_path.iterdir())  # nothing ran, nothing written

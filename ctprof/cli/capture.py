@@ -29,6 +29,17 @@ def parse_hz(text: str) -> float:
     return hz
 
 
+def check_metric(metric, memory: bool) -> None:
+    """Refuse an unknown --metric before the program runs, not after."""
+    if metric is None:
+        return
+    from ..memory.model import DETAIL_METRICS, MEMORY_METRICS
+    known = ["samples"] + (list(MEMORY_METRICS) + list(DETAIL_METRICS) if memory else [])
+    if metric not in known:
+        hint = "" if memory or metric not in MEMORY_METRICS else " (memory metrics need --mem)"
+        raise UsageError(f"--metric {metric}: not one of {', '.join(known)}{hint}")
+
+
 def say(message: str) -> None:
     print(f"ctprof: {message}", file=sys.stderr)
 
@@ -150,6 +161,7 @@ class RunCommand(Command):
             say(f"warning: {hz:g} Hz is above {WARN_HZ:g} Hz; expect the sampling itself to slow the program")
         if (args.mem_sample or args.timeline) and not args.mem:
             raise UsageError("--mem-sample and --timeline need --mem")
+        check_metric(args.metric, args.mem)
         opts = CaptureOptions(hz=hz, unwind=args.unwind, max_depth=args.max_depth, timer=args.timer,
                               ring_mb=args.ring_mb, memory=args.mem, mem_depth=args.mem_depth, mem_sample=args.mem_sample)
         args._default_output = args.output or default_output_name(argv)
