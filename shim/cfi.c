@@ -54,6 +54,14 @@ void cfi_init(void)
     }
 }
 
+uint64_t cfi_cache_bytes(void)
+{
+    /* Rules land at random slots: each one touches a page until all are. */
+    uint64_t pages = (sizeof(struct slot) * CACHE_SIZE + 4095) / 4096;
+    uint64_t used = __atomic_load_n(&cache_used, __ATOMIC_RELAXED);
+    return (used < pages ? used : pages) * 4096;
+}
+
 static inline uint32_t hash_pc(uint64_t pc)
 {
     pc ^= pc >> 29;

@@ -149,6 +149,7 @@ struct heap_shared {
         uint64_t tid;
         uint64_t lo, hi;
     } stacks[HEAP_MAX_THREADS];
+    uint64_t unwind_cache_bytes; /* resident part of the unwind rule cache, at exit */
 };
 
 /* ---- heap.c (target side, only in the "mem" build) -------------------------
@@ -231,6 +232,8 @@ int unwind_stack(enum unwind_mode mode, void *uc, const struct stack_bounds *b,
 /* ---- cfi.c: cached DWARF CFI unwinder -------------------------------------- */
 /* Allocate the rule cache.  Not AS-safe (mmap once at start). */
 void cfi_init(void);
+/* Bytes of the rule cache that are resident (pages touched so far). */
+uint64_t cfi_cache_bytes(void);
 /* Unwind from registers (pc, sp, fp) within stack bounds `b`, leaf first.
  * The first pc is exact, later ones return addresses.  Frames whose pc is
  * in [skip_lo, skip_hi) (when skip_lo_hi) are walked but not recorded.

@@ -423,6 +423,7 @@ void heap_at_exit(void)
     syscall(SYS_arch_prctl, ARCH_GET_FS, &fs);
     hs->exit_sp = sp;
     hs->exit_fs = fs;
+    hs->unwind_cache_bytes = cfi_cache_bytes();
     hs->exit_tid = (uint64_t)ctprof_gettid();
     __atomic_store_n(&hs->exit_state, EXIT_WAITING, __ATOMIC_RELEASE);
     /* The controller drains the ring, scans our memory for pointers to

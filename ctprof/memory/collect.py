@@ -26,6 +26,7 @@ EXIT_STATE_OFFSET = HEAP_SHARED_OFFSET + 16
 HEARTBEAT_OFFSET = HEAP_SHARED_OFFSET + 48
 STACKS_OFFSET = HEAP_SHARED_OFFSET + HEAP_HEADER.size
 MAX_THREADS = 60
+UNWIND_CACHE_OFFSET = STACKS_OFFSET + 24 * MAX_THREADS
 EXIT_WAITING, EXIT_SCANNED = 1, 2
 RING_DATA_SIZE_OFFSET = 16
 
@@ -94,7 +95,9 @@ class HeapRing(MappedFile):
         return struct.unpack_from("<I", self.map, HEAP_SHARED_OFFSET)[0] == HEAP_MAGIC
 
     def header(self) -> Dict[str, int]:
-        return dict(zip(HEAP_FIELDS, HEAP_HEADER.unpack_from(self.map, HEAP_SHARED_OFFSET)))
+        h = dict(zip(HEAP_FIELDS, HEAP_HEADER.unpack_from(self.map, HEAP_SHARED_OFFSET)))
+        h["unwind_cache_bytes"] = struct.unpack_from("<Q", self.map, UNWIND_CACHE_OFFSET)[0]
+        return h
 
     def ensure_consumer(self) -> bool:
         if self.consumer is None and self.ready():

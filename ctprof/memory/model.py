@@ -76,6 +76,7 @@ def add_heap_to_session(session: Session, heap: Dict[int, HeapProcess]) -> None:
             "peak_time": info.peak_time,
             "peak_rss": info.peak_rss,
             "ring_bytes": info.ring_bytes_used,
+            "unwind_cache_bytes": h.get("unwind_cache_bytes", 0),
             "lost_events": h.get("lost", 0),
             "wait_ns": h.get("wait_ns", 0),
             "hook_ns_per_call": (h.get("timed_ns", 0) / timed) if timed else 0.0,

@@ -35,6 +35,19 @@ def sites(profile: Profile, metric: str, count_metric: Optional[str] = None) -> 
     return sorted(((k, v[0], v[1]) for k, v in merged.items()), key=lambda r: (-r[1], r[0]))
 
 
+def _site_table(profile: Profile, title: str, metric: str, count_metric: str, count_word: str,
+                top: int) -> List[str]:
+    """A titled table of the top sites by ``metric``, or nothing."""
+    rows = sites(profile, metric, count_metric)[:top]
+    if not rows:
+        return []
+    whole = profile.total(metric)
+    lines = ["", title, f"{'bytes':>12} {'share':>6} {count_word:>10}  site (innermost first)"]
+    for label, value, count in rows:
+        lines.append(f"{human(value, 'bytes'):>12} {_pct(value, whole)} {count:>10,}  {label}")
+    return lines
+
+
 def _pct(part: float, whole: float) -> str:
     return f"{100.0 * part / whole:5.1f}%" if whole else "   -  "
 
@@ -55,23 +68,10 @@ def memory_report(profile: Profile, top: int = 10) -> str:
                 + (f" at {per_pid[next(iter(per_pid))].get('peak_time', 0):.3f} s" if len(per_pid) == 1 else "")
                 + f"; {human(int(total('live_bytes')), 'bytes')} in {int(total('live_count')):,} blocks still allocated at the end")
 
-    alloc_total = profile.total("alloc_bytes") if "alloc_bytes" in profile.values else 0
-    rows = sites(profile, "alloc_bytes", "alloc_count")[:top]
-    if rows:
-        out.append("")
-        out.append(f"Top allocation sites by bytes allocated:")
-        out.append(f"{'bytes':>12} {'share':>6} {'allocs':>10}  site (innermost first)")
-        for label, value, count in rows:
-            out.append(f"{human(value, 'bytes'):>12} {_pct(value, alloc_total)} {count:>10,}  {label}")
-
-    peak_total = profile.total("peak_bytes") if "peak_bytes" in profile.values else 0
-    rows = sites(profile, "peak_bytes", "peak_count")[:top]
-    if rows:
-        out.append("")
-        out.append(f"Sites holding memory at the peak ({human(int(total('peak_bytes')), 'bytes')} live):")
-        out.append(f"{'bytes':>12} {'share':>6} {'blocks':>10}  site (innermost first)")
-        for label, value, count in rows:
-            out.append(f"{human(value, 'bytes'):>12} {_pct(value, peak_total)} {count:>10,}  {label}")
+    out.extend(_site_table(profile, "Top allocation sites by bytes allocated:", "alloc_bytes", "alloc_count",
+                           "allocs", top))
+    out.extend(_site_table(profile, f"Sites holding memory at the peak ({human(int(total('peak_bytes')), 'bytes')} live):",
+                           "peak_bytes", "peak_count", "blocks", top))
 
     scanned = all(p.get("scanned") for p in per_pid.values())
     out.append("")
@@ -106,7 +106,7 @@ def overhead_lines(per_pid: Dict[str, dict]) -> List[str]:
         share = f" = {100.0 * meta / rss:.1f}% of its peak RSS {human(rss, 'bytes')}" if rss else ""
         lost = p.get("lost_events", 0)
         lines.append(f"heap tracking in pid {pid}: metadata in the program {human(meta, 'bytes')}{share} "
-                     f"(event ring; the tables live in ctprof); about {p.get('hook_ns_per_call', 0) / 1000:.2f} us "
+                     f"(event ring and unwind cache; the tables live in ctprof); about {p.get('hook_ns_per_call', 0) / 1000:.2f} us "
                      f"in the hook per allocation; waited {p.get('wait_ns', 0) / 1e6:.1f} ms for ctprof to drain"
                      + (f"; {lost} events LOST" if lost else ""))
     return lines
