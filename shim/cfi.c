@@ -309,7 +309,7 @@ static struct rule lookup(uint64_t pc)
 }
 
 int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds *b,
-               uint64_t *ips, int max, int skip_lo_hi, uint64_t skip_lo, uint64_t skip_hi, int *truncated)
+               uint64_t *ips, int max, uint64_t skip_lo, uint64_t skip_hi, int *truncated)
 {
     int n = 0;
     int first = 1;
@@ -317,8 +317,7 @@ int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds 
     if (!b->hi)
         return -1;
     for (int steps = 0; steps < max + 256; steps++) {
-        int skipping = skip_lo_hi && pc >= skip_lo && pc < skip_hi;
-        if (!skipping) {
+        if (n > 0 || pc < skip_lo || pc >= skip_hi) {
             if (n == max) {
                 *truncated = 1;
                 return n;

@@ -49,6 +49,7 @@ struct consumer {
     struct stack_entry *stab;
     uint32_t stab_cap, nstacks;
     uint32_t *stack_slot;     /* id -> slot in stab */
+    size_t slot_cap;
     uint64_t *ippool;
     size_t ippool_len, ippool_cap;
     double *stats;            /* nstacks * NSTAT */
@@ -165,10 +166,8 @@ static int64_t intern(struct consumer *c, const uint64_t *ips, uint32_t n, uint3
     if (grow((void **)&c->ippool, &c->ippool_cap, c->ippool_len + n, 8) ||
         grow((void **)&c->stats, &c->stats_cap, (size_t)id + 1, NSTAT * sizeof(double)))
         return -1;
-    uint32_t *slots = realloc(c->stack_slot, ((size_t)id + 1) * sizeof *slots);
-    if (!slots)
+    if (grow((void **)&c->stack_slot, &c->slot_cap, (size_t)id + 1, sizeof *c->stack_slot))
         return -1;
-    c->stack_slot = slots;
     memcpy(c->ippool + c->ippool_len, ips, n * 8);
     c->stab[i] = (struct stack_entry){h, (uint32_t)c->ippool_len, n, id + 1, truncated};
     c->stack_slot[id] = i;

@@ -42,7 +42,8 @@ struct ring_header {
     uint64_t data_size;
     uint64_t write_pos;       /* bytes reserved by writers (atomic, monotonic) */
     uint64_t read_pos;        /* bytes consumed by the controller (atomic) */
-    uint64_t samples;         /* sample records committed (atomic) */
+    uint64_t samples;         /* sample records committed (self-profiling only: the
+                                 controller of `run` counts the records it reads) */
     uint64_t dropped;         /* samples lost because the ring was full (atomic) */
     uint64_t handler_ns;      /* time spent inside the handler (atomic) */
     uint64_t start_ns;        /* CLOCK_MONOTONIC at constructor */
@@ -222,8 +223,13 @@ enum unwind_mode { UNWIND_AUTO = 0, UNWIND_FP = 1, UNWIND_DWARF = 2 };
 
 struct stack_bounds { uintptr_t lo, hi; };
 
-/* Load and warm up libgcc's unwinder outside any handler.  Not AS-safe. */
+/* Load and warm up libgcc's unwinder, allocate the rule cache and find the
+ * shim's own code, outside any handler.  Not AS-safe.  Idempotent. */
 void unwind_init(void);
+/* The stack of whoever called into the shim, leaf (that caller) first: the
+ * shim's own frames are dropped.  Same fallback chain as unwind_stack.
+ * Used by the heap hooks; not for signal handlers (it starts from here). */
+int unwind_caller(const struct stack_bounds *b, uint64_t *ips, int max, int *truncated);
 /* Fill ips[] (leaf first) from the interrupted context `uc`.  AS-safe.
  * Returns the frame count; *truncated set if the stack was deeper than max. */
 int unwind_stack(enum unwind_mode mode, void *uc, const struct stack_bounds *b,
@@ -235,12 +241,13 @@ void cfi_init(void);
 /* Bytes of the rule cache that are resident (pages touched so far). */
 uint64_t cfi_cache_bytes(void);
 /* Unwind from registers (pc, sp, fp) within stack bounds `b`, leaf first.
- * The first pc is exact, later ones return addresses.  Frames whose pc is
- * in [skip_lo, skip_hi) (when skip_lo_hi) are walked but not recorded.
- * Returns the frame count, or -1 when a frame needs the slow unwinder
- * (no FDE, DWARF expressions, signal frame, unknown stack bounds).  AS-safe. */
+ * The first pc is exact, later ones return addresses.  Leading frames whose
+ * pc is in [skip_lo, skip_hi) are walked but not recorded (skip_lo ==
+ * skip_hi: none).  Returns the frame count, or -1 when a frame needs the
+ * slow unwinder (no FDE, DWARF expressions, signal frame, unknown stack
+ * bounds).  AS-safe. */
 int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds *b,
-               uint64_t *ips, int max, int skip_lo_hi, uint64_t skip_lo, uint64_t skip_hi, int *truncated);
+               uint64_t *ips, int max, uint64_t skip_lo, uint64_t skip_hi, int *truncated);
 
 /* ---- sampler.c ------------------------------------------------------------*/
 struct sampler_config {

@@ -8,17 +8,15 @@
  * rule cache: its heap is never touched, and whatever happens to it, every
  * event already written is safe in shared memory.
  *
- * Stacks are unwound with the cached CFI unwinder (cfi.c); libgcc's
- * _Unwind_Backtrace is the fallback for frames it cannot express. */
+ * Stacks are unwound by unwind_caller (unwind.c): cached CFI rules, with
+ * libgcc's _Unwind_Backtrace for frames they cannot express. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
-#include <link.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include <unwind.h>
 #include <asm/prctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -35,7 +33,6 @@ uint64_t heap_sampling;
 int heap_free_all;
 uint8_t *heap_filter;
 __thread int64_t heap_bytes_left CTPROF_TLS;
-static uint64_t shim_lo, shim_hi;   /* our own code: frames skipped */
 int heap_enabled; /* read inline by the hooks: tracking is on in this process */
 #define active heap_enabled
 /* The event ring is the only heap metadata in the program: keep it small
@@ -45,64 +42,6 @@ static uint64_t ring_mb = 2;
 static __thread uint64_t rng_state CTPROF_TLS;
 static __thread int stack_slot CTPROF_TLS; /* index+1 in hs->stacks */
 
-
-/* ---- where our own code is, so its frames can be dropped ------------------- */
-
-static int find_self(struct dl_phdr_info *info, size_t size, void *arg)
-{
-    (void)size;
-    uint64_t probe = (uint64_t)(uintptr_t)arg;
-    for (int i = 0; i < info->dlpi_phnum; i++) {
-        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-        if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
-            continue;
-        uint64_t lo = info->dlpi_addr + ph->p_vaddr, hi = lo + ph->p_memsz;
-        if (probe >= lo && probe < hi) {
-            shim_lo = lo;
-            shim_hi = hi;
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/* ---- unwinding from inside a hook --------------------------------------------- */
-
-struct slow_state {
-    uint64_t *ips;
-    int max, n, truncated;
-};
-
-static _Unwind_Reason_Code slow_step(struct _Unwind_Context *ctx, void *arg)
-{
-    struct slow_state *s = arg;
-    uint64_t ip = _Unwind_GetIP(ctx);
-    if (ip >= shim_lo && ip < shim_hi && s->n == 0)
-        return _URC_NO_REASON;     /* still inside the shim */
-    if (ip == 0)
-        return _URC_END_OF_STACK;
-    if (s->n == s->max) {
-        s->truncated = 1;
-        return _URC_END_OF_STACK;
-    }
-    s->ips[s->n++] = ip;
-    return _URC_NO_REASON;
-}
-
-/* The stack of the code that called malloc, leaf (its caller) first. */
-__attribute__((noinline)) static int unwind_caller(uint64_t *ips, int max, int *truncated)
-{
-    uint64_t pc, sp, fp;
-    __asm__ volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2" : "=r"(pc), "=r"(sp), "=r"(fp));
-    const struct stack_bounds *b = sampler_bounds();
-    int n = cfi_unwind(pc, sp, fp, b, ips, max, 1, shim_lo, shim_hi, truncated);
-    if (n > 0)
-        return n;
-    struct slow_state s = {ips, max, 0, 0};
-    _Unwind_Backtrace(slow_step, &s);
-    *truncated = s.truncated;
-    return s.n;
-}
 
 /* ---- sampled mode: which blocks were sampled ------------------------------------
  * Only sampled blocks produce free events.  A striped set of their
@@ -232,7 +171,7 @@ void heap_on_alloc(void *ptr, size_t size)
     }
     uint64_t ips[MAX_HEAP_DEPTH];
     int truncated = 0;
-    int n = unwind_caller(ips, depth, &truncated);
+    int n = unwind_caller(sampler_bounds(), ips, depth, &truncated);
     uint32_t bytes = (uint32_t)(sizeof(struct rec_alloc) + (size_t)n * 8);
     struct rec_alloc *rec = reserve(bytes);
     if (!rec)
@@ -271,7 +210,7 @@ void *heap_realloc_begin(void *old, size_t size)
     }
     uint64_t ips[MAX_HEAP_DEPTH];
     int truncated = 0;
-    int n = unwind_caller(ips, depth, &truncated);
+    int n = unwind_caller(sampler_bounds(), ips, depth, &truncated);
     uint32_t bytes = (uint32_t)(sizeof(struct rec_realloc) + (size_t)n * 8);
     struct rec_realloc *rec = reserve(bytes);
     if (!rec)
@@ -387,7 +326,7 @@ int heap_init(const char *dir)
     if (strlen(dir) >= sizeof heap_dir)
         return -1;
     strcpy(heap_dir, dir);
-    dl_iterate_phdr(find_self, (void *)(uintptr_t)&heap_init);
+    unwind_init();
     if (sample_bytes) {
         void *p = mmap(NULL, sizeof(struct sset_stripe) * SSET_STRIPES + FILTER_SIZE, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

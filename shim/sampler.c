@@ -113,8 +113,7 @@ static void take_sample(void *uc)
              * it every 8th sample; the exit record carries the final value. */
             rec->cpu_ns = (ts.samples++ & 7) == 0 ? thread_cpu_ns() : 0;
             memcpy(rec + 1, ts.scratch, (size_t)n * 8);
-            ring_commit(rec, size);
-            __atomic_fetch_add(&r->hdr->samples, 1, __ATOMIC_RELAXED);
+            ring_commit(rec, size);  /* the controller counts the records it reads */
         }
     }
     __atomic_fetch_add(&r->hdr->handler_ns, now_ns() - t0, __ATOMIC_RELAXED);

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <unistd.h>
 #include <unwind.h>
+#include <link.h>
 #include <ucontext.h>
 #include <sys/syscall.h>
 #include "ctprof.h"
@@ -67,10 +68,14 @@ static int fp_walk(uintptr_t pc, uintptr_t fp, uintptr_t sp, const struct stack_
     return n;
 }
 
-/* ---- DWARF (.eh_frame) walk ------------------------------------------------ */
+/* ---- DWARF (.eh_frame) walk through libgcc -------------------------------------
+ * _Unwind_Backtrace starts in its caller, so leading frames are dropped:
+ * up to the interrupted pc (signal handler: the handler's own frames and
+ * the trampoline), or while they are in the shim's code (heap hooks). */
 
 struct dwarf_state {
-    uintptr_t pc;       /* interrupted pc: frames before it are the handler's */
+    uintptr_t until_pc;            /* drop frames before this pc, if set */
+    uintptr_t skip_lo, skip_hi;    /* else drop leading frames in this range */
     uint64_t *ips;
     int max, n, found, truncated, seen;
 };
@@ -83,8 +88,7 @@ static _Unwind_Reason_Code dwarf_step(struct _Unwind_Context *ctx, void *arg)
     if (++s->seen > s->max + 64)
         return _URC_END_OF_STACK; /* runaway chain */
     if (!s->found) {
-        /* Skip the handler's own frames and the signal trampoline. */
-        if (ip != s->pc)
+        if (s->until_pc ? ip != s->until_pc : (ip >= s->skip_lo && ip < s->skip_hi))
             return _URC_NO_REASON;
         s->found = 1;
     }
@@ -98,14 +102,35 @@ static _Unwind_Reason_Code dwarf_step(struct _Unwind_Context *ctx, void *arg)
     return _URC_NO_REASON;
 }
 
-static int dwarf_walk(uintptr_t pc, uint64_t *ips, int max, int *truncated)
+static int dwarf_walk(struct dwarf_state *s, int *truncated)
 {
-    struct dwarf_state s = {pc, ips, max, 0, 0, 0, 0};
-    _Unwind_Backtrace(dwarf_step, &s);
-    if (!s.found)
+    _Unwind_Backtrace(dwarf_step, s);
+    if (!s->found)
         return 0;
-    *truncated = s.truncated;
-    return s.n;
+    *truncated = s->truncated;
+    return s->n;
+}
+
+/* ---- the shim's own code ----------------------------------------------------------- */
+
+static uintptr_t shim_lo, shim_hi;
+
+static int find_self(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    uintptr_t probe = (uintptr_t)arg;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
+            continue;
+        uintptr_t lo = info->dlpi_addr + ph->p_vaddr, hi = lo + ph->p_memsz;
+        if (probe >= lo && probe < hi) {
+            shim_lo = lo;
+            shim_hi = hi;
+            return 1;
+        }
+    }
+    return 0;
 }
 
 static _Unwind_Reason_Code count_step(struct _Unwind_Context *ctx, void *arg)
@@ -118,6 +143,8 @@ static _Unwind_Reason_Code count_step(struct _Unwind_Context *ctx, void *arg)
 void unwind_init(void)
 {
     cfi_init();
+    if (!shim_hi)
+        dl_iterate_phdr(find_self, (void *)(uintptr_t)&unwind_init);
     /* The first call loads libgcc_s and sets up its caches: do it here, not
      * in the handler. */
     int n = 0;
@@ -136,10 +163,11 @@ int unwind_stack(enum unwind_mode mode, void *ucv, const struct stack_bounds *b,
         return 0;
     if (mode != UNWIND_FP) {
         /* Cached CFI rules first; libgcc for frames they cannot express. */
-        int n = cfi_unwind(pc, sp, fp, b, ips, max, 0, 0, 0, truncated);
+        int n = cfi_unwind(pc, sp, fp, b, ips, max, 0, 0, truncated);
         if (n > 1)
             return n;
-        n = dwarf_walk(pc, ips, max, truncated);
+        struct dwarf_state s = {pc, 0, 0, ips, max, 0, 0, 0, 0};
+        n = dwarf_walk(&s, truncated);
         /* A leaf without unwind info ends the DWARF walk at one frame: the
          * frame-pointer chain may still know the callers. */
         if (n > 1 || mode == UNWIND_DWARF)
@@ -147,4 +175,16 @@ int unwind_stack(enum unwind_mode mode, void *ucv, const struct stack_bounds *b,
         *truncated = 0;
     }
     return fp_walk(pc, fp, sp, b, ips, max, truncated);
+}
+
+__attribute__((noinline)) int unwind_caller(const struct stack_bounds *b, uint64_t *ips, int max, int *truncated)
+{
+    uint64_t pc, sp, fp;
+    __asm__ volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2" : "=r"(pc), "=r"(sp), "=r"(fp));
+    *truncated = 0;
+    int n = cfi_unwind(pc, sp, fp, b, ips, max, shim_lo, shim_hi, truncated);
+    if (n > 0)
+        return n;
+    struct dwarf_state s = {0, shim_lo, shim_hi, ips, max, 0, 0, 0, 0};
+    return dwarf_walk(&s, truncated);
 }

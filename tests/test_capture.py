@@ -181,11 +181,13 @@ def test_ctrl_c_stops_target_and_writes_profile(build, tmp_path):
 def test_stdio_untouched_and_preload_appended(build, tmp_path):
     prog = build("echo_stdin.c")
     data = b"hello\nworld\n" * 1000
-    marker = build("plugin.c", shared=True, name="libmarker")
+    marker = build("marker.c", shared=True, name="libmarker")
     proc, profile = run_profile(tmp_path, [prog], env={"LD_PRELOAD": marker}, input=data)
     assert proc.returncode == 0
     assert proc.stdout == data
     assert b"to stderr" in proc.stderr
+    assert b"marker library loaded" in proc.stderr       # the user's preload still runs
+    assert profile.metadata["processes"]                  # ... and so does the shim
 
 
 def test_own_sigprof_handler_keeps_working(build, tmp_path):

@@ -186,7 +186,8 @@ class Collector:
             pass
         finished = int(h["end_ns"]) or self.gone_ns.get(pid) or end_ns
         info = ProcessInfo(pid=pid, ppid=int(h["ppid"]), exe=str(h["exe"]), maps=maps, perf_map=perf_map,
-                           samples=int(h["samples"]), dropped=int(h["dropped"]), handler_ns=int(h["handler_ns"]),
+                           samples=sum(t.samples for t in ring.capture.threads.values()),
+                           dropped=int(h["dropped"]), handler_ns=int(h["handler_ns"]),
                            wall_ns=max(0, finished - int(h["start_ns"])),
                            timer=ringmod.TIMER_NAMES.get(int(h["timer_kind"]), "?"))
         names = self.thread_names.get(pid, {})

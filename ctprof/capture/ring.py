@@ -52,12 +52,8 @@ class ThreadStats:
 class ProcessCapture:
     """Everything decoded so far from one process's ring."""
 
-    pid: int
-    path: str
-    header: Dict[str, object] = field(default_factory=dict)
     stacks: Dict[Tuple[int, int, Tuple[int, ...], bool], int] = field(default_factory=dict)
     threads: Dict[int, ThreadStats] = field(default_factory=dict)
-    last_time_ns: int = 0
 
 
 class MappedFile:
@@ -87,7 +83,7 @@ class RingFile(MappedFile):
         self._drain = drain_fn
         self._pending: List[bytes] = []
         self._pending_bytes = 0
-        self.capture = ProcessCapture(pid=0, path=path)
+        self.capture = ProcessCapture()
 
     def header(self) -> Dict[str, object]:
         values = HEADER.unpack_from(self.map, 0)
@@ -140,7 +136,7 @@ def decode_records(buf: memoryview, cap: ProcessCapture) -> None:
         if size < 8 or off + size > end:
             break
         if rtype == REC_SAMPLE:
-            tid, nips, gen, _pad, time_ns, cpu_ns = SAMPLE_BODY.unpack_from(buf, off + 8)
+            tid, nips, gen, _pad, _time_ns, cpu_ns = SAMPLE_BODY.unpack_from(buf, off + 8)
             start = off + 8 + SAMPLE_BODY.size
             ips = tuple(buf[start:start + 8 * nips].cast("Q"))
             key = (tid, gen, ips, bool(flags & SAMPLE_TRUNCATED))
@@ -151,8 +147,6 @@ def decode_records(buf: memoryview, cap: ProcessCapture) -> None:
             t.samples += 1
             if cpu_ns > t.cpu_ns:
                 t.cpu_ns = cpu_ns
-            if time_ns > cap.last_time_ns:
-                cap.last_time_ns = time_ns
         elif rtype == REC_THREAD:
             tid, _pad, cpu_ns, name = THREAD_BODY.unpack_from(buf, off + 8)
             t = threads.get(tid)

@@ -95,7 +95,7 @@ def add_memory_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeline", metavar="FILE", help="with --mem: write a chart of the live heap over time (SVG)")
 
 
-def finish_capture(session: Session, args: argparse.Namespace) -> Profile:
+def finish_capture(session: Session, args: argparse.Namespace, output: Optional[str] = None) -> Profile:
     """Resolve, save and summarise a captured session (shared by run/attach)."""
     from ..render import top_text, write_folded, write_svg
 
@@ -107,7 +107,7 @@ def finish_capture(session: Session, args: argparse.Namespace) -> Profile:
         from ..processors import group_by
         view = group_by(profile, args.group_by)
 
-    output = args.output or getattr(args, "_default_output", None) or default_output_name(session.command)
+    output = output or args.output or default_output_name(session.command)
     save(output, profile, session)
     written = [f"profile: {output}"]
     metric = getattr(args, "metric", None) or profile.default_metric()
@@ -164,16 +164,17 @@ class RunCommand(Command):
         check_metric(args.metric, args.mem)
         opts = CaptureOptions(hz=hz, unwind=args.unwind, max_depth=args.max_depth, timer=args.timer,
                               ring_mb=args.ring_mb, memory=args.mem, mem_depth=args.mem_depth, mem_sample=args.mem_sample)
-        args._default_output = args.output or default_output_name(argv)
+        # Named before the run, so snapshots taken during it can be named after it.
+        output = args.output or default_output_name(argv)
         snapshots = []
 
         def write_snapshot(partial: Session) -> None:
             snap = build_profile(partial, demangle=not args.no_demangle, progress=False)
-            path = f"{args._default_output}.snapshot{len(snapshots) + 1}"
+            path = f"{output}.snapshot{len(snapshots) + 1}"
             save(path, snap, partial)
             snapshots.append(path)
             say(f"snapshot: {path}")
 
         session = run_program(argv, opts, on_snapshot=write_snapshot)
-        finish_capture(session, args)
+        finish_capture(session, args, output)
         return session.exit_status if session.exit_status is not None else 0

@@ -40,6 +40,8 @@ TOTAL_NAMES = ("live_bytes", "live_count", "peak_bytes", "peak_count", "alloc_co
                "max_live_blocks")
 TIMELINE_MAX_POINTS = 20000
 TIMELINE_STEP_S = 0.005
+RSS_STEP_S = 0.05
+DISCOVER_STEP_S = 0.02
 
 
 def bind(shim: str):
@@ -88,6 +90,7 @@ class HeapRing(MappedFile):
         self.start = start
         self.info = HeapProcess(self.pid)
         self._last_point = -1.0
+        self._last_rss = -1.0
         self._totals = (ctypes.c_double * NTOTAL)()
         self._peak_seen = 0.0
 
@@ -112,25 +115,27 @@ class HeapRing(MappedFile):
             return 0
         self.heartbeat()
         n = self.lib.ctprof_heap_consume(self.consumer, self.address, buf_address, cap)
-        now = time.monotonic() - self.start
-        if n or now - self._last_point >= TIMELINE_STEP_S:
-            self._record_point(now)
+        self._observe(time.monotonic() - self.start)
         return n
 
-    def _record_point(self, now: float) -> None:
+    def _observe(self, now: float, final: bool = False) -> None:
+        """Note a new peak's time on every drain; add a timeline point and
+        read the peak RSS (a /proc read) only every so often."""
         self.lib.ctprof_heap_totals(self.consumer, self._totals)
         live, peak = self._totals[0], self._totals[2]
         if peak > self._peak_seen:
             self._peak_seen = peak
             self.info.peak_time = now
+        if not final and now - self._last_point < TIMELINE_STEP_S:
+            return
         tl = self.info.timeline
         if len(tl) >= TIMELINE_MAX_POINTS:
             del tl[1::2]  # keep it bounded: halve the resolution
         tl.append((round(now, 4), live))
+        if final or now - self._last_rss >= RSS_STEP_S:
+            self._last_rss = now
+            self.info.peak_rss = max(self.info.peak_rss, read_peak_rss(self.pid))
         self._last_point = now
-        rss = read_peak_rss(self.pid)
-        if rss:
-            self.info.peak_rss = max(self.info.peak_rss, rss)
 
     def exit_waiting(self) -> bool:
         return struct.unpack_from("<I", self.map, EXIT_STATE_OFFSET)[0] == EXIT_WAITING
@@ -176,8 +181,7 @@ class HeapRing(MappedFile):
         info.ring_bytes_used = min(data_size, write_pos) + 4096
         if self.consumer is None:
             return info
-        self._record_point(time.monotonic() - self.start)
-        self.lib.ctprof_heap_totals(self.consumer, self._totals)
+        self._observe(time.monotonic() - self.start, final=True)
         info.totals = dict(zip(TOTAL_NAMES, list(self._totals)))
         n = self.lib.ctprof_heap_nstacks(self.consumer)
         depth = max(1, info.header.get("depth") or 32)
@@ -264,12 +268,16 @@ class HeapCollector:
         self._snapshot_ready = threading.Event()
         self._snapshot: Dict[int, HeapProcess] = {}
         self._thread = threading.Thread(target=self._loop, name="ctprof-heap", daemon=True)
-        self.errors: List[str] = []
+        self._last_discover = -1.0
 
     def start_thread(self) -> None:
         self._thread.start()
 
-    def _discover(self) -> None:
+    def _discover(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_discover < DISCOVER_STEP_S:
+            return
+        self._last_discover = now
         try:
             names = os.listdir(self.session_dir)
         except OSError:
@@ -281,8 +289,8 @@ class HeapCollector:
                 except (OSError, ValueError):
                     continue
 
-    def poll_once(self) -> int:
-        self._discover()
+    def poll_once(self, final: bool = False) -> int:
+        self._discover(force=final)
         moved = 0
         for ring in list(self.rings.values()):
             moved += ring.consume(self.buffer_address, len(self.buffer))
@@ -291,7 +299,7 @@ class HeapCollector:
                 try:
                     ring.scan()
                 except Exception as err:  # the target must never be left waiting
-                    self.errors.append(f"leak scan of pid {ring.pid} failed: {err}")
+                    ring.info.scan_error = f"the leak scan failed: {err}"
                     struct.pack_into("<I", ring.map, EXIT_STATE_OFFSET, EXIT_SCANNED)
         return moved
 
@@ -317,12 +325,10 @@ class HeapCollector:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        self.poll_once()
+        self.poll_once(final=True)
         out: Dict[int, HeapProcess] = {}
-        for ring in self.rings.values():
-            info = ring.finish()
-            if ring.consumer is not None or info.totals:
-                prev = out.get(info.pid)
-                out[info.pid] = info if prev is None else prev
+        for ring in self.rings.values():  # one .heap file per pid
+            if ring.consumer is not None:
+                out[ring.pid] = ring.finish()
             ring.close()
         return out

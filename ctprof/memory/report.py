@@ -75,6 +75,9 @@ def memory_report(profile: Profile, top: int = 10) -> str:
 
     scanned = all(p.get("scanned") for p in per_pid.values())
     out.append("")
+    for pid, p in sorted(per_pid.items()):
+        if p.get("scan_error"):
+            out.append(f"pid {pid}: {p['scan_error']}")
     if scanned:
         d, dn = profile.total("definite_bytes"), profile.total("definite_count")
         i, inn = profile.total("indirect_bytes"), profile.total("indirect_count")
