@@ -48,14 +48,13 @@ struct ring_header {
     uint64_t handler_ns;      /* time spent inside the handler (atomic) */
     uint64_t start_ns;        /* CLOCK_MONOTONIC at constructor */
     uint64_t end_ns;          /* CLOCK_MONOTONIC at normal exit, 0 otherwise */
-    uint64_t proc_start_ticks;/* /proc/self/stat starttime: same across exec */
     uint32_t maps_gen;        /* generation of the newest maps snapshot (atomic) */
     uint32_t timer_kind;      /* enum ctprof_timer_kind */
     uint32_t notes;           /* NOTE_* bits (atomic or) */
     uint32_t signo;           /* signal used for sampling */
     uint32_t hz;              /* requested rate */
     uint32_t max_depth;
-    uint32_t exec_count;      /* images that wrote into this ring (exec) */
+    uint32_t pad;
     uint32_t maps_next;       /* next maps generation to hand out (atomic) */
     char exe[1024];           /* /proc/self/exe of the newest image */
 };

@@ -40,38 +40,14 @@ static long env_long(const char *name, long dflt)
     return *end ? dflt : x;
 }
 
-static uint64_t proc_start_ticks(void)
-{
-    /* Field 22 of /proc/self/stat: unchanged across exec, differs on pid reuse. */
-    char buf[1024];
-    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = 0;
-    char *p = strrchr(buf, ')');
-    if (!p)
-        return 0;
-    int field = 2;
-    for (; *p && field < 22; p++)
-        if (*p == ' ')
-            field++;
-    return strtoull(p, NULL, 10);
-}
-
 static void fill_header(struct ring *r)
 {
     struct ring_header *h = r->hdr;
     h->hz = (uint32_t)env_long("CTPROF_HZ", 99);
     h->max_depth = (uint32_t)env_long("CTPROF_MAX_DEPTH", 128);
-    h->proc_start_ticks = proc_start_ticks();
     h->end_ns = 0;
     ssize_t n = readlink("/proc/self/exe", h->exe, sizeof h->exe - 1);
     h->exe[n > 0 ? n : 0] = 0;
-    __atomic_fetch_add(&h->exec_count, 1, __ATOMIC_RELAXED);
 }
 
 /* ---- threads ------------------------------------------------------------- */
@@ -135,7 +111,6 @@ static void after_fork_child(void)
     }
     fork_ring = r;
     fill_header(&fork_ring);
-    fork_ring.hdr->hz = main_ring.hdr->hz;
     maps_snapshot(&fork_ring, session_dir);
     sampler_after_fork(&fork_ring);
     sampler_thread_start();

@@ -17,10 +17,10 @@ from typing import Dict, List, Optional, Tuple
 MAGIC = 0x46525443
 RING_VERSION = 1
 HEADER_SIZE = 4096
-HEADER = struct.Struct("<IIIIQQQQQQQQQIIIIIIII1024s")
+HEADER = struct.Struct("<IIIIQQQQQQQQIIIIIIII1024s")
 HEADER_FIELDS = ("magic", "version", "pid", "ppid", "data_size", "write_pos", "read_pos",
-                 "samples", "dropped", "handler_ns", "start_ns", "end_ns", "proc_start_ticks",
-                 "maps_gen", "timer_kind", "notes", "signo", "hz", "max_depth", "exec_count",
+                 "samples", "dropped", "handler_ns", "start_ns", "end_ns",
+                 "maps_gen", "timer_kind", "notes", "signo", "hz", "max_depth", "pad",
                  "maps_next", "exe")
 REC_HEADER = struct.Struct("<IHH")
 REC_SAMPLE = 1
