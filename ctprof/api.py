@@ -338,10 +338,9 @@ class Profiler:
             raise CtprofError("this profiler is not running")
         self._sampler = None
         session, prof = sampler.stop()
-        from .capture.stats import run_metadata
-        prof.metadata.update(run_metadata(session))
+        from .capture.stats import finish_profile
+        finish_profile(prof, session)
         prof.metadata["python_frames"] = sampler.python_frames
-        prof.values.setdefault("samples", [0] * len(prof.stacks))
         result = Result(prof, session)
         self.result = result
         self.results.append(result)

@@ -9,7 +9,7 @@ them alike.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 #: Frame categories, used for colouring and reports.
 CATEGORIES = ("program", "library", "kernel", "jit", "python", "unknown")

@@ -631,13 +631,13 @@ class Unwinder:
                 ra_rule = row.rules.get(row.ra_reg)
                 if ra_rule is None or ra_rule[0] == UNDEF:
                     break                                    # outermost frame (_start, clone)
-                new: Dict[int, int] = {}
-                for reg, value in regs.items():
-                    rule = row.rules.get(reg)
-                    if rule is None or rule[0] == SAME:
-                        new[reg] = value
+                # Registers without a rule (or SAME) keep their values; only
+                # the row's rules are applied (a dict copy runs in C).
+                new: Dict[int, int] = dict(regs)
                 ok = True
                 for reg, (kind, arg) in row.rules.items():
+                    if kind == SAME:
+                        continue
                     if kind == OFFSET:
                         v = read(cfa + arg)
                     elif kind == VAL_OFFSET:
@@ -649,7 +649,8 @@ class Unwinder:
                         v = read(a) if a is not None else None
                     elif kind == VAL_EXPR:
                         v = eval_expr(arg, regs, read, cfa)
-                    else:
+                    else:                                    # UNDEF: the value is gone
+                        new.pop(reg, None)
                         continue
                     if v is None:
                         if reg == row.ra_reg:
@@ -682,7 +683,7 @@ class Unwinder:
             ret = new.get(RA)
             if not ret or ret < 4096:
                 break
-            if new[RSP] <= sp and not signal and not row_is_signal(row):
+            if new[RSP] <= sp and not signal:
                 break                                        # no progress: garbage
             if len(ips) >= max_depth:
                 return ips, True
@@ -693,6 +694,3 @@ class Unwinder:
         stats["frames"] += len(ips)
         return ips, False
 
-
-def row_is_signal(row: Optional[Row]) -> bool:
-    return bool(row is not None and row.signal)

@@ -108,7 +108,7 @@ static void take_sample(int i, void *uc)
         rec->gen = 0;
         rec->pad = (uint32_t)np;
         rec->time_ns = t0;
-        rec->cpu_ns = thread_cpu_ns();
+        rec->cpu_ns = 0; /* unused here: thread CPU comes from /proc schedstat */
         memcpy(rec + 1, scratch.words, ((size_t)n + 2 * (size_t)np) * 8);
         ring_commit(rec, size);
         __atomic_fetch_add(&ring.hdr->samples, 1, __ATOMIC_RELAXED);
@@ -152,6 +152,13 @@ static int pick_signal(void)
     return -1;
 }
 
+static void unmap_ring(void)
+{
+    munmap(ring.data, 2 * ring_bytes);
+    munmap(ring.hdr, CTPROF_HEADER_SIZE);
+    ring.hdr = NULL;
+}
+
 /* Start a session: ring file <dir>/<pid>.ring of `ring_mb` MiB, rate `hz`,
  * native depth `max_depth`, Python depth `py_depth` (0: native only).
  * Returns 0 or -errno.  Threads are added with ctprof_self_add_thread. */
@@ -181,16 +188,21 @@ CTPROF_API int ctprof_self_start(const char *dir, unsigned hz, int max_depth, in
     ssize_t len = readlink("/proc/self/exe", ring.hdr->exe, sizeof ring.hdr->exe - 1);
     ring.hdr->exe[len > 0 ? len : 0] = 0;
     if (!installed) {
+        int rc = 0;
         signo = pick_signal();
         if (signo < 0)
-            return -EAGAIN;
+            rc = -EAGAIN;
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_sigaction = on_signal;
         sa.sa_flags = SA_SIGINFO | SA_RESTART;
         sigemptyset(&sa.sa_mask);
-        if (sigaction(signo, &sa, &previous) != 0)
-            return -errno;
+        if (!rc && sigaction(signo, &sa, &previous) != 0)
+            rc = -errno;
+        if (rc) {   /* leave no ring behind: a later start must be able to try again */
+            unmap_ring();
+            return rc;
+        }
         installed = 1;
     }
     ring.hdr->signo = (uint32_t)signo;
@@ -378,9 +390,7 @@ CTPROF_API long ctprof_self_stop(void)
     wait_handlers();
     long samples = (long)ring.hdr->samples;
     ring.hdr->end_ns = now_ns();
-    munmap(ring.data, 2 * ring_bytes);
-    munmap(ring.hdr, CTPROF_HEADER_SIZE);
-    ring.hdr = NULL;
+    unmap_ring();
     ring.data = NULL;
     return samples;
 }

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, ctprof, ctprof_env, has_chain, load_profile, share
+from conftest import ctprof, ctprof_env, has_chain, load_profile, share
 
 CHAIN = ("main", "level_one", "level_two", "level_three", "hot_leaf")
 

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 from ..errors import AttachError, UsageError
-from ..session import ProcessInfo, RawStack, Session
+from ..session import ProcessInfo, Session
 from ..symbols.maps import MapTable
 from ..unwinder import Unwinder
 from . import perf
+from .ring import raw_stacks
 
 POLL_SECONDS = 0.02
 THREAD_POLL_SECONDS = 0.05
@@ -404,8 +405,7 @@ def attach_process(pid: int, opts: AttachOptions,
     info.thread_samples = dict(target.thread_samples)
     info.samples = target.samples
     info.wall_ns = end_ns - t0_ns
-    stacks = [RawStack(pid, tid, gen, ips, truncated, {"samples": n})
-              for (tid, gen, ips, truncated), n in target.stacks.items()]
+    stacks = raw_stacks(pid, target.stacks)
     session = Session(kind="cpu", command=cmdline, hz=float(opts.hz), unwind="dwarf", max_depth=opts.max_depth,
                       start_time=wall_start, wall_s=(end_ns - t0_ns) / 1e9, exit_status=None,
                       processes={pid: info}, stacks=stacks)

@@ -14,7 +14,7 @@ import errno
 import mmap
 import os
 import struct
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional
 
 SYS_perf_event_open = 298          # x86-64
 PERF_TYPE_SOFTWARE = 1
@@ -172,10 +172,10 @@ def _decode_sample(buf: bytes, off: int) -> Optional[Sample]:
     off += _REGS.size
     size = _U64.unpack_from(buf, off)[0]
     off += 8
-    stack = b""
+    stack = memoryview(b"")
     if size:
         dyn = _U64.unpack_from(buf, off + size)[0]
-        stack = buf[off:off + min(dyn, size)]
+        stack = memoryview(buf)[off:off + min(dyn, size)]  # a view: no second copy of up to 32 KiB
     return Sample(pid, tid, time, regs, stack, regs[7])
 
 

@@ -12,7 +12,9 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
+
+from ..session import RawStack
 
 MAGIC = 0x46525443
 RING_VERSION = 1
@@ -118,11 +120,16 @@ class RingFile(MappedFile):
         self._pending.clear()
         self._pending_bytes = 0
 
-    def raw_stacks(self, pid: int) -> List["RawStack"]:
+    def raw_stacks(self, pid: int) -> List[RawStack]:
         """Every unique stack sampled so far, with its count."""
-        from ..session import RawStack
-        return [RawStack(pid, tid, gen, ips, truncated, {"samples": count})
-                for (tid, gen, ips, truncated), count in self.capture.stacks.items()]
+        return raw_stacks(pid, self.capture.stacks)
+
+
+def raw_stacks(pid: int, counts: Dict[Tuple[int, int, Tuple[int, ...], bool], int]) -> List[RawStack]:
+    """Sample counts keyed by (tid, maps generation, ips, truncated) as the
+    session's raw stacks (shared by run, attach and self-profiling)."""
+    return [RawStack(pid, tid, gen, ips, truncated, {"samples": count})
+            for (tid, gen, ips, truncated), count in counts.items()]
 
 
 def decode_records(buf: memoryview, cap: ProcessCapture) -> None:

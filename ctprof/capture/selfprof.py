@@ -32,7 +32,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from ..errors import BuildError, CtprofError, UsageError
 from ..profile import Frame, Profile, merge_identical
-from ..session import ProcessInfo, RawStack, Session
+from ..session import ProcessInfo, Session
 from . import ring as ringmod
 from .build import shim_path
 
@@ -452,7 +452,7 @@ class SelfSampler:
         for (tid, gen, ips, truncated, _py), n in self.raw.items():
             k = (tid, gen, ips, truncated)
             native[k] = native.get(k, 0) + n
-        stacks = [RawStack(pid, tid, gen, ips, tr, {"samples": n}) for (tid, gen, ips, tr), n in native.items()]
+        stacks = ringmod.raw_stacks(pid, native)
         session = Session(kind="cpu", command=[sys.executable] + sys.argv, hz=float(self.hz), unwind=self.unwind,
                           max_depth=self.max_depth, start_time=self.wall_start, wall_s=(end_ns - self.t0) / 1e9,
                           exit_status=None, processes={pid: info}, stacks=stacks)

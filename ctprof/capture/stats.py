@@ -61,6 +61,11 @@ def build_profile(session: Session, *, demangle: bool = True, lines: bool = Fals
     column its kind promises (even when nothing was sampled or allocated)."""
     from ..symbols import resolve_session
     profile = resolve_session(session, demangle=demangle, lines=lines, progress=progress)
+    return finish_profile(profile, session)
+
+
+def finish_profile(profile: Profile, session: Session) -> Profile:
+    """Add the run metadata and every column the session's kind promises."""
     profile.metadata.update(run_metadata(session))
     columns = ["samples"]
     if session.kind == "memory":

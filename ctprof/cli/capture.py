@@ -111,7 +111,9 @@ def finish_capture(session: Session, args: argparse.Namespace, output: Optional[
     save(output, profile, session)
     written = [f"profile: {output}"]
     metric = getattr(args, "metric", None) or profile.default_metric()
-    profile.column(metric)  # an unknown metric is a usage error before any file is written
+    # run/attach refuse an unknown --metric before capturing (check_metric);
+    # this catches the rest only after the profile itself is safely saved.
+    profile.column(metric)
     if args.svg:
         write_svg(view, args.svg, metric=metric)
         written.append(f"flame graph ({metric}): {args.svg}")
