@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Pattern, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Pattern, Tuple, Union
 
 from .errors import UsageError
 from .profile import Frame, Profile
@@ -21,7 +21,8 @@ class ProcessOptions:
     """Which transforms to apply (all off by default).
 
     ``group_by``: ``"thread"`` or ``"process"``: add a root frame per thread
-    or process (profiles without pids/tids get one ``"all threads"`` root).
+    or process (stacks without a pid/tid go under one ``"thread ?"`` /
+    ``"process ?"`` root).
     ``drop``: regex; frames whose name matches are removed from every stack,
     their callees attach to their caller.  ``collapse``: regex; everything a
     matching frame calls is folded into it (the first match on a stack ends

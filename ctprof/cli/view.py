@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional
 
 from ..errors import UsageError
 from ..processors import ProcessOptions, apply
@@ -46,6 +45,18 @@ def _add_svg_look(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--countname", metavar="WORD", help="unit word in tooltips (default: samples/bytes)")
 
 
+def _add_graph_arguments(parser: argparse.ArgumentParser, default_name: str) -> None:
+    """What ``svg`` and ``diff`` share after their inputs: -o (``default_name``
+    when stdout is a terminal), metric, --inverted, the look of the graph and
+    the transforms."""
+    parser.add_argument("-o", "--output", metavar="FILE.svg",
+                        help=f"output file ('-' = stdout; default: stdout when redirected, else {default_name})")
+    _add_metric(parser)
+    parser.add_argument("--inverted", action="store_true", help="icicle graph: leaves merged at the top")
+    _add_svg_look(parser)
+    _add_processors(parser)
+
+
 def _svg_options(args: argparse.Namespace, inverted: bool = False):
     from ..render import SvgOptions
     minwidth = args.minwidth
@@ -71,12 +82,14 @@ def _default_output(input_path: str, suffix: str) -> str:
     return base + suffix
 
 
-def _output(args: argparse.Namespace, input_path: str, suffix: str) -> str:
+def _output(args: argparse.Namespace, input_path: str, suffix: str, default: str = "") -> str:
+    """-o if given, else stdout when redirected, else ``default`` or a name
+    made from the input's."""
     if args.output:
         return args.output
     if not sys.stdout.isatty():
         return "-"
-    return _default_output(input_path, suffix)
+    return default or _default_output(input_path, suffix)
 
 
 def _said(path: str, what: str) -> None:
@@ -91,20 +104,15 @@ class SvgCommand(Command):
 
     def prepare_parser(self, parser):
         parser.add_argument("profile", metavar="PROFILE|FOLDED", help="ctprof profile or folded stacks ('-' = stdin)")
-        parser.add_argument("-o", "--output", metavar="FILE.svg",
-                            help="output file ('-' = stdout; default: stdout when redirected, else NAME.svg)")
-        _add_metric(parser)
-        parser.add_argument("--inverted", action="store_true", help="icicle graph: leaves merged at the top")
-        _add_svg_look(parser)
-        _add_processors(parser)
+        _add_graph_arguments(parser, "NAME.svg")
 
     def run(self, args):
-        from ..render.svg import open_output, svg_text
+        from ..render import write_svg
+        # Inverted here, before --group-by adds its roots; write_svg sees
+        # metadata["inverted"] and does not invert again.
         profile = _processed(args, args.profile, invert=args.inverted)
-        options = _svg_options(args, inverted=args.inverted)
         out = _output(args, args.profile, ".svg")
-        with open_output(out) as write:
-            svg_text(profile, options, write)
+        write_svg(profile, out, _svg_options(args, inverted=args.inverted))
         _said(out, "flame graph")
         return 0
 
@@ -185,21 +193,14 @@ class DiffCommand(Command):
     def prepare_parser(self, parser):
         parser.add_argument("before", metavar="BEFORE", help="profile or folded stacks")
         parser.add_argument("after", metavar="AFTER", help="profile or folded stacks")
-        parser.add_argument("-o", "--output", metavar="FILE.svg",
-                            help="output file ('-' = stdout; default: stdout when redirected, else diff.svg)")
-        _add_metric(parser)
-        parser.add_argument("--inverted", action="store_true", help="icicle graph: leaves merged at the top")
-        _add_svg_look(parser)
-        _add_processors(parser)
+        _add_graph_arguments(parser, "diff.svg")
 
     def run(self, args):
-        from ..render.diff import diff_svg_text
-        from ..render.svg import open_output
+        from ..render import write_diff_svg
+        # write_diff_svg never inverts: both sides are inverted here.
         before = _processed(args, args.before, invert=args.inverted)
         after = _processed(args, args.after, invert=args.inverted)
-        options = _svg_options(args, inverted=args.inverted)
-        out = args.output or ("-" if not sys.stdout.isatty() else "diff.svg")
-        with open_output(out) as write:
-            diff_svg_text(before, after, options, write)
+        out = _output(args, args.after, ".svg", default="diff.svg")
+        write_diff_svg(before, after, out, _svg_options(args, inverted=args.inverted))
         _said(out, "differential flame graph")
         return 0

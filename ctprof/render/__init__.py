@@ -22,10 +22,10 @@ from typing import IO, Callable, Dict, Optional, Union
 from ..errors import UsageError
 from ..profile import Profile
 from .diff import diff_svg_text, write_diff_svg
-from .folded import folded_lines, parse_folded, write_folded
+from .folded import folded_text, parse_folded, write_folded
 from .pprof import pprof_gzip
 from .speedscope import speedscope_json
-from .svg import SvgOptions, svg_text, write_svg
+from .svg import SvgOptions, open_output, svg_text, write_svg
 from .top import top_text
 
 __all__ = ["load_any", "write_svg", "write_folded", "top_text", "export", "write_diff_svg",
@@ -61,16 +61,12 @@ class Renderer:
     help: str
 
 
-def _folded_text(profile: Profile, metric: Optional[str]) -> str:
-    return "".join(line + "\n" for line in folded_lines(profile, metric))
-
-
 def _svg(profile: Profile, metric: Optional[str]) -> str:
     return svg_text(profile, SvgOptions(metric=metric))
 
 
 RENDERERS: Dict[str, Renderer] = {r.name: r for r in (
-    Renderer("folded", ".folded", False, _folded_text, "folded stacks (flamegraph.pl, inferno, speedscope)"),
+    Renderer("folded", ".folded", False, folded_text, "folded stacks (flamegraph.pl, inferno, speedscope)"),
     Renderer("speedscope", ".speedscope.json", False,
              lambda p, m: speedscope_json(p, m) + "\n", "speedscope JSON, sampled profile"),
     Renderer("pprof", ".pb.gz", True, pprof_gzip, "gzipped profile.proto (go tool pprof, Pyroscope, Parca)"),
@@ -85,20 +81,14 @@ def export(profile: Profile, path: Union[str, IO], format: str, metric: Optional
     if renderer is None:
         raise UsageError(f"unknown format {format!r} (choose from {', '.join(RENDERERS)})")
     data = renderer.render(profile, metric)
-    if not isinstance(path, str):
+    if not renderer.binary:
+        with open_output(path) as write:
+            write(data)  # type: ignore[arg-type]
+    elif not isinstance(path, str):
         path.write(data)
-        return
-    if path == "-":
-        if renderer.binary:
-            sys.stdout.buffer.write(data)  # type: ignore[arg-type]
-            sys.stdout.buffer.flush()
-        else:
-            sys.stdout.write(data)  # type: ignore[arg-type]
-            sys.stdout.flush()
-        return
-    if renderer.binary:
-        with open(path, "wb") as out:
-            out.write(data)  # type: ignore[arg-type]
+    elif path == "-":
+        sys.stdout.buffer.write(data)  # type: ignore[arg-type]
+        sys.stdout.buffer.flush()
     else:
-        with open(path, "w", encoding="utf-8", newline="\n") as out:
+        with open(path, "wb") as out:
             out.write(data)  # type: ignore[arg-type]

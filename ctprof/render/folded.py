@@ -16,10 +16,11 @@ from __future__ import annotations
 import io
 import re
 import sys
-from typing import IO, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import IO, Dict, Iterable, List, Optional, Tuple, Union
 
 from ..errors import FormatError, UsageError
 from ..profile import Frame, Profile
+from .svg import open_output
 
 #: Annotations stackcollapse-perf.pl appends to a frame name (``--all``,
 #: ``--kernel``, ``--jit``, ``--inline``) and the category each implies.
@@ -192,17 +193,14 @@ def folded_lines(profile: Profile, metric: Optional[str] = None) -> List[str]:
     return [f"{text} {value}" for text, value in sorted(merged.items()) if value > 0]
 
 
+def folded_text(profile: Profile, metric: Optional[str] = None) -> str:
+    """:func:`folded_lines` as one text, each line ending in a newline."""
+    return "".join(line + "\n" for line in folded_lines(profile, metric))
+
+
 def write_folded(profile: Profile, path_or_file: Union[str, IO[str]], metric: Optional[str] = None) -> None:
     """Write ``profile`` as folded stacks to a path (``-`` is stdout) or an
     open text file."""
-    lines = folded_lines(profile, metric)
-    text = "".join(line + "\n" for line in lines)
-    if isinstance(path_or_file, str):
-        if path_or_file == "-":
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            return
-        with open(path_or_file, "w", encoding="utf-8", newline="\n") as out:
-            out.write(text)
-    else:
-        path_or_file.write(text)
+    text = folded_text(profile, metric)
+    with open_output(path_or_file) as write:
+        write(text)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ..profile import Profile
 
@@ -102,7 +102,6 @@ def layout(profile: Profile, metric: Optional[str] = None, min_value: float = 0,
     open_start: List[int] = []
     open_other: List[int] = []
     pruned = 0
-    max_depth = 0
     x = 0
     append = boxes.append
     threshold = min_value
@@ -130,8 +129,6 @@ def layout(profile: Profile, metric: Optional[str] = None, min_value: float = 0,
         if oth:
             for d in range(n):
                 open_other[d] += oth
-        if n > max_depth:
-            max_depth = n
         x += value
     m = len(open_ranks)
     keep = bisect_right(open_start, x - threshold, 0, m) if threshold > 0 else m

@@ -27,10 +27,10 @@ CPU profiles with a known rate also get a ``cpu nanoseconds`` value.
 from __future__ import annotations
 
 import gzip
-import time
 from typing import Dict, List, Optional, Tuple
 
 from ..profile import Profile
+from .speedscope import command_text
 
 # -- a minimal protobuf encoder ----------------------------------------------
 
@@ -171,10 +171,8 @@ def pprof_bytes(profile: Profile, metric: Optional[str] = None) -> bytes:
 
     start = profile.metadata.get("start_time")
     duration = profile.metadata.get("duration") or profile.metadata.get("wall_s")
-    command = profile.metadata.get("command")
     # intern remaining strings before writing the table
-    comment = strings("ctprof: " + (" ".join(map(str, command)) if isinstance(command, (list, tuple))
-                                   else str(command or profile.metadata.get("source") or "")))
+    comment = strings("ctprof: " + command_text(profile))
     cpu_type = strings("cpu") if cpu else 0
     ns = strings("nanoseconds") if cpu else 0
     default_type = strings(_TYPE_NAMES.get(default, default)) if metrics else 0

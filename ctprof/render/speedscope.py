@@ -16,7 +16,7 @@ from ..profile import Profile
 SCHEMA = "https://www.speedscope.app/file-format-schema.json"
 
 
-def speedscope_document(profile: Profile, metric: Optional[str] = None, name: Optional[str] = None) -> dict:
+def speedscope_document(profile: Profile, metric: Optional[str] = None) -> dict:
     metric = metric or profile.default_metric()
     column = profile.column(metric) if profile.values else []
     unit = "bytes" if profile.unit(metric) == "bytes" else "none"
@@ -46,7 +46,7 @@ def speedscope_document(profile: Profile, metric: Optional[str] = None, name: Op
             groups.setdefault(key, []).append(n)
     if len(groups) <= 1:
         groups = {None: [n for rows in groups.values() for n in rows]}
-    title = name or _command(profile) or "ctprof profile"
+    title = command_text(profile) or "ctprof profile"
     profiles = []
     for key, rows in sorted(groups.items(), key=lambda kv: (kv[0] is not None, str(kv[0]))):
         samples = [[frame_id(i) for i in profile.stacks[n]] for n in rows]
@@ -65,7 +65,9 @@ def speedscope_document(profile: Profile, metric: Optional[str] = None, name: Op
             "name": title, "activeProfileIndex": 0, "exporter": f"ctprof {__version__}"}
 
 
-def _command(profile: Profile) -> str:
+def command_text(profile: Profile) -> str:
+    """The profiled command line as one string (``metadata["command"]``,
+    else the source file's name, else "")."""
     command = profile.metadata.get("command")
     if isinstance(command, (list, tuple)):
         return " ".join(str(c) for c in command)

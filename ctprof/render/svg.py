@@ -13,7 +13,7 @@ import contextlib
 import json
 import re
 from dataclasses import dataclass, replace
-from typing import IO, Callable, Dict, List, Optional, Tuple, Union
+from typing import IO, Callable, Dict, List, Optional, Union
 
 from ..errors import UsageError
 from ..profile import Frame, Profile
@@ -300,15 +300,3 @@ def open_output(path: Union[str, IO[str]]):
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-
-
-def write_text(text: str, path: Union[str, IO[str]]) -> None:
-    import sys
-    if not isinstance(path, str):
-        path.write(text)
-    elif path == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        with open(path, "w", encoding="utf-8", newline="\n") as out:
-            out.write(text)

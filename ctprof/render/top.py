@@ -62,6 +62,12 @@ def top_rows(profile: Profile, metric: Optional[str] = None, n: int = 10, by: st
     """The ``n`` hottest functions as (label, self, total), sorted by
     ``by`` ("self" or "total"), ties by the other value then name."""
     self_v, total_v, _ = function_totals(profile, metric)
+    return _ranked(self_v, total_v, n, by)
+
+
+def _ranked(self_v: Dict[Tuple[str, str], int], total_v: Dict[Tuple[str, str], int], n: int,
+            by: str) -> List[Tuple[str, int, int]]:
+    """:func:`top_rows` on totals already computed by :func:`function_totals`."""
     if by == "self":
         keys = sorted(self_v, key=lambda k: (-self_v[k], -total_v.get(k, 0), k))
     else:
@@ -82,7 +88,7 @@ def top_text(profile: Profile, metric: Optional[str] = None, n: int = 10) -> str
     what = unit if metric in (unit, "samples") else f"{unit}, {metric}"
     lines = []
     for by in ("self", "total"):
-        rows = top_rows(profile, metric, n, by)
+        rows = _ranked(self_v, total_v, n, by)
         lines.append(f"Top {len(rows)} functions by {by} ({human(grand, unit)} {what} in all):")
         cells = [(human(s, unit), f"{100.0 * s / grand:.2f}%", human(t, unit), f"{100.0 * t / grand:.2f}%", label)
                  for label, s, t in rows]

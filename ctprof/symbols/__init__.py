@@ -41,8 +41,7 @@ def resolve_session(session: Session, *, demangle: bool = True, lines: bool = Fa
     # Built here rather than with Profile.add + merge_identical: frames are
     # interned once per unique address (frame indexes memoised per address),
     # so a stack costs a few dict lookups, not a Frame hash per entry.
-    frames = profile.frames
-    frame_ids = profile._frame_index
+    intern = profile.intern
     addr_ids: dict = {}
     rows: dict = {}
     stacks, pids, tids = profile.stacks, [], []
@@ -50,13 +49,6 @@ def resolve_session(session: Session, *, demangle: bool = True, lines: bool = Fa
     total = len(session.stacks)
     truncated_id = None
     resolve = resolver.resolve
-
-    def intern(frame):
-        i = frame_ids.get(frame)
-        if i is None:
-            i = frame_ids[frame] = len(frames)
-            frames.append(frame)
-        return i
 
     # No reference cycles are created here; without the collector walking
     # the growing tables over and over, resolution is about 30% faster.

@@ -98,8 +98,7 @@ def demangle(raw: str) -> str:
             if base.startswith("_ZN") and _RUST_HASH.search(d):
                 d = _rust_unescape(_RUST_HASH.sub("", d))
             out = d + (at + version if at else "")
-    elif raw.startswith("_R"):
-        pass  # Rust v0 mangling: not understood by __cxa_demangle; keep as is.
+    # Rust v0 names (_R...) are not understood by __cxa_demangle: kept as is.
     _cache[raw] = out
     return out
 

@@ -388,20 +388,23 @@ def open_bytes(path: str):
 
 
 def debug_candidates(path: str, build_id: str, link: Optional[Tuple[str, int]],
-                     debug_dirs: Sequence[str]) -> List[str]:
-    """Where gdb would look for ``path``'s separate debug file, in order."""
-    out = []
-    for d in debug_dirs:
-        if len(build_id) > 2:
-            out.append(os.path.join(d, ".build-id", build_id[:2], build_id[2:] + ".debug"))
+                     debug_dirs: Sequence[str]) -> List[Tuple[str, bool]]:
+    """Where gdb would look for ``path``'s separate debug file, in order, as
+    (candidate, by_link): ``by_link`` is True for a ``.gnu_debuglink``
+    location (found by name, so its CRC has to be checked), False for a
+    build-id one.  A path reachable both ways keeps its first (build-id) kind."""
+    out: Dict[str, bool] = {}
+    if len(build_id) > 2:
+        for d in debug_dirs:
+            out.setdefault(os.path.join(d, ".build-id", build_id[:2], build_id[2:] + ".debug"), False)
     if link:
         name = link[0]
         here = os.path.dirname(path)
-        out.append(os.path.join(here, name))
-        out.append(os.path.join(here, ".debug", name))
+        out.setdefault(os.path.join(here, name), True)
+        out.setdefault(os.path.join(here, ".debug", name), True)
         for d in debug_dirs:
-            out.append(os.path.join(d, here.lstrip("/"), name))
-    return [p for p in dict.fromkeys(out) if p != path]
+            out.setdefault(os.path.join(d, here.lstrip("/"), name), True)
+    return [(p, by_link) for p, by_link in out.items() if p != path]
 
 
 def _load_debug_file(cand: str, build_id: str, link: Optional[Tuple[str, int]], by_link: bool):
@@ -453,12 +456,11 @@ def load_module(path: str, *, debug_dirs: Sequence[str] = DEFAULT_DEBUG_DIRS,
                 table_info = info
             else:
                 syms, source, table_info = [], "", info
-                nbid = 1 if info.build_id else 0
-                for i, cand in enumerate(cands):
+                for cand, by_link in cands:
                     if not os.path.isfile(cand):
                         continue
                     try:
-                        loaded = _load_debug_file(cand, info.build_id, link, by_link=i >= nbid * len(debug_dirs))
+                        loaded = _load_debug_file(cand, info.build_id, link, by_link)
                     except OSError:
                         loaded = None
                     if not loaded:
@@ -485,7 +487,7 @@ def load_module(path: str, *, debug_dirs: Sequence[str] = DEFAULT_DEBUG_DIRS,
                 source = source or "none"
             table = build_table(syms, table_info)
             return ModuleSymbols(path, info.build_id, info.loads, table, source,
-                                 dwarf_path, debug_file, cands)
+                                 dwarf_path, debug_file, [c for c, _ in cands])
         except (struct.error, IndexError, ValueError, OverflowError, MemoryError) as err:
             raise ElfError(f"corrupt ELF ({type(err).__name__}: {err})") from None
     finally:
