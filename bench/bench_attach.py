@@ -93,19 +93,20 @@ def main() -> int:
         subprocess.run(["cc", "-O2", "-pthread", "-o", prog, os.path.join(HERE, "progs", "cpu_work.c")], check=True)
         print("attach (cpu_work, 1 thread, gcc -O2 without frame pointers)")
         print(f"{'hz':>6} {'plain s':>9} {'attached s':>11} {'slowdown':>9} {'ctprof cpu/s':>13} "
-              f"{'complete':>9} {'samples':>8}")
+              f"{'us/sample':>10} {'complete':>9} {'samples':>8}")
         for hz in (99, 999):
-            p, a, c, share, samples = [], [], [], [], []
+            p, a, c, per, share, samples = [], [], [], [], [], []
             for _ in range(args.reps):
                 p.append(plain(prog, args.iterations))
                 w, cpu, sh, n = attached(prog, args.iterations, hz)
                 a.append(w)
                 c.append(cpu / w)
+                per.append(cpu / n * 1e6 if n else 0.0)   # ctprof's CPU per sample: read + unwind
                 share.append(sh)
                 samples.append(n)
             mp, ma = statistics.median(p), statistics.median(a)
             print(f"{hz:>6} {mp:>9.3f} {ma:>11.3f} {100 * (ma / mp - 1):>8.1f}% {statistics.median(c):>12.3f}s "
-                  f"{100 * min(share):>8.1f}% {statistics.median(samples):>8.0f}")
+                  f"{statistics.median(per):>10.1f} {100 * min(share):>8.1f}% {statistics.median(samples):>8.0f}")
     print("\nself-profiling (zlib.compress loop, ctprof.profile)")
     for hz in (99, 999):
         bare, prof, samples = self_profile(1.5, hz)
