@@ -61,7 +61,7 @@ def main() -> int:
     try:
         prog = os.path.join(tmp, "alloc_work")
         subprocess.run(["cc", "-O2", "-pthread", "-o", prog, os.path.join(HERE, "progs", "alloc_work.c")], check=True)
-        per = "150000" if args.quick else "350000"
+        per = "150000" if args.quick else "1000000"
         out = os.path.join(tmp, "m.ctprof")
         tools = {
             "plain": lambda c: c,
