@@ -138,7 +138,6 @@ class CfiTable:
             raise CfiError("no .eh_frame")
         self.starts = array("q")
         self.fdes = array("q")    # file offsets of FDEs
-        self.ends: Optional[array] = None
         self._cies: Dict[int, Cie] = {}
         self._fde_cache: Dict[int, Optional[tuple]] = {}
         self._rows: Dict[int, Optional[Row]] = {}

@@ -29,7 +29,7 @@ PERF_RECORD_SAMPLE = 9
 PERF_SAMPLE_REGS_ABI_NONE = 0
 
 # attr flag bits
-_DISABLED, _EXCLUDE_KERNEL, _EXCLUDE_HV = 1 << 0, 1 << 5, 1 << 6
+_EXCLUDE_KERNEL, _EXCLUDE_HV = 1 << 5, 1 << 6
 
 #: perf register indexes (arch/x86/include/uapi/asm/perf_regs.h) -> DWARF
 #: register numbers.  Sampled: the general registers and rip.
@@ -109,7 +109,6 @@ class ThreadRing:
         self.map = mmap.mmap(fd, (pages + 1) * _PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.data_size = pages * _PAGE
         self.lost = 0
-        self.hung_up = False
 
     def cpu_ns(self) -> int:
         """Task-clock count of the event: CPU time of the thread since it was opened."""

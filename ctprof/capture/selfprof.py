@@ -275,7 +275,6 @@ class SelfSampler:
             return
         if not self.maps or self.maps[-1] != text:
             self.maps.append(text)
-        self._maps_at = time.monotonic()
 
     def _sync_threads(self) -> None:
         exclude = {threading.get_native_id()}
