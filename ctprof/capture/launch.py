@@ -43,6 +43,10 @@ class CaptureOptions:
     mem_depth: frames kept per allocation stack (default 32).
     mem_sample: 0 for exact heap tracking, else sample about one allocation
         per this many bytes (Poisson, unbiased estimates).
+    sampler: "kernel" (the kernel samples registers and a stack copy,
+        ctprof unwinds them outside the program: nothing of ours runs in it)
+        or "signal" (a timer signal in the program unwinds in-process: the
+        only way to reach stacks deeper than the kernel's 63 KiB copy).
     """
 
     hz: float = 99.0
@@ -53,6 +57,7 @@ class CaptureOptions:
     memory: bool = False
     mem_depth: int = 32
     mem_sample: int = 0
+    sampler: str = "signal"
 
     def validate(self) -> None:
         if not (self.hz > 0) or self.hz != self.hz:
@@ -63,6 +68,8 @@ class CaptureOptions:
             raise UsageError(f"--unwind must be auto, fp or dwarf, not {self.unwind!r}")
         if not 1 <= self.max_depth <= MAX_DEPTH_LIMIT:
             raise UsageError(f"--max-depth must be between 1 and {MAX_DEPTH_LIMIT}")
+        if self.sampler not in ("kernel", "signal"):
+            raise UsageError(f"--sampler must be kernel or signal, not {self.sampler!r}")
         if self.timer not in (None, "perf", "posix", "itimer"):
             raise UsageError(f"unknown timer {self.timer!r}")
         if self.ring_mb < 1 or self.ring_mb & (self.ring_mb - 1) or self.ring_mb > 1024:

@@ -81,6 +81,9 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
                         help="stack unwinding: auto (DWARF, frame pointers as fallback), fp, dwarf")
     parser.add_argument("--max-depth", type=int, default=128, metavar="N",
                         help="frames kept per sample, leaf end first (default 128)")
+    parser.add_argument("--sampler", choices=("kernel", "signal"), default=None,
+                        help="kernel: the kernel samples, ctprof unwinds outside the program (default); "
+                             "signal: an in-process timer signal (for stacks deeper than 63 KiB)")
     parser.add_argument("--timer", choices=("perf", "posix", "itimer"), help=argparse.SUPPRESS)
     parser.add_argument("--ring-mb", type=int, default=16, help=argparse.SUPPRESS)
 
@@ -165,6 +168,7 @@ class RunCommand(Command):
             raise UsageError("--mem-sample and --timeline need --mem")
         check_metric(args.metric, args.mem)
         opts = CaptureOptions(hz=hz, unwind=args.unwind, max_depth=args.max_depth, timer=args.timer,
+                              sampler=args.sampler or CaptureOptions.sampler,
                               ring_mb=args.ring_mb, memory=args.mem, mem_depth=args.mem_depth, mem_sample=args.mem_sample)
         # Named before the run, so snapshots taken during it can be named after it.
         output = args.output or default_output_name(argv)
