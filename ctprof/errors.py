@@ -32,3 +32,8 @@ class FormatError(CtprofError):
 
 class AttachError(CtprofError):
     """A running process cannot be attached to (missing, not permitted)."""
+
+
+class OutputError(CtprofError):
+    """An output file cannot be written (missing or read-only directory, a
+    directory in the way, a full disk).  The message names the file."""

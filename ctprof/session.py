@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from .errors import FormatError
+from .files import write_atomic
 from .profile import Frame, Profile
 
 FORMAT_NAME = "ctprof-profile"
@@ -142,10 +143,10 @@ def save(path: str, profile: Profile, session: Optional[Session] = None) -> None
     doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
            "profile": _profile_to_json(profile),
            "session": _session_to_json(session) if session else None}
-    tmp = f"{path}.tmp{os.getpid()}"
-    with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=5) as out:
-        json.dump(doc, out, separators=(",", ":"))
-    os.replace(tmp, path)
+    def produce(out) -> None:
+        with gzip.open(out, "wt", encoding="utf-8", compresslevel=5) as text:
+            json.dump(doc, text, separators=(",", ":"))
+    write_atomic(path, produce)
 
 
 def is_profile_file(path: str) -> bool:
