@@ -12,12 +12,13 @@ have planted.  Everything here follows from that:
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
 import stat
 import sys
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 from .errors import OutputError
 
@@ -79,7 +80,7 @@ def special_destination(path: str) -> bool:
     return not stat.S_ISLNK(link.st_mode) or _trusted_link(path, link)
 
 
-def _write_special(path: str, produce: Callable[[BinaryIO], None]) -> None:
+def _open_special(path: str) -> int:
     # O_NONBLOCK so a FIFO nobody reads is an error, not a hang.
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -87,11 +88,36 @@ def _write_special(path: str, produce: Callable[[BinaryIO], None]) -> None:
         why = "nothing reads this FIFO" if err.errno == errno.ENXIO else _describe(err)
         raise OutputError(f"{path}: cannot write: {why}") from None
     os.set_blocking(fd, True)
+    return fd
+
+
+@contextlib.contextmanager
+def atomic_output(path: str, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """The binary file :func:`write_atomic` writes, as a context manager:
+    the file appears at ``path`` when the ``with`` block ends without an
+    error, and not at all otherwise."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise OutputError(f"{path}: is a directory")
+    if special_destination(path):
+        try:
+            with os.fdopen(_open_special(path), "wb") as out:
+                yield out
+        except OSError as err:
+            raise OutputError(f"{path}: cannot write: {_describe(err)}") from None
+        return
+    fd, tmp = _create_temporary(path, mode)
     try:
         with os.fdopen(fd, "wb") as out:
-            produce(out)
-    except OSError as err:
-        raise OutputError(f"{path}: cannot write: {_describe(err)}") from None
+            yield out
+        os.replace(tmp, path)
+    except BaseException as err:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(err, OSError):
+            raise OutputError(f"{path}: cannot write: {_describe(err)}") from None
+        raise
 
 
 def write_atomic(path: str, produce: Callable[[BinaryIO], None], mode: int = 0o644) -> None:
@@ -102,27 +128,11 @@ def write_atomic(path: str, produce: Callable[[BinaryIO], None], mode: int = 0o6
     link at ``path`` is replaced, never written through; ``mode`` is the new
     file's permission (less the umask).  A device or FIFO at ``path`` (like
     ``/dev/null``) is written into instead.  Any failure removes the
-    temporary file and raises :class:`~ctprof.errors.OutputError` with one
-    line (errors raised by ``produce`` itself pass through unchanged).
+    temporary file; an ``OSError`` becomes :class:`~ctprof.errors.OutputError`
+    with one line, any other error raised by ``produce`` passes through.
     """
-    if os.path.isdir(path) and not os.path.islink(path):
-        raise OutputError(f"{path}: is a directory")
-    if special_destination(path):
-        _write_special(path, produce)
-        return
-    fd, tmp = _create_temporary(path, mode)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            produce(out)
-        os.replace(tmp, path)
-    except BaseException as err:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(err, OSError):
-            raise OutputError(f"{path}: cannot write: {_describe(err)}") from None
-        raise
+    with atomic_output(path, mode) as out:
+        produce(out)
 
 
 def write_output(path: str, produce: Callable[[BinaryIO], None], mode: int = 0o644) -> None:

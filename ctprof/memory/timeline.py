@@ -1,10 +1,10 @@
 """A line chart (SVG) of the live heap over time, marked at the peak."""
 from __future__ import annotations
 
-import os
 from typing import List, Sequence, Tuple
 from xml.sax.saxutils import escape
 
+from ..files import write_atomic
 from ..render.top import human
 
 WIDTH, HEIGHT, PAD_L, PAD_R, PAD_T, PAD_B = 900, 360, 80, 20, 50, 40
@@ -53,7 +53,4 @@ def write_timeline(profile, path: str) -> None:
     command = " ".join(profile.metadata.get("command") or [])
     svg = timeline_svg(data.get("timeline") or [], data.get("totals", {}).get("peak_bytes", 0),
                        data.get("peak_time", 0.0), f"Live heap: {command} (pid {pid})")
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(svg)
-    os.replace(tmp, path)
+    write_atomic(path, lambda out: out.write(svg.encode("utf-8")))

@@ -15,11 +15,11 @@ if/elif chain.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import IO, Callable, Dict, Optional, Union
 
 from ..errors import UsageError
+from ..files import write_output
 from ..profile import Profile
 from .diff import diff_svg_text, write_diff_svg
 from .folded import folded_text, parse_folded, write_folded
@@ -86,9 +86,5 @@ def export(profile: Profile, path: Union[str, IO], format: str, metric: Optional
             write(data)  # type: ignore[arg-type]
     elif not isinstance(path, str):
         path.write(data)
-    elif path == "-":
-        sys.stdout.buffer.write(data)  # type: ignore[arg-type]
-        sys.stdout.buffer.flush()
     else:
-        with open(path, "wb") as out:
-            out.write(data)  # type: ignore[arg-type]
+        write_output(path, lambda out: out.write(data))  # type: ignore[arg-type,misc]

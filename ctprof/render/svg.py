@@ -282,21 +282,20 @@ def write_svg(profile: Profile, path: Union[str, IO[str]], options: Optional[Svg
 @contextlib.contextmanager
 def open_output(path: Union[str, IO[str]]):
     """A ``write(str)`` callable for a path (``-`` is stdout) or an open
-    text file.  A path is written to a temporary name and renamed when
-    complete, so a failed render never leaves half a file."""
-    import os
+    text file.  A path is written through :func:`ctprof.files.atomic_output`,
+    so a failed render never leaves half a file and a planted link is
+    replaced, not followed."""
+    import io
     import sys
+    from ..files import atomic_output
     if not isinstance(path, str):
         yield path.write
     elif path == "-":
         yield sys.stdout.write
         sys.stdout.flush()
     else:
-        tmp = f"{path}.tmp{os.getpid()}"
-        try:
-            with open(tmp, "w", encoding="utf-8", newline="\n") as out:
-                yield out.write
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_output(path) as out:
+            text = io.TextIOWrapper(out, encoding="utf-8", newline="\n")
+            yield text.write
+            text.flush()
+            text.detach()
