@@ -18,7 +18,7 @@ import os
 import secrets
 import stat
 import sys
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Dict, Iterator, List, Optional
 
 from .errors import OutputError
 
@@ -143,3 +143,107 @@ def write_output(path: str, produce: Callable[[BinaryIO], None], mode: int = 0o6
         sys.stdout.buffer.flush()
     else:
         write_atomic(path, produce, mode)
+
+
+# -- outputs of run/attach: checked before the program starts ------------------
+
+def _parent(path: str) -> str:
+    return os.path.dirname(path) or "."
+
+
+def check_output(path: str, what: str = "output") -> None:
+    """Refuse now an output that could only fail after a long run: its
+    directory missing, not a directory or not writable, a directory at the
+    path itself, or a file another user owns in a shared directory (which a
+    rename may not replace).  ``-`` (standard output), devices and FIFOs
+    pass."""
+    if path == "-" or special_destination(path):
+        return
+    if os.path.isdir(path):
+        raise OutputError(f"{what} {path}: is a directory")
+    parent = _parent(path)
+    try:
+        parent_st = os.stat(parent)
+    except FileNotFoundError:
+        raise OutputError(f"{what} {path}: directory {parent} does not exist") from None
+    except NotADirectoryError:
+        raise OutputError(f"{what} {path}: {parent} is not a directory") from None
+    except OSError as err:
+        raise OutputError(f"{what} {path}: {_describe(err)}") from None
+    if not stat.S_ISDIR(parent_st.st_mode):
+        raise OutputError(f"{what} {path}: {parent} is not a directory")
+    # The honest test of "can we write there": create a temporary as the
+    # writer will (root passes every permission check but a read-only mount).
+    tmp = _temporary_name(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise OutputError(f"{what} {path}: cannot write in {parent}: {_describe(err)}") from None
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        existing = os.lstat(path)
+    except OSError:
+        return
+    shared = parent_st.st_mode & stat.S_ISVTX
+    if shared and os.geteuid() != 0 and existing.st_uid not in (os.geteuid(), parent_st.st_uid):
+        raise OutputError(f"{what} {path}: belongs to another user in a shared directory")
+
+
+def _identity(path: str) -> "tuple[int, int, str]":
+    """What names one directory entry, whatever the spelling of its path."""
+    st = os.stat(_parent(path))
+    return st.st_dev, st.st_ino, os.path.basename(path)
+
+
+def check_outputs(outputs: Dict[str, Optional[str]], program: Optional[str] = None) -> None:
+    """:func:`check_output` for each ``{option: path}`` given, and no two
+    the same file, and none the program itself."""
+    seen: Dict[object, str] = {}
+    for what, path in outputs.items():
+        if not path:
+            continue
+        check_output(path, what)
+        if path == "-" or special_destination(path):
+            continue
+        key = _identity(path)
+        if key in seen:
+            raise OutputError(f"{what} {path}: the same file as {seen[key]}")
+        seen[key] = f"{what} {path}"
+        if program and (key == _identity(program) or _same_file(path, program)):
+            raise OutputError(f"{what} {path}: is the program being profiled")
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def reserve_new_file(directory: str, stem: str, suffix: str, mode: int = 0o644) -> str:
+    """Create an empty ``STEM SUFFIX`` (or ``STEM-2 SUFFIX``, ``-3``...) in
+    ``directory`` that did not exist before, atomically (``O_EXCL``), and
+    return its path: two runs started in the same second never get the same
+    name.  The file is replaced by :func:`write_atomic` later."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for n in range(1, 10000):
+        name = f"{stem}{suffix}" if n == 1 else f"{stem}-{n}{suffix}"
+        path = name if directory in ("", ".") else os.path.join(directory, name)
+        try:
+            os.close(os.open(path, flags, mode))
+            return path
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise OutputError(f"cannot create {path}: {_describe(err)}") from None
+    raise OutputError(f"cannot create {stem}{suffix} in {directory}: every name is taken")
+
+
+def fallback_directories(failed: str) -> List[str]:
+    """Where to save a profile whose own path failed after the run: the
+    current directory, the home directory, the temporary directory."""
+    import tempfile
+    candidates = [".", os.path.expanduser("~"), tempfile.gettempdir()]
+    failed_dir = os.path.realpath(_parent(failed))
+    return [d for d in candidates if os.path.isdir(d) and os.path.realpath(d) != failed_dir]

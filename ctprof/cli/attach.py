@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from . import Command, register
-from .capture import WARN_HZ, add_output_options, check_metric, finish_capture, parse_hz, say
+from .capture import WARN_HZ, add_output_options, check_metric, check_run_options, finish_capture, parse_hz, say
 from ..capture.attach import AttachOptions, attach_process
 from ..errors import UsageError
 
@@ -50,6 +50,7 @@ class AttachCommand(Command):
         hz = parse_hz(args.hz)
         duration = parse_duration(args.duration) if args.duration is not None else None
         check_metric(args.metric, memory=False)
+        check_run_options(args)
         if hz > WARN_HZ:
             say(f"warning: {hz:g} Hz is above {WARN_HZ:g} Hz; ctprof may fall behind and the kernel drop samples")
         opts = AttachOptions(hz=hz, duration=duration, max_depth=args.max_depth, stack_kb=args.stack_kb)

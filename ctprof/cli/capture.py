@@ -10,7 +10,9 @@ from typing import List, Optional
 from . import Command, register
 from ..capture.launch import CaptureOptions, run_program
 from ..capture.stats import build_profile, overhead_lines, select_threads
-from ..errors import UsageError
+from ..capture.target import check_program
+from ..errors import OutputError, UsageError
+from ..files import check_output, check_outputs, fallback_directories, reserve_new_file
 from ..profile import Profile
 from ..session import Session, save
 
@@ -46,15 +48,59 @@ def say(message: str) -> None:
 
 def default_output_name(argv: List[str]) -> str:
     """``ctprof-PROGRAM-YYYYmmdd-HHMMSS.ctprof`` in the current directory,
-    never an existing file."""
+    created empty here (``-2``, ``-3``... if taken) so that two runs started
+    in the same second never pick the same name; saving replaces it."""
     stem = os.path.basename(argv[0]) if argv else "profile"
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = f"ctprof-{stem}-{stamp}.ctprof"
-    n = 1
-    while os.path.lexists(name):
-        n += 1
-        name = f"ctprof-{stem}-{stamp}-{n}.ctprof"
-    return name
+    return reserve_new_file(".", f"ctprof-{stem or 'profile'}-{stamp}", ".ctprof")
+
+
+def check_run_options(args: argparse.Namespace, program: Optional[str] = None) -> None:
+    """Everything about the outputs and the summary that could only fail
+    after the run, refused before it starts: ``--top``, ``--threads``, and
+    every output path (see :func:`ctprof.files.check_outputs`)."""
+    if args.top < 1:
+        raise UsageError(f"--top {args.top}: must be at least 1")
+    if args.threads is not None and not [s for s in args.threads.split(",") if s.strip()]:
+        raise UsageError("--threads needs a thread id, a name pattern or 'main'")
+    check_outputs({"-o": args.output, "--svg": args.svg, "--folded": args.folded,
+                   "--timeline": getattr(args, "timeline", None)}, program)
+    if not args.output:
+        check_output("ctprof-default.ctprof", "profile (default name in the current directory; use -o)")
+
+
+def save_profile(output: str, profile: Profile, session: Session) -> str:
+    """Save the profile at ``output``; if that fails after all (the disk
+    filled, the directory vanished), save it in a fallback directory and
+    say where: a profile is never lost.  Returns where it went."""
+    try:
+        save(output, profile, session)
+        return output
+    except OutputError as err:
+        failure = str(err)
+    base = os.path.basename(output) or "profile.ctprof"
+    stem, suffix = (base[:-7], ".ctprof") if base.endswith(".ctprof") and len(base) > 7 else (base, "")
+    for directory in fallback_directories(output):
+        try:
+            path = reserve_new_file(directory, stem, suffix)
+        except OutputError:
+            continue
+        try:
+            save(path, profile, session)
+        except OutputError:
+            _remove_quietly(path)
+            continue
+        say(f"error: {failure}")
+        say(f"the profile was saved to {path} instead")
+        return path
+    raise OutputError(f"{failure} (no fallback directory was writable either: the profile is lost)")
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -111,22 +157,24 @@ def finish_capture(session: Session, args: argparse.Namespace, output: Optional[
         view = group_by(profile, args.group_by)
 
     output = output or args.output or default_output_name(session.command)
-    save(output, profile, session)
+    output = save_profile(output, profile, session)
     written = [f"profile: {output}"]
     metric = getattr(args, "metric", None) or profile.default_metric()
     # run/attach refuse an unknown --metric before capturing (check_metric);
     # this catches the rest only after the profile itself is safely saved.
     profile.column(metric)
-    if args.svg:
-        write_svg(view, args.svg, metric=metric)
-        written.append(f"flame graph ({metric}): {args.svg}")
-    if args.folded:
-        write_folded(view, args.folded, metric)
-        written.append(f"folded stacks ({metric}): {args.folded}")
-    if getattr(args, "timeline", None):
-        from ..memory.timeline import write_timeline
-        write_timeline(profile, args.timeline)
-        written.append(f"live heap timeline: {args.timeline}")
+    from ..memory.timeline import write_timeline
+    extras = [(args.svg, f"flame graph ({metric})", lambda path: write_svg(view, path, metric=metric)),
+              (args.folded, f"folded stacks ({metric})", lambda path: write_folded(view, path, metric)),
+              (getattr(args, "timeline", None), "live heap timeline", lambda path: write_timeline(profile, path))]
+    for path, what, write in extras:
+        if not path:
+            continue
+        try:
+            write(path)
+            written.append(f"{what}: {path}")
+        except OutputError as err:  # checked before the run; the saved profile can redo it
+            say(f"error: {err} (the profile has everything: ctprof svg/folded {output})")
 
     if not args.quiet:
         if session.kind == "memory":
@@ -167,9 +215,11 @@ class RunCommand(Command):
         if (args.mem_sample or args.timeline) and not args.mem:
             raise UsageError("--mem-sample and --timeline need --mem")
         check_metric(args.metric, args.mem)
+        check_run_options(args, check_program(argv[0]))
         opts = CaptureOptions(hz=hz, unwind=args.unwind, max_depth=args.max_depth, timer=args.timer,
                               sampler=args.sampler or CaptureOptions.sampler,
                               ring_mb=args.ring_mb, memory=args.mem, mem_depth=args.mem_depth, mem_sample=args.mem_sample)
+        opts.validate()
         # Named before the run, so snapshots taken during it can be named after it.
         output = args.output or default_output_name(argv)
         snapshots = []
@@ -177,10 +227,19 @@ class RunCommand(Command):
         def write_snapshot(partial: Session) -> None:
             snap = build_profile(partial, demangle=not args.no_demangle, progress=False)
             path = f"{output}.snapshot{len(snapshots) + 1}"
-            save(path, snap, partial)
+            try:
+                save(path, snap, partial)
+            except OutputError as err:  # the run goes on
+                say(f"error: snapshot not saved: {err}")
+                return
             snapshots.append(path)
             say(f"snapshot: {path}")
 
-        session = run_program(argv, opts, on_snapshot=write_snapshot)
+        try:
+            session = run_program(argv, opts, on_snapshot=write_snapshot)
+        except BaseException:
+            if not args.output:  # the reserved default name, still empty
+                _remove_quietly(output)
+            raise
         finish_capture(session, args, output)
         return session.exit_status if session.exit_status is not None else 0
