@@ -247,3 +247,112 @@ def fallback_directories(failed: str) -> List[str]:
     candidates = [".", os.path.expanduser("~"), tempfile.gettempdir()]
     failed_dir = os.path.realpath(_parent(failed))
     return [d for d in candidates if os.path.isdir(d) and os.path.realpath(d) != failed_dir]
+
+
+# -- inputs in shared directories ----------------------------------------------
+
+#: Largest perf map (or other shared-directory input) read; JIT maps of big
+#: runtimes reach a few MiB.
+SHARED_INPUT_LIMIT = 64 << 20
+
+
+def read_shared_file(path: str, owner_uid: int, limit: int = SHARED_INPUT_LIMIT) -> "tuple[Optional[str], Optional[str]]":
+    """Read a file that sits where any user can create files (``/tmp``),
+    as perf reads ``/tmp/perf-PID.map``: ``(text, None)`` if it is a regular
+    file owned by ``owner_uid`` with a single link and at most ``limit``
+    bytes, else ``(None, note)`` with a one-line reason (``(None, None)`` if
+    there is no such file).  Never follows a symbolic link (another user may
+    plant one to a private file) and never blocks (a FIFO is refused, not
+    waited on)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None, None
+    except OSError as err:
+        why = "a symbolic link" if err.errno == errno.ELOOP else _describe(err)
+        return None, f"ignored {path}: {why}"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, f"ignored {path}: not a regular file"
+        if st.st_uid != owner_uid:
+            return None, f"ignored {path}: owned by uid {st.st_uid}, not by the program's user (uid {owner_uid})"
+        if st.st_nlink != 1:
+            return None, f"ignored {path}: it has {st.st_nlink} hard links"
+        if st.st_size > limit:
+            return None, f"ignored {path}: larger than {limit >> 20} MiB"
+        chunks = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            return None, f"ignored {path}: larger than {limit >> 20} MiB"
+        return b"".join(chunks).decode("utf-8", errors="replace"), None
+    except OSError as err:
+        return None, f"ignored {path}: {_describe(err)}"
+    finally:
+        os.close(fd)
+
+
+def process_uid(pid: int, default: int) -> int:
+    """The user a process runs as, or ``default`` if it is gone."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return default
+
+
+# -- session directories --------------------------------------------------------
+
+def _start_ticks(pid: str) -> Optional[str]:
+    """Field 22 of ``/proc/PID/stat`` (when the process started): with the
+    pid it names one process, even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2:].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _remove_stale_sessions(base: str, prefix: str) -> None:
+    """Remove our own session directories whose controller is gone (killed
+    with SIGKILL, or the machine lost power), so they do not pile up in
+    ``/dev/shm`` forever.  Only directories this user owns, named after a
+    controller (pid and start time) that no longer runs."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    import shutil
+    for name in names:
+        parts = name[len(prefix):].split("-", 2)
+        if not name.startswith(prefix) or len(parts) != 3 or not parts[0].isdigit():
+            continue
+        path = os.path.join(base, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            continue
+        if _start_ticks(parts[0]) == parts[1]:
+            continue  # its controller still runs
+        shutil.rmtree(path, ignore_errors=True)  # fd-based: never follows a link out
+
+
+def private_session_dir(base: Optional[str], prefix: str = "ctprof-") -> str:
+    """A new private (0700) directory in ``base`` named after this
+    controller (``ctprof-PID-STARTTICKS-random``), after removing the ones
+    left by controllers that no longer exist."""
+    import tempfile
+    base = base or tempfile.gettempdir()
+    _remove_stale_sessions(base, prefix)
+    me = str(os.getpid())
+    return tempfile.mkdtemp(prefix=f"{prefix}{me}-{_start_ticks(me) or 0}-", dir=base)

@@ -9,6 +9,8 @@ program runs and once more after it ends.
 """
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 import shutil
 import signal
@@ -16,15 +18,23 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from ..errors import TargetError, UsageError
+from ..files import private_session_dir, process_uid, read_shared_file
 from ..session import ProcessInfo, RawStack, Session
+from ..unwinder import Unwinder
+from . import perf
 from . import ring as ringmod
+from .kernel import KernelSampler, KernelSamplerError, TraceOptions
 from .build import shim_path
 from .target import check_program
 
 POLL_SECONDS = 0.05
+KERNEL_POLL_SECONDS = 0.02
+#: Deeper than this, ``auto`` samples in the program: the kernel's stack
+#: copy (at most 63 KiB) cannot hold thousands of frames.
+KERNEL_MAX_DEPTH = 1024
 THREAD_NAME_POLL_SECONDS = 0.2
 MAX_DEPTH_LIMIT = 65536
 
@@ -44,9 +54,13 @@ class CaptureOptions:
     mem_sample: 0 for exact heap tracking, else sample about one allocation
         per this many bytes (Poisson, unbiased estimates).
     sampler: "kernel" (the kernel samples registers and a stack copy,
-        ctprof unwinds them outside the program: nothing of ours runs in it)
-        or "signal" (a timer signal in the program unwinds in-process: the
-        only way to reach stacks deeper than the kernel's 63 KiB copy).
+        ctprof unwinds them outside the program: nothing of ours runs in it),
+        "signal" (a timer signal in the program unwinds in-process: the
+        only way to reach stacks deeper than the kernel's 63 KiB copy), or
+        "auto" (default: kernel, unless perf events are refused or
+        ``max_depth`` is above 1024).
+    stack_kb: KiB of user stack the kernel copies per sample (1 to 63,
+        default 32); frames deeper than that end the chain.
     """
 
     hz: float = 99.0
@@ -57,7 +71,8 @@ class CaptureOptions:
     memory: bool = False
     mem_depth: int = 32
     mem_sample: int = 0
-    sampler: str = "signal"
+    sampler: str = "auto"
+    stack_kb: int = 32
 
     def validate(self) -> None:
         if not (self.hz > 0) or self.hz != self.hz:
@@ -68,8 +83,10 @@ class CaptureOptions:
             raise UsageError(f"--unwind must be auto, fp or dwarf, not {self.unwind!r}")
         if not 1 <= self.max_depth <= MAX_DEPTH_LIMIT:
             raise UsageError(f"--max-depth must be between 1 and {MAX_DEPTH_LIMIT}")
-        if self.sampler not in ("kernel", "signal"):
-            raise UsageError(f"--sampler must be kernel or signal, not {self.sampler!r}")
+        if self.sampler not in ("auto", "kernel", "signal"):
+            raise UsageError(f"--sampler must be auto, kernel or signal, not {self.sampler!r}")
+        if not 1 <= self.stack_kb <= 63:
+            raise UsageError("--stack-kb must be between 1 and 63")
         if self.timer not in (None, "perf", "posix", "itimer"):
             raise UsageError(f"unknown timer {self.timer!r}")
         if self.ring_mb < 1 or self.ring_mb & (self.ring_mb - 1) or self.ring_mb > 1024:
@@ -81,17 +98,23 @@ class CaptureOptions:
 
 
 def make_session_dir() -> str:
-    """A private (0700) directory, on tmpfs where there is one."""
+    """A private (0700) directory, on tmpfs where there is one; stale ones
+    of controllers that no longer exist are removed first."""
     base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK) else None
-    return tempfile.mkdtemp(prefix="ctprof-", dir=base)
+    return private_session_dir(base)
 
 
-def child_environment(shim: str, session_dir: str, opts: CaptureOptions) -> Dict[str, str]:
-    env = dict(os.environ)
+def child_environment(shim: str, session_dir: str, opts: CaptureOptions,
+                      in_process_sampler: bool = True) -> Dict[str, str]:
+    """The program's environment plus the shim's settings.  ``CTPROF_*``
+    variables the user had are dropped: only the controller configures the
+    shim.  Without the in-process sampler (``CTPROF_HZ=0``) the shim only
+    tracks the heap and the memory maps."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTPROF_")}
     existing = env.get("LD_PRELOAD", "").strip()
     env["LD_PRELOAD"] = f"{existing} {shim}".strip() if existing else shim
     env["CTPROF_SESSION"] = session_dir
-    env["CTPROF_HZ"] = str(max(1, int(round(opts.hz))))
+    env["CTPROF_HZ"] = str(max(1, int(round(opts.hz)))) if in_process_sampler else "0"
     env["CTPROF_UNWIND"] = opts.unwind
     env["CTPROF_MAX_DEPTH"] = str(opts.max_depth)
     env["CTPROF_RING_MB"] = str(opts.ring_mb)
@@ -185,12 +208,8 @@ class Collector:
                     maps.append(f.read())
             except OSError:
                 maps.append(maps[-1] if maps else "")
-        perf_map = None
-        try:
-            with open(f"/tmp/perf-{pid}.map", encoding="utf-8", errors="replace") as f:
-                perf_map = f.read()
-        except OSError:
-            pass
+        # Anyone can create files in /tmp: see read_shared_file for the checks.
+        perf_map, perf_map_note = read_shared_file(f"/tmp/perf-{pid}.map", process_uid(pid, os.geteuid()))
         finished = int(h["end_ns"]) or self.gone_ns.get(pid) or end_ns
         info = ProcessInfo(pid=pid, ppid=int(h["ppid"]), exe=str(h["exe"]), maps=maps, perf_map=perf_map,
                            samples=sum(t.samples for t in ring.capture.threads.values()),
@@ -207,6 +226,8 @@ class Collector:
         for bit, text in ringmod.NOTES.items():
             if int(h["notes"]) & bit:
                 info.notes.append(text)
+        if perf_map_note:
+            info.notes.append(perf_map_note)
         return info
 
 
@@ -281,54 +302,237 @@ class _Interrupts:
             pass
 
 
+def _kernel_sampler(opts: CaptureOptions) -> Optional[KernelSampler]:
+    """The kernel sampler for this run, or None when the signal sampler is
+    to be used (asked for, or chosen by ``auto``)."""
+    if opts.sampler == "signal" or (opts.sampler == "auto" and opts.max_depth > KERNEL_MAX_DEPTH):
+        return None
+    stack_bytes = min(opts.stack_kb * 1024, 65528)
+    # Room for half a second of samples per CPU between two drains.
+    want = opts.hz * (stack_bytes + 512) / 2 / mmap.PAGESIZE
+    pages = 256
+    while pages < want and pages < 16384:
+        pages *= 2
+    trace = TraceOptions(hz=opts.hz, stack_bytes=stack_bytes, max_depth=opts.max_depth, ring_pages=pages,
+                         enable_on_exec=True)
+    sampler = KernelSampler(trace, Unwinder(vdso=own_vdso()))
+    try:
+        sampler.probe()
+    except KernelSamplerError as err:
+        if opts.sampler == "kernel":
+            raise TargetError(f"--sampler kernel: perf_event_open refused ({err.strerror}): "
+                              f"{perf_refusal_advice(err.errno)}") from None
+        return None
+    return sampler
+
+
+def perf_refusal_advice(err: int) -> str:
+    if err in (errno.EACCES, errno.EPERM):
+        level = perf.read_sysctl("/proc/sys/kernel/perf_event_paranoid")
+        return (f"kernel.perf_event_paranoid is {level}; as root run 'sysctl -w kernel.perf_event_paranoid=2' "
+                f"(or give ctprof CAP_PERFMON)")
+    return "the kernel lacks perf events, or a seccomp filter forbids perf_event_open"
+
+
+def _start_under(cmd: List[str], program: str, env: Optional[Dict[str, str]],
+                 kernel: Optional[KernelSampler]) -> subprocess.Popen:
+    """Start the program.  With the kernel sampler the child waits between
+    fork and exec until its events are open (they start counting at its
+    exec: ``enable_on_exec``), so the first instruction is covered and the
+    events are never on anything but the program."""
+    if kernel is None:
+        try:
+            return subprocess.Popen(cmd, env=env, executable=program)
+        except OSError as err:
+            raise TargetError(f"cannot run {cmd[0]}: {err.strerror}") from None
+    go_read, go_write = os.pipe()
+
+    def wait_for_controller() -> None:        # runs in the child, before exec
+        os.close(go_write)
+        if os.read(go_read, 1) != b"1":
+            os._exit(127)                      # the controller gave up
+        os.close(go_read)
+
+    try:
+        proc = subprocess.Popen(cmd, env=env, executable=program, preexec_fn=wait_for_controller)
+    except OSError as err:
+        os.close(go_read)
+        os.close(go_write)
+        raise TargetError(f"cannot run {cmd[0]}: {err.strerror}") from None
+    os.close(go_read)
+    try:
+        kernel.follow(proc.pid)
+    except KernelSamplerError as err:
+        os.close(go_write)
+        proc.wait()
+        raise TargetError(f"cannot sample {cmd[0]}: perf_event_open: {err.strerror}") from None
+    os.write(go_write, b"1")
+    os.close(go_write)
+    return proc
+
+
+def _exit_note(rc: int) -> Optional[str]:
+    if rc >= 0:
+        return None
+    try:
+        name = signal.Signals(-rc).name
+    except ValueError:
+        name = f"signal {-rc}"
+    core = " (core dumped)" if False else ""
+    return f"the program was killed by {name} (signal {-rc}){core}; its exit status is {128 - rc}"
+
+
+def _follow_descendants(kernel: KernelSampler, main_pid: int, interrupts: "_Interrupts",
+                        say: Optional[Callable[[str], None]]) -> List[str]:
+    """After the program exits, keep sampling the processes it left running
+    (daemons, background jobs) until they end or Ctrl-C; returns notes."""
+    kernel.drain()
+    left = kernel.running(exclude=[main_pid])
+    if not left:
+        return []
+    names = ", ".join(f"{p.pid} {p.comm}" for p in left[:5]) + (" ..." if len(left) > 5 else "")
+    if say:
+        say(f"the program exited; following the {len(left)} process(es) it left running ({names}) "
+            f"until they end (Ctrl-C to stop)")
+    t0 = time.monotonic()
+    while left and not interrupts.count:
+        time.sleep(KERNEL_POLL_SECONDS)
+        kernel.drain()
+        left = kernel.running(exclude=[main_pid])
+    waited = time.monotonic() - t0
+    if left:
+        names = ", ".join(f"{p.pid} {p.comm}" for p in left[:5]) + (" ..." if len(left) > 5 else "")
+        return [f"{len(left)} process(es) the program started were still running when ctprof stopped "
+                f"({names}); their samples until then are kept"]
+    return [f"followed the processes the program left running for {waited:.2f} s after it exited, until they ended"]
+
+
+def _merge_kernel_processes(processes: Dict[int, ProcessInfo], stacks: List[RawStack],
+                            kernel_procs: Dict[int, ProcessInfo], kernel_stacks: List[RawStack]) -> None:
+    """With ``--mem`` the shim's rings describe each process (maps for the
+    heap stacks) and the kernel sampler its CPU samples: one ProcessInfo per
+    process, the kernel's maps generations appended after the shim's."""
+    offset: Dict[int, int] = {}
+    for pid, k in kernel_procs.items():
+        mine = processes.get(pid)
+        if mine is None:
+            processes[pid] = k
+            continue
+        offset[pid] = len(mine.maps)
+        mine.maps.extend(k.maps)
+        mine.samples += k.samples
+        mine.timer = k.timer
+        for tid, n in k.thread_samples.items():
+            mine.thread_samples[tid] = mine.thread_samples.get(tid, 0) + n
+        for tid, ns in k.thread_cpu_ns.items():
+            mine.thread_cpu_ns[tid] = max(ns, mine.thread_cpu_ns.get(tid, 0))
+        for tid, name in k.threads.items():
+            mine.threads.setdefault(tid, name)
+    for st in kernel_stacks:
+        st.gen += offset.get(st.pid, 0)
+        stacks.append(st)
+
+
+def _finish_kernel(kernel: KernelSampler, main_pid: int, end_ns: int) -> Tuple[Dict[int, ProcessInfo], List[RawStack], List[str]]:
+    """Last drain, CPU times, and what each process left."""
+    kernel.drain(final=True)
+    counts = kernel.top_counts()
+    kernel.close()
+    procs, stacks = kernel.process_infos(end_ns)
+    notes: List[str] = []
+    main = procs.get(main_pid)
+    if main is not None:
+        # Our event on the program's first thread counts it and, summed in by
+        # the kernel, every thread and process it started; those reported
+        # their own time at exit (READ records).
+        children = sum(sum(p.thread_cpu_ns.values()) for p in procs.values())
+        main.thread_cpu_ns[main_pid] = max(0, counts.get(main_pid, 0) - children)
+        main.dropped += kernel.lost
+    period = 1.0 / kernel.opts.hz
+    for p in procs.values():
+        if p.samples == 0:
+            cpu = sum(p.thread_cpu_ns.values()) / 1e9
+            notes.append(f"pid {p.pid} {os.path.basename(p.exe)}: no samples: it used {cpu * 1e3:.1f} ms of CPU, "
+                         f"{'less than one sampling period' if cpu < period else 'yet none was sampled'} "
+                         f"({period * 1e3:.1f} ms at {kernel.opts.hz:g} Hz)")
+    if kernel.exclude_kernel:
+        notes.append("not privileged for kernel-mode samples (perf_event_paranoid >= 2): "
+                     "time inside system calls is not sampled")
+    notes.append(f"samples taken by the kernel (nothing of ctprof ran in the program), unwound by ctprof "
+                 f"in {kernel.unwind_ns / 1e9:.2f} s of its own CPU")
+    return procs, stacks, notes
+
+
 def run_program(argv: List[str], opts: CaptureOptions,
-                on_snapshot: Optional[Callable[[Session], None]] = None) -> Session:
+                on_snapshot: Optional[Callable[[Session], None]] = None,
+                say: Optional[Callable[[str], None]] = None) -> Session:
     """Run ``argv`` under the sampler until it exits; return the session.
 
     ``kill -USR2`` on ctprof while the program runs calls ``on_snapshot``
-    with the session so far (heap: what is live now)."""
+    with the session so far (heap: what is live now).  ``say`` receives
+    progress lines meant for a person (following a daemon)."""
     opts.validate()
     if not argv:
         raise UsageError("no program given (usage: ctprof run [options] -- PROGRAM ARGS...)")
-    program = check_program(argv[0])
-    shim = shim_path()  # the controller's own copy: ring drain and heap consumer
-    target_shim = shim_path("mem") if opts.memory else shim
-    session_dir = make_session_dir()
+    kernel = _kernel_sampler(opts)
+    preload = opts.memory or kernel is None
+    program = check_program(argv[0], preload=preload)
+    session_dir = make_session_dir() if preload else None
     heap = None
+    notes: List[str] = []
+    if kernel is None and opts.sampler == "auto":
+        notes.append(f"sampled in the program with a timer signal ({'--max-depth above ' + str(KERNEL_MAX_DEPTH) if opts.max_depth > KERNEL_MAX_DEPTH else 'perf events refused: ' + perf_refusal_advice(errno.EACCES)})")
     try:
-        collector = Collector(session_dir, shim)
-        env = child_environment(target_shim, session_dir, opts)
+        collector = None
+        env = None
+        if preload:
+            shim = shim_path()  # the controller's own copy: ring drain and heap consumer
+            target_shim = shim_path("mem") if opts.memory else shim
+            collector = Collector(session_dir, shim)
+            env = child_environment(target_shim, session_dir, opts, in_process_sampler=kernel is None)
         start = time.time()
         start_ns = time.monotonic_ns()
         if opts.memory:
             from ..memory.collect import HeapCollector
             heap = HeapCollector(session_dir, shim, time.monotonic())
             heap.start_thread()
-        try:
-            proc = subprocess.Popen([program] + list(argv[1:]), env=env, executable=program)
-        except OSError as err:
-            raise TargetError(f"cannot run {argv[0]}: {err.strerror}") from None
+        proc = _start_under([program] + list(argv[1:]), program, env, kernel)
+        poll = KERNEL_POLL_SECONDS if kernel else POLL_SECONDS
         with _Interrupts(proc) as interrupts:
             while proc.poll() is None:
-                collector.poll()
+                if kernel:
+                    kernel.drain()
+                if collector:
+                    collector.poll()
                 interrupts.tick()
                 if interrupts.snapshot_requested:
                     interrupts.snapshot_requested = False
-                    if on_snapshot:
+                    if on_snapshot and collector:
                         on_snapshot(_snapshot_session(argv, opts, collector, heap, start, start_ns))
                 try:
-                    proc.wait(timeout=POLL_SECONDS)
+                    proc.wait(timeout=poll)
                 except subprocess.TimeoutExpired:
                     pass
+            if kernel:
+                notes += _follow_descendants(kernel, proc.pid, interrupts, say)
             end_ns = time.monotonic_ns()
             heap_processes = heap.stop() if heap else {}
             heap = None
-            processes = collector.finish(end_ns)
+            processes = collector.finish(end_ns) if collector else {}
+            stacks = collector.raw_stacks if collector else []
+            if kernel:
+                kprocs, kstacks, knotes = _finish_kernel(kernel, proc.pid, end_ns)
+                _merge_kernel_processes(processes, stacks, kprocs, kstacks)
+                notes += knotes
         rc = proc.returncode
         session = Session(kind="memory" if opts.memory else "cpu", command=list(argv), hz=float(opts.hz),
-                          unwind=opts.unwind, max_depth=opts.max_depth, start_time=start,
+                          unwind="dwarf" if kernel else opts.unwind, max_depth=opts.max_depth, start_time=start,
                           wall_s=(end_ns - start_ns) / 1e9, exit_status=128 - rc if rc < 0 else rc,
-                          processes=processes, stacks=collector.raw_stacks, mem_sample=opts.mem_sample)
+                          processes=processes, stacks=stacks, mem_sample=opts.mem_sample)
+        exit_note = _exit_note(rc)
+        if exit_note:
+            session.notes.append(exit_note)
+        session.notes.extend(notes)
         if opts.memory:
             from ..memory.model import add_heap_to_session
             from .target import own_allocator
@@ -340,9 +544,13 @@ def run_program(argv: List[str], opts: CaptureOptions,
         if interrupts.count:
             session.notes.append("interrupted: the program was stopped by Ctrl-C/SIGTERM")
         if not processes:
-            session.notes.append("the shim never started in the program (is LD_PRELOAD cleared or ignored?)")
+            session.notes.append("the shim never started in the program (is LD_PRELOAD cleared or ignored?)"
+                                 if preload else "no process of the program was seen by the kernel sampler")
         return session
     finally:
+        if kernel is not None:
+            kernel.close()
         if heap is not None:
             heap.stop()
-        shutil.rmtree(session_dir, ignore_errors=True)
+        if session_dir:
+            shutil.rmtree(session_dir, ignore_errors=True)
