@@ -542,7 +542,10 @@ def run_program(argv: List[str], opts: CaptureOptions,
                                      f"linked allocator): its heap is invisible to ctprof's hooks, so the memory "
                                      f"figures miss its allocations")
         if interrupts.count:
-            session.notes.append("interrupted: the program was stopped by Ctrl-C/SIGTERM")
+            # Say what happened: a program may catch or ignore the signal.
+            outcome = (f"which was killed by signal {-rc}" if rc < 0 else
+                       f"which handled or ignored it and exited by itself with status {rc}")
+            session.notes.append(f"interrupted: ctprof passed Ctrl-C/SIGTERM on to the program, {outcome}")
         if not processes:
             session.notes.append("the shim never started in the program (is LD_PRELOAD cleared or ignored?)"
                                  if preload else "no process of the program was seen by the kernel sampler")
