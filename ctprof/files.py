@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import secrets
 import stat
 import sys
 from typing import BinaryIO, Callable, Dict, Iterator, List, Optional
 
-from .errors import OutputError
+from .errors import OutputError, UsageError
 
 #: Attempts at an unused temporary name before giving up (each name has 64
 #: random bits, so a second attempt only happens if someone is guessing).
@@ -356,3 +357,41 @@ def private_session_dir(base: Optional[str], prefix: str = "ctprof-") -> str:
     _remove_stale_sessions(base, prefix)
     me = str(os.getpid())
     return tempfile.mkdtemp(prefix=f"{prefix}{me}-{_start_ticks(me) or 0}-", dir=base)
+
+
+# -- inputs ---------------------------------------------------------------------
+
+def open_input(path: str) -> "io.BufferedReader":
+    """Open an input for reading, once: ``-`` is standard input, and a FIFO
+    or ``<(...)`` is read as the stream it is (never opened twice, which
+    would lose what the first open read).  Errors are one line:
+    ``no such file``, ``permission denied``, ``is a directory``.  The
+    returned reader supports ``peek`` for sniffing the format."""
+    if path == "-":
+        raw = sys.stdin.buffer
+        return raw if hasattr(raw, "peek") else io.BufferedReader(raw)  # type: ignore[arg-type]
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except NotADirectoryError:
+        raise UsageError(f"{path}: no such file (a part of the path is not a directory)") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory, not a profile") from None
+    except PermissionError:
+        raise UsageError(f"{path}: permission denied") from None
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read: {_describe(err)}") from None
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"{path}: is a directory, not a profile")
+    return os.fdopen(fd, "rb")  # type: ignore[return-value]
+
+
+def is_stream(fileobj: BinaryIO) -> bool:
+    """True for a pipe, FIFO, socket or terminal: something that can be
+    read only once, from the start."""
+    try:
+        return not stat.S_ISREG(os.fstat(fileobj.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):
+        return True

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import IO, Callable, Dict, Optional, Union
 
-from ..errors import UsageError
+from ..errors import FormatError, UsageError
 from ..files import write_output
 from ..profile import Profile
 from .diff import diff_svg_text, write_diff_svg
@@ -33,21 +33,44 @@ __all__ = ["load_any", "write_svg", "write_folded", "top_text", "export", "write
 
 
 def load_any(path: str) -> Profile:
-    """Load a ctprof profile file or a folded-stacks text file (``-`` reads
-    folded text from stdin).  Raises :class:`~ctprof.errors.FormatError`
-    for a malformed or binary file, :class:`~ctprof.errors.UsageError` for a
-    missing one."""
+    """Load a ctprof profile file or a folded-stacks text file.  ``-``
+    (stdin), a FIFO or ``<(...)`` is opened once and read as a stream.
+    Raises :class:`~ctprof.errors.FormatError` for a malformed, binary or
+    empty file, :class:`~ctprof.errors.UsageError` for a missing or
+    unreadable one."""
     from .. import session
-    import os
-    if path != "-":
-        if not os.path.exists(path):
-            raise UsageError(f"{path}: no such file")
-        if os.path.isdir(path):
-            raise UsageError(f"{path}: is a directory, not a profile")
-        if session.is_profile_file(path):
+    from ..files import is_stream, open_input
+    label = "<stdin>" if path == "-" else path
+    source = open_input(path)
+    try:
+        head = source.peek(2)[:2]
+        if not head:
+            raise FormatError(f"{label}: empty file, neither folded stacks nor a ctprof profile")
+        if head != b"\x1f\x8b":  # not gzip: folded text
+            return parse_folded(source, label)
+        if not is_stream(source):
             profile, _ = session.load(path)
             return profile
-    return parse_folded(path)
+        return _load_profile_stream(source, label)
+    finally:
+        if path != "-":
+            source.close()
+
+
+def _load_profile_stream(source, label: str) -> Profile:
+    """A profile arriving through a pipe: the loader wants a file, so the
+    stream is copied once into a private temporary file."""
+    import shutil
+    import tempfile
+    from .. import session
+    with tempfile.NamedTemporaryFile(prefix="ctprof-stream-", suffix=".ctprof") as tmp:
+        shutil.copyfileobj(source, tmp)
+        tmp.flush()
+        try:
+            profile, _ = session.load(tmp.name)
+        except FormatError as err:
+            raise FormatError(str(err).replace(tmp.name, label)) from None
+    return profile
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ from __future__ import annotations
 import io
 import re
 import sys
-from typing import IO, Dict, Iterable, List, Optional, Tuple, Union
+from typing import IO, BinaryIO, Dict, Iterable, List, Optional, Tuple, Union
 
-from ..errors import FormatError, UsageError
+from ..errors import FormatError
+from ..files import open_input
 from ..profile import Frame, Profile
 from .svg import open_output
 
@@ -75,22 +76,19 @@ def frame_for_name(raw: str) -> Frame:
     return Frame(name, "", category, None, None, inlined)
 
 
-def _open_text(path: str) -> Tuple[IO[str], str]:
-    """Open ``path`` (``-`` is stdin) as text, refusing binary files."""
-    label = "<stdin>" if path == "-" else path
-    try:
-        raw = sys.stdin.buffer if path == "-" else open(path, "rb")
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path}: is a directory, not a profile") from None
-    except OSError as err:
-        raise UsageError(f"{path}: cannot read ({err.strerror})") from None
-    buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw)
+def _open_text(source: Union[str, BinaryIO], label: Optional[str] = None) -> Tuple[IO[str], str]:
+    """Open a path (``-`` is stdin; see :func:`ctprof.files.open_input`), or
+    take an open binary reader, as text, refusing binary files."""
+    if isinstance(source, str):
+        label = "<stdin>" if source == "-" else source
+        buffered = open_input(source)
+    else:
+        label = label or "<folded>"
+        buffered = source if hasattr(source, "peek") else io.BufferedReader(source)  # type: ignore[arg-type]
     head = buffered.peek(_BINARY_PROBE)[:_BINARY_PROBE]
     if b"\0" in head or head[:2] == b"\x1f\x8b" or _looks_binary(head):
-        if path != "-":
-            raw.close()
+        if buffered is not sys.stdin.buffer:
+            buffered.close()
         raise FormatError(f"{label}: binary file, neither folded stacks nor a ctprof profile")
     return io.TextIOWrapper(buffered, encoding="utf-8", errors="replace", newline=None), label
 
@@ -106,7 +104,8 @@ def parse_folded(source: Union[str, Iterable[str]], label: Optional[str] = None,
                  metric: str = "samples") -> Profile:
     """Read folded stacks into a :class:`Profile`.
 
-    ``source`` is a path (``-`` for stdin) or an iterable of lines.  Blank
+    ``source`` is a path (``-`` for stdin), an open binary reader (read
+    once, as a stream) or an iterable of lines.  Blank
     lines and ``#`` comments are skipped.  The count is the last
     whitespace-separated field (a non-negative integer; a decimal is rounded);
     everything before it, trailing blanks removed, is the stack.  A malformed
@@ -114,8 +113,8 @@ def parse_folded(source: Union[str, Iterable[str]], label: Optional[str] = None,
     are summed.
     """
     close = None
-    if isinstance(source, str):
-        lines, label = _open_text(source)
+    if isinstance(source, str) or hasattr(source, "peek"):
+        lines, label = _open_text(source, label)  # type: ignore[arg-type]
         close = lines
     else:
         lines = source
@@ -156,8 +155,8 @@ def parse_folded(source: Union[str, Iterable[str]], label: Optional[str] = None,
     except UnicodeDecodeError:  # pragma: no cover - errors="replace" prevents it
         raise FormatError(f"{label}: not UTF-8 text") from None
     finally:
-        if close is not None and close is not sys.stdin:
-            close.close()
+        if close is not None:  # stdin is left open for whoever reads it next
+            close.detach() if close.buffer is sys.stdin.buffer else close.close()
     profile = Profile(frames=frames, stacks=list(rows), values={metric: list(rows.values())},
                       metadata={"kind": "cpu", "default_metric": metric, "units": {metric: metric},
                                 "source": label, "format": "folded"})
