@@ -11,7 +11,7 @@ from . import Command, register
 from ..capture.launch import CaptureOptions, run_program
 from ..capture.stats import build_profile, overhead_lines, select_threads
 from ..capture.target import check_program
-from ..errors import OutputError, UsageError
+from ..errors import OutputError, UsageError, printable
 from ..files import check_output, check_outputs, fallback_directories, reserve_new_file
 from ..profile import Profile
 from ..session import Session, save
@@ -43,7 +43,8 @@ def check_metric(metric, memory: bool) -> None:
 
 
 def say(message: str) -> None:
-    print(f"ctprof: {message}", file=sys.stderr)
+    """One ``ctprof: ...`` line on stderr, control characters escaped."""
+    print(f"ctprof: {printable(message)}", file=sys.stderr)
 
 
 def default_output_name(argv: List[str]) -> str:
@@ -179,14 +180,14 @@ def finish_capture(session: Session, args: argparse.Namespace, output: Optional[
     if not args.quiet:
         if session.kind == "memory":
             from ..memory.report import memory_report
-            print(memory_report(profile, args.top), file=sys.stderr, end="")
+            print(printable(memory_report(profile, args.top), keep_newlines=True), file=sys.stderr, end="")
         if profile.total("samples"):
             print(top_text(profile, "samples", args.top), file=sys.stderr)
         elif session.kind != "memory":
             say(f"no samples: the program used {profile.metadata.get('cpu_s', 0):.3f} s of CPU "
                 f"(at {session.hz:g} Hz a sample needs about {1 / session.hz:.3f} s); try a higher --hz")
         for line in overhead_lines(session):
-            print(f"ctprof: {line}", file=sys.stderr)
+            say(line)
     for line in written:
         say(line)
     return profile

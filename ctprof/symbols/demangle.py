@@ -4,7 +4,8 @@ Loaded with ctypes on first use; each result buffer is released with libc
 ``free``.  Results are cached per process.  Without libstdc++ names stay as
 they are.  Rust legacy names (``_ZN...17h<16 hex>E``) are Itanium-mangled, so
 ``__cxa_demangle`` decodes them; we then drop the ``::h<hash>`` suffix and
-undo Rust's ``$LT$``-style escapes.
+undo Rust's ``$LT$``-style escapes.  Rust v0 names (``_R...``), which
+``__cxa_demangle`` does not know, go to the pure-Python :mod:`.rustv0`.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import ctypes
 import ctypes.util
 import re
 from typing import Dict, Iterable, List, Optional
+
+from . import rustv0
 
 _lib = None
 _free = None
@@ -98,7 +101,8 @@ def demangle(raw: str) -> str:
             if base.startswith("_ZN") and _RUST_HASH.search(d):
                 d = _rust_unescape(_RUST_HASH.sub("", d))
             out = d + (at + version if at else "")
-    # Rust v0 names (_R...) are not understood by __cxa_demangle: kept as is.
+    elif raw.startswith("_R"):
+        out = rustv0.demangle_v0(raw) or raw
     _cache[raw] = out
     return out
 
