@@ -16,18 +16,24 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
+#include <sys/mman.h>
 #include <sys/uio.h>
 #include "ctprof.h"
 
 enum {
     ST_ALLOC_COUNT, ST_ALLOC_BYTES, ST_FREE_COUNT, ST_FREE_BYTES, ST_LIVE_COUNT, ST_LIVE_BYTES,
     ST_PEAK_COUNT, ST_PEAK_BYTES, ST_DEF_COUNT, ST_DEF_BYTES, ST_IND_COUNT, ST_IND_BYTES,
-    ST_REACH_COUNT, ST_REACH_BYTES, ST_TRUNCATED, NSTAT = 16
+    ST_REACH_COUNT, ST_REACH_BYTES, ST_TRUNCATED, ST_POSS_COUNT, ST_POSS_BYTES, NSTAT = 18
 };
 enum {
     T_LIVE_BYTES, T_LIVE_COUNT, T_PEAK_BYTES, T_PEAK_COUNT, T_ALLOC_COUNT, T_ALLOC_BYTES, T_FREE_COUNT,
-    T_FREE_BYTES, T_UNMATCHED_FREES, T_EVENTS, T_STACKS, T_SCANNED, T_SNAPSHOTS, T_MAX_LIVE_BLOCKS, NTOTAL = 16
+    T_FREE_BYTES, T_UNMATCHED_FREES, T_EVENTS, T_STACKS, T_SCANNED, T_SNAPSHOTS, T_MAX_LIVE_BLOCKS,
+    T_SKIPPED_RECORDS, T_BAD_RECORDS, NTOTAL = 16
 };
+/* A realloc in flight: its old block waits in the live table under this key
+ * (never a user address on x86-64) until the realloc's outcome is known. */
+#define STASH_KEY(tid) (1ull << 63 | (uint64_t)(tid))
 
 struct stack_entry {
     uint64_t hash;
@@ -46,6 +52,14 @@ struct live_entry {
 
 struct consumer {
     double sample_bytes;
+    int pid;
+    /* the record the reader is stuck on, if any (see writer_gone) */
+    uint64_t stuck_pos;       /* position + 1; 0: not stuck */
+    uint64_t stuck_since, stuck_checked, stuck_execs;
+    int64_t stuck_cpu;
+    int started;
+    uint64_t rd;              /* consumed up to here; published to writers page by page */
+    uint64_t punched;         /* ring positions before this are punched out */
     struct stack_entry *stab;
     uint32_t stab_cap, nstacks;
     uint32_t *stack_slot;     /* id -> slot in stab */
@@ -96,12 +110,13 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem)
     return 0;
 }
 
-CTPROF_API struct consumer *ctprof_heap_new(double sample_bytes)
+CTPROF_API struct consumer *ctprof_heap_new(double sample_bytes, int pid)
 {
     struct consumer *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
     c->sample_bytes = sample_bytes;
+    c->pid = pid;
     c->stab_cap = 1024;
     c->stab = calloc(c->stab_cap, sizeof *c->stab);
     c->live_cap = 1024;
@@ -334,42 +349,279 @@ static void on_exec(struct consumer *c)
     c->live_n = 0;
 }
 
-static void process(struct consumer *c, const unsigned char *buf, size_t len)
+/* Move the live entry at `from` to key `to` (still live, same statistics). */
+static void live_move(struct consumer *c, uint64_t from, uint64_t to)
 {
-    size_t off = 0;
-    while (off + sizeof(struct rec_header) <= len) {
-        const struct rec_header *h = (const void *)(buf + off);
-        if (h->size < sizeof *h || off + h->size > len)
+    size_t slot;
+    struct live_entry *e = live_find(c, from, &slot);
+    if (!e)
+        return;
+    struct live_entry saved = *e;
+    live_delete(c, slot);
+    if (live_find(c, to, &slot)) {      /* a stale stash (its realloc's end was lost) */
+        on_free(c, to);
+        live_find(c, to, &slot);
+    }
+    saved.ptr = to;
+    c->live[slot] = saved;
+    c->live_n++;
+}
+
+/* The old block of a realloc: out of reach of other threads' events, kept
+ * aside until the realloc's outcome (on_realloc). */
+static void on_realloc_free(struct consumer *c, uint64_t old, uint32_t tid)
+{
+    size_t slot;
+    if (!live_find(c, old, &slot)) {
+        c->totals[T_UNMATCHED_FREES]++;
+        return;
+    }
+    live_move(c, old, STASH_KEY(tid));
+}
+
+static void on_realloc(struct consumer *c, const struct rec_realloc *r)
+{
+    size_t slot;
+    int stashed = r->old && live_find(c, STASH_KEY(r->tid), &slot) != NULL;
+    if (r->ptr == 0 && r->size > 0) {   /* failed: the old block is still allocated */
+        if (stashed)
+            live_move(c, STASH_KEY(r->tid), r->old);
+        return;
+    }
+    if (stashed)
+        on_free(c, STASH_KEY(r->tid));
+    if (r->ptr)
+        on_alloc(c, r->ptr, r->size, (const uint64_t *)(r + 1), r->nips, r->h.flags);
+}
+
+/* One committed record (already copied out of the ring).  Every length is
+ * checked against the record's size: the ring is the program's memory. */
+static void process(struct consumer *c, const unsigned char *buf, uint32_t size)
+{
+    const struct rec_header *h = (const void *)buf;
+    c->totals[T_EVENTS]++;
+    switch (h->type) {
+    case REC_ALLOC: {
+        const struct rec_alloc *a = (const void *)h;
+        if (size < sizeof *a || a->nips > (size - sizeof *a) / 8)
             break;
-        c->totals[T_EVENTS]++;
-        if (h->type == REC_ALLOC) {
-            const struct rec_alloc *a = (const void *)h;
-            on_alloc(c, a->ptr, a->size, (const uint64_t *)(a + 1), a->nips, h->flags);
-        } else if (h->type == REC_FREE) {
-            on_free(c, ((const struct rec_free *)h)->ptr);
-        } else if (h->type == REC_EXEC) {
-            on_exec(c);
-        } else if (h->type == REC_REALLOC) {
-            const struct rec_realloc *r = (const void *)h;
-            if (!(r->ptr == 0 && r->size > 0)) {   /* a failed realloc changes nothing */
-                if (r->old)
-                    on_free(c, r->old);
-                if (r->ptr)
-                    on_alloc(c, r->ptr, r->size, (const uint64_t *)(r + 1), r->nips, h->flags);
-            }
-        }
-        off += h->size;
+        on_alloc(c, a->ptr, a->size, (const uint64_t *)(a + 1), a->nips, h->flags);
+        return;
+    }
+    case REC_FREE:
+        if (size < sizeof(struct rec_free))
+            break;
+        on_free(c, ((const struct rec_free *)h)->ptr);
+        return;
+    case REC_REALLOC_FREE: {
+        const struct rec_realloc_free *f = (const void *)h;
+        if (size < sizeof *f)
+            break;
+        on_realloc_free(c, f->ptr, f->tid);
+        return;
+    }
+    case REC_REALLOC: {
+        const struct rec_realloc *r = (const void *)h;
+        if (size < sizeof *r || r->nips > (size - sizeof *r) / 8)
+            break;
+        on_realloc(c, r);
+        return;
+    }
+    case REC_EXEC:
+        on_exec(c);
+        return;
+    }
+    c->totals[T_BAD_RECORDS]++;
+}
+
+/* ---- reading the ring ------------------------------------------------------------ */
+
+/* CPU time of thread `tid` in ns, -1 if it no longer exists. */
+static int64_t thread_cpu(int pid, uint32_t tid, char *state)
+{
+    char path[96], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/task/%u/stat", pid, tid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')');
+    unsigned long long utime = 0, stime = 0;
+    char st = '?';
+    if (!p || sscanf(p + 1, " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &st, &utime, &stime) != 3)
+        return -1;
+    if (st == 'Z' || st == 'X')
+        return -1;
+    *state = st;
+    snprintf(path, sizeof path, "/proc/%d/task/%u/schedstat", pid, tid);
+    f = fopen(path, "r");
+    unsigned long long run_ns = 0;
+    if (f) {
+        int ok = fscanf(f, "%llu", &run_ns) == 1;
+        fclose(f);
+        if (ok)
+            return (int64_t)run_ns;
+    }
+    return (int64_t)((utime + stime) * (1000000000ull / 100)); /* USER_HZ ticks */
+}
+
+/* The reader is stuck at `pos` on a record claimed by `tid` (0: reserved
+ * but not even claimed).  Is its writer gone for good?  Yes if an exec
+ * happened since (every thread of the old image died), if the thread no
+ * longer exists, if it has run 20 ms of CPU since (a hook holds a claim for
+ * a fraction of a microsecond, so it left the hook: longjmp out of a signal
+ * handler), or if it has been asleep for a second.  A stopped process is
+ * waited for: its writers may still finish. */
+static int writer_gone(struct consumer *c, const struct heap_shared *hs, uint64_t pos, uint32_t tid)
+{
+    uint64_t now = now_ns(), execs = __atomic_load_n(&hs->execs, __ATOMIC_ACQUIRE);
+    char state = '?';
+    if (c->stuck_pos != pos + 1) {
+        c->stuck_pos = pos + 1;
+        c->stuck_since = c->stuck_checked = now;
+        c->stuck_execs = execs;
+        c->stuck_cpu = tid ? thread_cpu(c->pid, tid, &state) : 0;
+        return 0;
+    }
+    if (execs != c->stuck_execs)
+        return 1;
+    if (!tid || now - c->stuck_checked < 10000000ull)
+        return 0;
+    c->stuck_checked = now;
+    int64_t cpu = thread_cpu(c->pid, tid, &state);
+    if (cpu < 0 || c->stuck_cpu < 0)
+        return 1;
+    if (cpu - c->stuck_cpu > 20000000)
+        return 1;
+    return now - c->stuck_since > 1000000000ull && (state == 'S' || state == 'D');
+}
+
+/* Copy with wrap-around from the controller's singly mapped view. */
+static void ring_copy(unsigned char *dst, const unsigned char *data, uint64_t mask, uint64_t pos, uint32_t n)
+{
+    uint64_t off = pos & mask, first = mask + 1 - off;
+    if (first >= n) {
+        memcpy(dst, data + off, n);
+    } else {
+        memcpy(dst, data + off, first);
+        memcpy(dst + first, data, n - first);
     }
 }
 
-CTPROF_API size_t ctprof_heap_consume(struct consumer *c, void *file_base, void *buf, size_t cap)
+static void ring_zero(unsigned char *data, uint64_t mask, uint64_t pos, uint64_t n)
 {
-    size_t total = 0, n;
-    while ((n = ctprof_ring_drain(file_base, buf, cap)) > 0) {
-        process(c, buf, n);
-        total += n;
+    uint64_t off = pos & mask, first = mask + 1 - off;
+    if (first >= n) {
+        memset(data + off, 0, n);
+    } else {
+        memset(data + off, 0, first);
+        memset(data, 0, n - first);
     }
-    return total;
+}
+
+/* Give back the pages the reader has passed, so the ring costs the program
+ * only what is in flight (the metadata figure), not its whole size: writers
+ * fault in fresh zero pages when they come round again.  Only whole pages
+ * below `upto`, and before read_pos is published past them (a writer may
+ * reuse a page only after that). */
+static void punch_behind(struct consumer *c, unsigned char *data, uint64_t mask, uint64_t upto)
+{
+    uint64_t from = c->punched;
+    if (upto <= from)
+        return;
+    if (upto - from > mask + 1)
+        from = upto - (mask + 1);
+    for (uint64_t a = from; a < upto;) {
+        uint64_t off = a & mask, len = upto - a;
+        if (len > mask + 1 - off)
+            len = mask + 1 - off;
+        madvise(data + off, len, MADV_REMOVE);
+        a += len;
+    }
+    c->punched = upto;
+}
+
+/* Consumed up to `rd`: punch and publish up to its page boundary (the rest
+ * of that page is zeroed and stays ours until the page is done). */
+static void publish(struct consumer *c, struct ring_header *h, unsigned char *data, uint64_t mask, uint64_t rd)
+{
+    uint64_t upto = rd & ~4095ull;
+    if (upto <= c->punched)
+        return;
+    punch_behind(c, data, mask, upto);
+    __atomic_store_n(&h->read_pos, upto, __ATOMIC_RELEASE);
+}
+
+/* Consume every committed record of the mapped .heap file at `file_base`.
+ * Returns the bytes consumed. */
+CTPROF_API size_t ctprof_heap_consume(struct consumer *c, void *file_base)
+{
+    struct ring_header *h = file_base;
+    struct heap_shared *hs = (struct heap_shared *)((char *)file_base + HEAP_SHARED_OFFSET);
+    if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != CTPROF_MAGIC ||
+        __atomic_load_n(&hs->magic, __ATOMIC_ACQUIRE) != HEAP_MAGIC)
+        return 0;
+    uint64_t cap = h->data_size;
+    if (cap < 65536 || (cap & (cap - 1)))
+        return 0;
+    unsigned char *data = (unsigned char *)file_base + CTPROF_HEADER_SIZE;
+    uint64_t mask = cap - 1;
+    if (!c->started) {
+        c->started = 1;
+        c->rd = c->punched = __atomic_load_n(&h->read_pos, __ATOMIC_RELAXED);
+    }
+    uint64_t rd = c->rd, start = rd, published = rd;
+    uint64_t w = __atomic_load_n(&h->write_pos, __ATOMIC_ACQUIRE);
+    _Alignas(8) unsigned char rec[HEAP_MAX_RECORD];
+    while (rd < w) {
+        uint64_t *hp = (uint64_t *)(data + (rd & mask));
+        uint64_t word = __atomic_load_n(hp, __ATOMIC_ACQUIRE);
+        uint32_t size = (uint32_t)word;
+        uint32_t high = (uint32_t)(word >> 32);
+        if (word == 0) {
+            /* Reserved, not yet claimed: a writer between its two
+             * instructions, or one an exec killed there. */
+            uint64_t exec_pos = __atomic_load_n(&hs->exec_pos, __ATOMIC_ACQUIRE);
+            if (writer_gone(c, hs, rd, 0) && exec_pos > rd && exec_pos <= w) {
+                c->totals[T_SKIPPED_RECORDS]++;
+                ring_zero(data, mask, rd, exec_pos - rd);
+                rd = exec_pos;
+                continue;
+            }
+            break;
+        }
+        if (size < sizeof(struct rec_header) || (size & 7) || size > HEAP_MAX_RECORD || size > w - rd) {
+            c->totals[T_BAD_RECORDS]++;  /* scribbled on: drop what is there */
+            ring_zero(data, mask, rd, w - rd);
+            rd = w;
+            break;
+        }
+        if (high & HEAP_CLAIM) {
+            if (!writer_gone(c, hs, rd, high & ~HEAP_CLAIM))
+                break;
+            /* Take the space back from the writer (its commit then fails). */
+            if (!__atomic_compare_exchange_n(hp, &word, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                continue;
+            c->totals[T_SKIPPED_RECORDS]++;
+        } else {
+            ring_copy(rec, data, mask, rd, size);
+            process(c, rec, size);
+        }
+        ring_zero(data, mask, rd, size);
+        rd += size;
+        c->stuck_pos = 0;
+        if (rd - published >= 65536) {   /* let waiting writers in early */
+            publish(c, h, data, mask, rd);
+            published = rd;
+        }
+        if (rd == w)
+            w = __atomic_load_n(&h->write_pos, __ATOMIC_ACQUIRE);
+    }
+    c->rd = rd;
+    publish(c, h, data, mask, rd);
+    return rd - start;
 }
 
 CTPROF_API void ctprof_heap_totals(struct consumer *c, double *out)
@@ -393,9 +645,24 @@ CTPROF_API int ctprof_heap_stack(struct consumer *c, uint32_t id, uint64_t *ips,
     return n;
 }
 
-/* ---- the leak scan -------------------------------------------------------------------- */
+/* ---- the leak scan -------------------------------------------------------------------
+ * Classes as valgrind's memcheck defines them:
+ *   still reachable  a chain of start pointers leads to it from a root;
+ *   possibly lost    reachable only through a chain with an interior pointer
+ *                    (or, in sampled mode, pointed to from memory whose
+ *                    blocks were not sampled, so whose reachability we
+ *                    cannot know);
+ *   indirectly lost  pointed to only by lost blocks;
+ *   definitely lost  no pointer to it from anything reachable.
+ * A "start pointer" points into a block's first 16 bytes: layouts with a
+ * header word before the data (C++ new[] with its count, glibc's DTV whose
+ * thread pointer holds &dtv[1]) are as reachable as valgrind's heuristics
+ * make them. */
 
-enum { UNREACHED = 0, REACHABLE = 1, INDIRECT = 2 };
+enum { UNREACHED = 0, REACHABLE = 1, POSSIBLE = 2, INDIRECT = 3 };
+/* kinds of root range handed in by the Python side */
+enum { RANGE_ROOT = 0, RANGE_HEAP = 1, RANGE_ARENA_LIKE = 2 };
+#define START_SLACK 16
 
 struct block {
     uint64_t lo, hi;
@@ -421,7 +688,8 @@ static int by_lo(const void *a, const void *b)
     return x->lo < y->lo ? -1 : x->lo > y->lo;
 }
 
-static int64_t find_block(const struct scan *s, uint64_t v)
+/* The first block whose end is above v. */
+static size_t first_above(const struct scan *s, uint64_t v)
 {
     size_t lo = 0, hi = s->n;
     while (lo < hi) {
@@ -431,27 +699,53 @@ static int64_t find_block(const struct scan *s, uint64_t v)
         else
             hi = mid;
     }
-    if (lo < s->n && s->blocks[lo].lo <= v && v < s->blocks[lo].hi)
-        return (int64_t)lo;
-    return -1;
+    return lo;
 }
 
-/* Every word in [p, p+len) that points into a block in state `from` moves
- * it to state `to` and onto the work list. */
-static void scan_words(struct scan *s, const unsigned char *p, size_t len, uint8_t from, uint8_t to)
+static void mark(struct scan *s, size_t b, uint8_t state)
+{
+    s->blocks[b].state = state;
+    s->work[s->work_n++] = (uint32_t)b;
+}
+
+/* Every word in p[0, len) (read from address `addr`) that points into a
+ * block.  `source` is how the memory itself is reached: REACHABLE (a root
+ * or reachable block), POSSIBLE, or INDIRECT (the lost-group phase).
+ * Words lying inside tracked blocks are skipped when `skip_blocks` (a root
+ * range that happens to contain blocks: they are scanned as blocks). */
+static void scan_words(struct scan *s, const unsigned char *p, uint64_t addr, size_t len, uint8_t source,
+                       int skip_blocks)
 {
     if (!s->n)
         return;
     uint64_t min = s->blocks[0].lo, max = s->blocks[s->n - 1].hi;
+    size_t next = skip_blocks ? first_above(s, addr) : s->n;
     for (size_t i = 0; i + 8 <= len; i += 8) {
+        if (next < s->n && addr + i >= s->blocks[next].lo) {
+            if (addr + i < s->blocks[next].hi) {
+                i = ((s->blocks[next].hi - addr + 7) & ~7ull) - 8;
+                continue;
+            }
+            next = first_above(s, addr + i);
+            i -= 8;
+            continue;
+        }
         uint64_t v;
         memcpy(&v, p + i, 8);
         if (v < min || v >= max)
             continue;
-        int64_t b = find_block(s, v);
-        if (b >= 0 && s->blocks[b].state == from) {
-            s->blocks[b].state = to;
-            s->work[s->work_n++] = (uint32_t)b;
+        size_t b = first_above(s, v);
+        if (b >= s->n || v < s->blocks[b].lo)
+            continue;
+        uint8_t st = s->blocks[b].state;
+        if (source == INDIRECT) {
+            if (st == UNREACHED)
+                mark(s, b, INDIRECT);
+        } else if (source == REACHABLE && v - s->blocks[b].lo < START_SLACK) {
+            if (st == UNREACHED || st == POSSIBLE)
+                mark(s, b, REACHABLE);
+        } else if (st == UNREACHED) {
+            mark(s, b, POSSIBLE);
         }
     }
 }
@@ -462,8 +756,14 @@ static ssize_t read_remote(int pid, uint64_t addr, void *dst, size_t len)
     return process_vm_readv(pid, &local, 1, &remote, 1, 0);
 }
 
-/* Scan a root range page-run by page-run; unreadable pages are skipped. */
-static void scan_range(struct scan *s, uint64_t lo, uint64_t hi)
+static void beat(struct scan *s)
+{
+    if (s->heartbeat)  /* the program waits for us only while we show signs of life */
+        __atomic_store_n(s->heartbeat, now_ns(), __ATOMIC_RELAXED);
+}
+
+/* Read [lo, hi) in chunks (unreadable pages skipped) and scan it. */
+static void scan_range(struct scan *s, uint64_t lo, uint64_t hi, uint8_t source, int skip_blocks)
 {
     const size_t chunk = 1 << 20;
     lo &= ~7ull;
@@ -471,25 +771,25 @@ static void scan_range(struct scan *s, uint64_t lo, uint64_t hi)
         size_t len = hi - a < chunk ? (size_t)(hi - a) : chunk;
         ssize_t got = read_remote(s->pid, a, s->buf, len);
         if (got == (ssize_t)len) {
-            scan_words(s, s->buf, len, UNREACHED, REACHABLE);
+            scan_words(s, s->buf, a, len, source, skip_blocks);
         } else {
             for (uint64_t pg = a; pg < a + len; pg = (pg & ~4095ull) + 4096) {
                 size_t l = (size_t)(((pg & ~4095ull) + 4096 < a + len ? (pg & ~4095ull) + 4096 : a + len) - pg);
                 if (read_remote(s->pid, pg, s->buf, l) == (ssize_t)l)
-                    scan_words(s, s->buf, l, UNREACHED, REACHABLE);
+                    scan_words(s, s->buf, pg, l, source, skip_blocks);
             }
         }
-        if (s->heartbeat)
-            __atomic_store_n(s->heartbeat, now_ns(), __ATOMIC_RELAXED);
+        beat(s);
     }
 }
 
-/* Drain the work list: read the contents of listed blocks in batches and
- * scan them for more pointers. */
-static void drain_work(struct scan *s, uint8_t from, uint8_t to)
+/* Drain the work list: read the listed blocks in batches and scan each
+ * with its own state as the source. */
+static void drain_work(struct scan *s)
 {
     while (s->work_n) {
         struct iovec local[256], remote[256];
+        uint32_t which[256];
         size_t k = 0, used = 0;
         while (s->work_n && k < 256) {
             uint32_t b = s->work[s->work_n - 1];
@@ -501,7 +801,7 @@ static void drain_work(struct scan *s, uint8_t from, uint8_t to)
                 for (uint64_t a = s->blocks[b].lo; a < s->blocks[b].hi; a += s->buf_cap) {
                     size_t l = s->blocks[b].hi - a < s->buf_cap ? (size_t)(s->blocks[b].hi - a) : s->buf_cap;
                     if (read_remote(s->pid, a, s->buf, l) == (ssize_t)l)
-                        scan_words(s, s->buf, l, from, to);
+                        scan_words(s, s->buf, a, l, s->blocks[b].state, 0);
                 }
                 continue;
             }
@@ -510,87 +810,115 @@ static void drain_work(struct scan *s, uint8_t from, uint8_t to)
             s->work_n--;
             local[k] = (struct iovec){s->buf + used, len};
             remote[k] = (struct iovec){(void *)(uintptr_t)s->blocks[b].lo, len};
+            which[k] = b;
             k++;
             used += len;
         }
         if (!k)
             continue;
-        if (s->heartbeat)  /* the program waits for us only while we show signs of life */
-            __atomic_store_n(s->heartbeat, now_ns(), __ATOMIC_RELAXED);
+        beat(s);
+        /* The states now: a block pushed twice (possibly, then reachable)
+         * is scanned with its final state either way. */
         ssize_t got = process_vm_readv(s->pid, local, k, remote, k, 0);
-        if (got == (ssize_t)used) {
-            for (size_t i = 0; i < k; i++)
-                scan_words(s, local[i].iov_base, local[i].iov_len, from, to);
-        } else {
-            for (size_t i = 0; i < k; i++)
-                if (read_remote(s->pid, (uint64_t)(uintptr_t)remote[i].iov_base, local[i].iov_base, local[i].iov_len) ==
+        for (size_t i = 0; i < k; i++) {
+            if (got != (ssize_t)used &&
+                read_remote(s->pid, (uint64_t)(uintptr_t)remote[i].iov_base, local[i].iov_base, local[i].iov_len) !=
                     (ssize_t)local[i].iov_len)
-                    scan_words(s, local[i].iov_base, local[i].iov_len, from, to);
+                continue;
+            scan_words(s, local[i].iov_base, (uint64_t)(uintptr_t)remote[i].iov_base, local[i].iov_len,
+                       s->blocks[which[i]].state, 0);
         }
     }
 }
 
-/* Classify every live block.  `ranges` holds nranges (lo, hi) root ranges.
- * Returns 0, or -1 if memory could not be read at all. */
+static uint64_t range_kind(const struct scan *s, const uint64_t *range)
+{
+    if (range[2] != RANGE_ARENA_LIKE)
+        return range[2];
+    size_t b = first_above(s, range[0]);
+    return b < s->n && s->blocks[b].lo < range[1] ? RANGE_HEAP : RANGE_ROOT;
+}
+
+static void free_scan(struct scan *s)
+{
+    free(s->blocks);
+    free(s->work);
+    free(s->buf);
+}
+
+/* Classify every live block.  `ranges` holds nranges (lo, hi, kind)
+ * triples: RANGE_ROOT memory is a root (words inside tracked blocks
+ * skipped); RANGE_HEAP is the allocator's own memory (free chunks with
+ * stale pointers, untracked blocks): not a root, but in sampled mode the
+ * home of the unsampled blocks, so what it points to is only "possibly
+ * lost", never definitely.  RANGE_ARENA_LIKE (an anonymous mapping where
+ * malloc puts its thread arenas) is heap if it holds a tracked block, else a
+ * root (a thread stack can start there too).  Returns 0, or -1 if memory
+ * could not be read. */
 CTPROF_API int ctprof_heap_scan(struct consumer *c, int pid, const uint64_t *ranges, int nranges, uint64_t *heartbeat)
 {
     struct scan s = {c, pid, NULL, 0, NULL, 0, NULL, 8u << 20, heartbeat};
+    /* each block enters the work list at most four times (possibly,
+     * reachable; twice in the last phase) */
     s.blocks = malloc((c->live_n + 1) * sizeof *s.blocks);
-    s.work = malloc((c->live_n + 1) * sizeof *s.work);
+    s.work = malloc((4 * c->live_n + 1) * sizeof *s.work);
     s.buf = malloc(s.buf_cap);
     if (!s.blocks || !s.work || !s.buf) {
-        free(s.blocks);
-        free(s.work);
-        free(s.buf);
+        free_scan(&s);
         return -1;
     }
     for (size_t i = 0; i < c->live_cap; i++) {
-        if (!c->live[i].ptr)
+        if (!c->live[i].ptr || (c->live[i].ptr >> 63))  /* empty, or a realloc that never finished */
             continue;
         uint64_t size = c->live[i].size ? c->live[i].size : 1;
         s.blocks[s.n++] = (struct block){c->live[i].ptr, c->live[i].ptr + size, (uint32_t)i, UNREACHED};
     }
     qsort(s.blocks, s.n, sizeof *s.blocks, by_lo);
-    int readable = s.n == 0;
     uint64_t probe;
-    if (s.n && read_remote(pid, s.blocks[0].lo, &probe, 1) == 1)
-        readable = 1;
-    if (!readable) {
-        free(s.blocks);
-        free(s.work);
-        free(s.buf);
+    if (s.n && read_remote(pid, s.blocks[0].lo, &probe, 1) != 1) {
+        free_scan(&s);
         return -1;
     }
     /* 1. everything reachable from the roots */
     for (int r = 0; r < nranges; r++) {
-        scan_range(&s, ranges[2 * r], ranges[2 * r + 1]);
-        drain_work(&s, UNREACHED, REACHABLE);
+        if (range_kind(&s, ranges + 3 * r) == RANGE_ROOT) {
+            scan_range(&s, ranges[3 * r], ranges[3 * r + 1], REACHABLE, 1);
+            drain_work(&s);
+        }
     }
-    /* 2. among the rest, blocks pointed to by another lost block are
+    /* 2. sampled mode: what untracked heap memory points to */
+    if (c->sample_bytes > 0) {
+        for (int r = 0; r < nranges; r++) {
+            if (range_kind(&s, ranges + 3 * r) == RANGE_HEAP) {
+                scan_range(&s, ranges[3 * r], ranges[3 * r + 1], POSSIBLE, 1);
+                drain_work(&s);
+            }
+        }
+    }
+    /* 3. among the rest, blocks pointed to by another lost block are
      *    indirectly lost; the others lead their group: definitely lost */
     for (size_t b = 0; b < s.n; b++) {
         if (s.blocks[b].state != UNREACHED)
             continue;
-        s.work[s.work_n++] = (uint32_t)b;
-        s.blocks[b].state = INDIRECT;       /* so its own pointers to itself are ignored */
-        drain_work(&s, UNREACHED, INDIRECT);
-        s.blocks[b].state = UNREACHED;      /* the leader stays definitely lost */
+        mark(&s, b, INDIRECT);                  /* so its pointers to itself are ignored */
+        drain_work(&s);
+        s.blocks[b].state = UNREACHED;          /* the leader stays definitely lost */
     }
     for (uint32_t i = 0; i < c->nstacks; i++) {
         double *st = c->stats + (size_t)i * NSTAT;
         st[ST_DEF_COUNT] = st[ST_DEF_BYTES] = st[ST_IND_COUNT] = st[ST_IND_BYTES] = 0;
-        st[ST_REACH_COUNT] = st[ST_REACH_BYTES] = 0;
+        st[ST_REACH_COUNT] = st[ST_REACH_BYTES] = st[ST_POSS_COUNT] = st[ST_POSS_BYTES] = 0;
     }
+    static const int base_of[] = {[UNREACHED] = ST_DEF_COUNT, [REACHABLE] = ST_REACH_COUNT,
+                                  [POSSIBLE] = ST_POSS_COUNT, [INDIRECT] = ST_IND_COUNT};
     for (size_t b = 0; b < s.n; b++) {
         const struct live_entry *e = &c->live[s.blocks[b].live_slot];
         double *st = c->stats + (size_t)e->stack * NSTAT;
-        int base = s.blocks[b].state == REACHABLE ? ST_REACH_COUNT : s.blocks[b].state == INDIRECT ? ST_IND_COUNT : ST_DEF_COUNT;
+        int base = base_of[s.blocks[b].state];
         st[base] += e->count;
         st[base + 1] += e->bytes;
     }
     c->totals[T_SCANNED] = 1;
-    free(s.blocks);
-    free(s.work);
-    free(s.buf);
+    free_scan(&s);
     return 0;
 }

@@ -97,8 +97,23 @@ struct rec_thread {
     char name[16];
 };
 
-/* Heap events (in <pid>.heap).  An allocation of `size` bytes at `ptr` made
- * from the stack ips[nips] (leaf first, the caller of malloc first). */
+/* Heap events (in <pid>.heap).  The .heap ring has its own protocol, because
+ * a heap writer may wait (a full ring waits for the controller instead of
+ * losing events) and must never be waited on forever itself:
+ *  - writer (heap.c): CAS write_pos, then at once store a claim word over the
+ *    8-byte header: its low half the record size, its high half
+ *    HEAP_CLAIM | tid (so rec_header.flags has HEAP_BUSY set); then the body;
+ *    then commit with a CAS of the claim word to the final header (release).
+ *  - reader (collect.c): a committed record is consumed; a claimed one whose
+ *    writer died (thread gone, or an exec since) or left the hook (ran on or
+ *    sleeps long after claiming: longjmp out of a signal handler) is skipped
+ *    by its size and counted; the reader zeroes or punches consumed space.
+ * An allocation of `size` bytes at `ptr` made from the stack ips[nips] (leaf
+ * first, the caller of malloc first). */
+#define HEAP_BUSY 0x8000u                 /* rec_header.flags of a claimed record */
+#define HEAP_CLAIM 0x80000000u            /* high half of a claim word: HEAP_CLAIM | tid */
+#define HEAP_MAX_RECORD 4096u             /* no heap record is larger (256 frames) */
+enum { REC_REALLOC_FREE = 7 };
 struct rec_alloc {
     struct rec_header h;      /* flags: ALLOC_* */
     uint64_t ptr;
@@ -110,10 +125,18 @@ struct rec_free {
     struct rec_header h;
     uint64_t ptr;
 };
-/* realloc: the free of `old` and the allocation of `ptr` as one event,
- * reserved before the real realloc runs so no other thread's use of `old`
- * can be ordered before it.  ptr == 0 and size > 0: realloc failed, `old`
- * is still allocated.  Followed by nips return addresses. */
+/* A realloc is two events, so that no other thread's use of either address
+ * can be ordered wrongly against it: REC_REALLOC_FREE {old, tid} before the
+ * real call (the old block may be handed to another thread inside it), and
+ * REC_REALLOC after it (the new block may be one another thread freed just
+ * before).  ptr == 0 and size > 0: the realloc failed and `old` is still
+ * allocated.  REC_REALLOC is followed by nips return addresses. */
+struct rec_realloc_free {
+    struct rec_header h;
+    uint64_t ptr;
+    uint32_t tid;
+    uint32_t pad;
+};
 struct rec_realloc {
     struct rec_header h;
     uint64_t old;
@@ -124,50 +147,56 @@ struct rec_realloc {
 };
 
 /* The heap part of a .heap ring's header page (at HEAP_SHARED_OFFSET).
- * Keep in sync with ctprof/memory/collect.py. */
+ * Keep in sync with ctprof/memory/collect.py (HEAP_FIELDS). */
 #define HEAP_SHARED_OFFSET 2048
 #define HEAP_MAGIC 0x50414548u /* "HEAP" */
-#define HEAP_MAX_THREADS 60
 enum { EXIT_RUNNING = 0, EXIT_WAITING = 1, EXIT_SCANNED = 2 };
 struct heap_shared {
     uint32_t magic;
     uint32_t depth;           /* frames kept per allocation */
     uint64_t sample_bytes;    /* 0: exact; else mean bytes between samples */
     uint32_t exit_state;      /* EXIT_*: the controller scans while WAITING */
-    uint32_t nthreads;
+    uint32_t detached;        /* DETACH_*: set once (by either side); the hooks then only forward */
     uint64_t exit_sp;         /* stack pointer of the thread running exit */
-    uint64_t exit_fs;         /* its TLS base (main thread TLS is not on a stack) */
+/* Why tracking stopped for good in a process (heap_shared.detached). */
+enum { DETACH_NONE = 0, DETACH_RUN_ENDED = 1, DETACH_CONTROLLER_DEAD = 2, DETACH_CONTROLLER_STALLED = 3 };
+    uint64_t exit_fs;         /* its thread pointer (TCB: dtv, pthread_setspecific data) */
     uint64_t exit_tid;
     uint64_t heartbeat_ns;    /* controller's CLOCK_MONOTONIC at its last drain */
-    uint64_t lost;            /* events dropped: ring full and controller gone */
+    uint64_t lost;            /* events not recorded: ring full and the controller judged gone */
     uint64_t wait_ns;         /* time writers waited for ring space */
-    uint64_t hook_calls;      /* tracked calls */
+    uint64_t controller_pid;  /* written by the controller at its first drain */
     uint64_t timed_calls;     /* every 64th call is timed ... */
     uint64_t timed_ns;        /* ... and its time summed here */
     uint64_t sampled_free_overflow; /* sampled mode: set of sampled blocks overflowed */
-    struct {
-        uint64_t tid;
-        uint64_t lo, hi;
-    } stacks[HEAP_MAX_THREADS];
     uint64_t unwind_cache_bytes; /* resident part of the unwind rule cache, at exit */
 };
 
 /* ---- heap.c (target side, only in the "mem" build) -------------------------
  * Called by the interposers in heaphooks.c with their recursion guard set;
- * never from a signal handler of ours.  May block briefly when the ring is
- * full (the controller drains it), never while holding a lock. */
+ * never from a signal handler of ours.  Waits only while the ring is full and
+ * the controller is draining it; a dead or stalled controller is decided once
+ * per process (DETACH_*), after which nothing waits and the hooks forward. */
 int heap_init(const char *dir);                 /* constructor */
-void heap_after_fork(void);                     /* fork child: new ring */
-void heap_thread_start(void);                   /* register this thread's stack */
-void heap_thread_stop(void);
-void heap_at_exit(void);                        /* wait for the leak scan */
+    uint64_t detached_ns;     /* CLOCK_MONOTONIC when `detached` was set */
+    uint64_t execs;           /* execs of this pid: a claim older than an exec is dead */
+    uint64_t exec_pos;        /* ring position of the newest image's REC_EXEC */
+    uint64_t exit_tls_lo;     /* the exiting thread's static TLS blocks */
+    uint64_t exit_tls_hi;
+    uint64_t ring_peak;       /* most ring bytes ever in flight (written, not yet read) */
+void heap_after_fork(void);                     /* fork child: its own ring, first thing */
+void heap_at_exit(void);                        /* wait (bounded) for the leak scan */
+/* The shim's own bookkeeping (thread start, fork child setup) allocates:
+ * heap_hooks_pause(1) makes the calling thread's allocations untracked until
+ * heap_hooks_pause(0).  Not AS-safe, not nestable. */
+void heap_hooks_pause(int on);
 extern int heap_enabled;                        /* tracking is on */
 static inline int heap_active(void) { return __atomic_load_n(&heap_enabled, __ATOMIC_RELAXED); }
 void heap_on_alloc(void *ptr, size_t size);
 void heap_on_free(void *ptr);
-/* realloc in three steps: prepare (unwind, reserve), the real call, finish. */
-void *heap_realloc_begin(void *old, size_t size);
-void heap_realloc_end(void *rec, void *ptr, size_t size);
+/* realloc: the old block's event before the real call, the new one's after. */
+void heap_realloc_begin(void *old);
+void heap_realloc_end(void *old, void *ptr, size_t size);
 const struct stack_bounds *sampler_bounds(void);
 void heap_account_time(uint64_t ns);            /* a timed hook call */
 

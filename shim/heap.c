@@ -12,6 +12,9 @@
  * libgcc's _Unwind_Backtrace for frames they cannot express. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
+#include <link.h>
+#include <signal.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,12 +38,13 @@ uint8_t *heap_filter;
 __thread int64_t heap_bytes_left CTPROF_TLS;
 int heap_enabled; /* read inline by the hooks: tracking is on in this process */
 #define active heap_enabled
-/* The event ring is the only heap metadata in the program: keep it small
- * (CTPROF_MEM_RING_MB, default 2); the controller drains it continuously. */
-static uint64_t ring_mb = 2;
+/* The event ring is the only heap metadata in the program.  Its pages are
+ * resident only between the writers and the controller, which punches out
+ * what it has read (collect.c), so its size bounds bursts, not memory:
+ * CTPROF_MEM_RING_KB, default 1024. */
+static uint64_t ring_kb = 1024; /* KiB */
 
 static __thread uint64_t rng_state CTPROF_TLS;
-static __thread int stack_slot CTPROF_TLS; /* index+1 in hs->stacks */
 
 
 /* ---- sampled mode: which blocks were sampled ------------------------------------
@@ -147,12 +151,122 @@ static int64_t next_sample_distance(void)
     return (int64_t)(-log(1.0 - u) * (double)sample_bytes) + 1;
 }
 
-/* ---- events ------------------------------------------------------------------- */
+/* ---- the ring: reserve (bounded wait), claim, commit ----------------------------
+ * A full ring means the controller is behind: wait for it, because a lost
+ * event would make every later figure wrong.  But never without bound: the
+ * controller is judged gone, once for the whole process, when its process is
+ * dead, when it has shown no sign of life (heartbeat) for STALE_NS, or when
+ * the ring has not moved for STALL_NS although it shows life (stuck on
+ * something).  From then on the hooks forward only (heap_enabled = 0). */
+#define STALE_NS 2000000000ull
+#define STALL_NS 10000000000ull
+#define PID_CHECK_NS 10000000ull
 
-static void *reserve(uint32_t size)
+static void detach(uint32_t why)
 {
-    return ring_reserve_wait(&heap_ring, size, &hs->heartbeat_ns, &hs->wait_ns, &hs->lost);
+    uint32_t none = DETACH_NONE;
+    if (__atomic_compare_exchange_n(&hs->detached, &none, why, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        __atomic_store_n(&hs->detached_ns, now_ns(), __ATOMIC_RELEASE);
+    __atomic_store_n(&heap_enabled, 0, __ATOMIC_RELAXED);
 }
+
+/* Has the controller's process exited?  (A pid we may not signal is alive;
+ * a reused pid looks alive and is caught by the heartbeat instead.) */
+static int controller_dead(void)
+{
+    pid_t pid = (pid_t)__atomic_load_n(&hs->controller_pid, __ATOMIC_RELAXED);
+    return pid > 0 && kill(pid, 0) != 0 && errno == ESRCH;
+}
+
+/* Should a writer that has waited since `since` for a ring last seen moving
+ * at `moved` give up?  Decides (and records) the detach. */
+static int give_up(uint64_t t, uint64_t since, uint64_t moved, uint64_t *pid_checked)
+{
+    if (__atomic_load_n(&hs->detached, __ATOMIC_ACQUIRE)) {
+        __atomic_store_n(&heap_enabled, 0, __ATOMIC_RELAXED);
+        return 1;
+    }
+    if (t - *pid_checked >= PID_CHECK_NS) {
+        *pid_checked = t;
+        if (controller_dead()) {
+            detach(DETACH_CONTROLLER_DEAD);
+            return 1;
+        }
+    }
+    uint64_t beat = __atomic_load_n(&hs->heartbeat_ns, __ATOMIC_RELAXED);
+    uint64_t alive = beat > since ? beat : since;
+    if (t - alive > STALE_NS || t - moved > STALL_NS) {
+        detach(DETACH_CONTROLLER_STALLED);
+        return 1;
+    }
+    return 0;
+}
+
+/* Reserve and claim `size` bytes; NULL (counted in `lost`) once the
+ * controller is gone.  *pos gets the record's ring position. */
+static void *reserve(uint32_t size, uint64_t *pos)
+{
+    struct ring_header *h = heap_ring.hdr;
+    uint64_t cap = h->data_size, since = 0, moved = 0, pid_checked = 0, last_rd = 0;
+    int spins = 0;
+    if (__atomic_load_n(&hs->detached, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&heap_enabled, 0, __ATOMIC_RELAXED);
+        goto lose;
+    }
+    for (;;) {
+        uint64_t w = __atomic_load_n(&h->write_pos, __ATOMIC_RELAXED);
+        uint64_t rd = __atomic_load_n(&h->read_pos, __ATOMIC_ACQUIRE);
+        if (w + size - rd <= cap) {
+            if (!__atomic_compare_exchange_n(&h->write_pos, &w, w + size, 1, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+                continue;
+            uint64_t *rec = (uint64_t *)(heap_ring.data + (w & (cap - 1)));
+            __atomic_store_n(rec, (uint64_t)size | (uint64_t)(HEAP_CLAIM | (uint32_t)ctprof_gettid()) << 32,
+                             __ATOMIC_RELAXED);
+            /* the ring's resident part is what is in flight: keep its peak
+             * for the metadata figure (a shared load; a store only on a new peak) */
+            uint64_t inflight = w + size - rd, peak = __atomic_load_n(&hs->ring_peak, __ATOMIC_RELAXED);
+            while (inflight > peak &&
+                   !__atomic_compare_exchange_n(&hs->ring_peak, &peak, inflight, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+                ;
+            if (since)
+                __atomic_fetch_add(&hs->wait_ns, now_ns() - since, __ATOMIC_RELAXED);
+            if (pos)
+                *pos = w;
+            return rec;
+        }
+        uint64_t t = now_ns();
+        if (!since) {
+            since = moved = pid_checked = t;
+            last_rd = rd;
+        } else if (rd != last_rd) {
+            last_rd = rd;
+            moved = t;
+        }
+        if (give_up(t, since, moved, &pid_checked))
+            goto lose;
+        if (++spins < 64) {
+            __builtin_ia32_pause();
+        } else {
+            struct timespec ts = {0, 200000};
+            nanosleep(&ts, NULL);
+        }
+    }
+lose:
+    __atomic_fetch_add(&hs->lost, 1, __ATOMIC_RELAXED);
+    return NULL;
+}
+
+/* Publish a claimed record.  A CAS, not a store: if the controller judged
+ * this claim abandoned (we were stopped for long inside the hook) and
+ * skipped it, the space is no longer ours and the header stays untouched. */
+static void commit(void *rec, uint32_t size, uint16_t type, uint16_t flags)
+{
+    uint64_t claim = (uint64_t)size | (uint64_t)(HEAP_CLAIM | (uint32_t)ctprof_gettid()) << 32;
+    uint64_t final = (uint64_t)size | (uint64_t)type << 32 | (uint64_t)flags << 48;
+    __atomic_compare_exchange_n((uint64_t *)rec, &claim, final, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+}
+
+/* ---- events ------------------------------------------------------------------- */
 
 void heap_on_alloc(void *ptr, size_t size)
 {
@@ -173,69 +287,68 @@ void heap_on_alloc(void *ptr, size_t size)
     int truncated = 0;
     int n = unwind_caller(sampler_bounds(), ips, depth, &truncated);
     uint32_t bytes = (uint32_t)(sizeof(struct rec_alloc) + (size_t)n * 8);
-    struct rec_alloc *rec = reserve(bytes);
+    struct rec_alloc *rec = reserve(bytes, NULL);
     if (!rec)
         return;
-    rec->h.type = REC_ALLOC;
-    rec->h.flags = flags | (truncated ? ALLOC_TRUNCATED : 0);
     rec->ptr = (uint64_t)(uintptr_t)ptr;
     rec->size = size;
     rec->tid = (uint32_t)ctprof_gettid();
     rec->nips = (uint32_t)n;
     memcpy(rec + 1, ips, (size_t)n * 8);
-    ring_commit(rec, bytes);
+    commit(rec, bytes, REC_ALLOC, flags | (truncated ? ALLOC_TRUNCATED : 0));
 }
 
 void heap_on_free(void *ptr)
 {
     if (sample_bytes && !sset_remove((uint64_t)(uintptr_t)ptr) && !heap_free_all)
         return;
-    struct rec_free *rec = reserve(sizeof *rec);
+    struct rec_free *rec = reserve(sizeof *rec, NULL);
     if (!rec)
         return;
-    rec->h.type = REC_FREE;
-    rec->h.flags = 0;
     rec->ptr = (uint64_t)(uintptr_t)ptr;
-    ring_commit(rec, sizeof *rec);
+    commit(rec, sizeof *rec, REC_FREE, 0);
 }
 
-void *heap_realloc_begin(void *old, size_t size)
+void heap_realloc_begin(void *old)
 {
+    if (!old)
+        return;
     if (sample_bytes) {
         /* Estimates only: the old block's free, then a sampling decision
          * for the new one (heap_realloc_end). */
-        if (old)
-            heap_on_free(old);
-        return NULL;
+        heap_on_free(old);
+        return;
+    }
+    struct rec_realloc_free *rec = reserve(sizeof *rec, NULL);
+    if (!rec)
+        return;
+    rec->ptr = (uint64_t)(uintptr_t)old;
+    rec->tid = (uint32_t)ctprof_gettid();
+    rec->pad = 0;
+    commit(rec, sizeof *rec, REC_REALLOC_FREE, 0);
+}
+
+void heap_realloc_end(void *old, void *ptr, size_t size)
+{
+    if (sample_bytes) {
+        if (ptr && size && (heap_bytes_left -= (int64_t)size) <= 0)
+            heap_on_alloc(ptr, size);
+        return;
     }
     uint64_t ips[MAX_HEAP_DEPTH];
     int truncated = 0;
     int n = unwind_caller(sampler_bounds(), ips, depth, &truncated);
     uint32_t bytes = (uint32_t)(sizeof(struct rec_realloc) + (size_t)n * 8);
-    struct rec_realloc *rec = reserve(bytes);
+    struct rec_realloc *rec = reserve(bytes, NULL);
     if (!rec)
-        return NULL;
-    rec->h.type = REC_REALLOC;
-    rec->h.flags = truncated ? ALLOC_TRUNCATED : 0;
+        return;
     rec->old = (uint64_t)(uintptr_t)old;
-    rec->ptr = 0;
+    rec->ptr = (uint64_t)(uintptr_t)ptr;
     rec->size = size;
     rec->tid = (uint32_t)ctprof_gettid();
     rec->nips = (uint32_t)n;
     memcpy(rec + 1, ips, (size_t)n * 8);
-    return rec;
-}
-
-void heap_realloc_end(void *recp, void *ptr, size_t size)
-{
-    struct rec_realloc *rec = recp;
-    if (!rec) {
-        if (sample_bytes && ptr && size && (heap_bytes_left -= (int64_t)size) <= 0)
-            heap_on_alloc(ptr, size);
-        return;
-    }
-    rec->ptr = (uint64_t)(uintptr_t)ptr;
-    ring_commit(rec, (uint32_t)(sizeof *rec + (size_t)rec->nips * 8));
+    commit(rec, bytes, REC_REALLOC, truncated ? ALLOC_TRUNCATED : 0);
 }
 
 void heap_account_time(uint64_t ns)
@@ -246,48 +359,23 @@ void heap_account_time(uint64_t ns)
     __atomic_fetch_add(&hs->timed_ns, ns, __ATOMIC_RELAXED);
 }
 
-/* ---- threads and lifetime ------------------------------------------------------- */
-
-void heap_thread_start(void)
-{
-    if (!active || stack_slot)
-        return;
-    const struct stack_bounds *b = sampler_bounds();
-    if (!b->hi)
-        return;
-    for (int i = 0; i < HEAP_MAX_THREADS; i++) {
-        uint64_t expect = 0, tid = (uint64_t)ctprof_gettid();
-        if (__atomic_compare_exchange_n(&hs->stacks[i].tid, &expect, tid, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
-            hs->stacks[i].lo = b->lo;
-            hs->stacks[i].hi = b->hi;
-            stack_slot = i + 1;
-            __atomic_fetch_add(&hs->nthreads, 1, __ATOMIC_RELAXED);
-            return;
-        }
-    }
-}
-
-void heap_thread_stop(void)
-{
-    if (!stack_slot || !hs)
-        return;
-    __atomic_store_n(&hs->stacks[stack_slot - 1].tid, 0, __ATOMIC_RELEASE);
-    __atomic_fetch_sub(&hs->nthreads, 1, __ATOMIC_RELAXED);
-    stack_slot = 0;
-}
+/* ---- lifetime ------------------------------------------------------------------- */
 
 static int open_heap_ring(void)
 {
     int reused;
     struct ring r;
-    if (ring_open(&r, heap_dir, ".heap", ring_mb << 20, &reused) != 0)
+    if (ring_open(&r, heap_dir, ".heap", ring_kb << 10, &reused) != 0)
         return -1;
     heap_ring = r;
     hs = (struct heap_shared *)((char *)r.hdr + HEAP_SHARED_OFFSET);
     if (reused) {            /* after exec: the old image's blocks are gone */
         hs->exit_state = EXIT_RUNNING;
-        memset(hs->stacks, 0, sizeof hs->stacks);
-        hs->nthreads = 0;
+        /* every thread of the old image died with the exec: the controller
+         * skips their unfinished claims */
+        __atomic_fetch_add(&hs->execs, 1, __ATOMIC_RELEASE);
+        if (__atomic_load_n(&hs->detached, __ATOMIC_ACQUIRE))
+            return -1;       /* the old image had already let go */
     }
     hs->depth = (uint32_t)depth;
     hs->sample_bytes = sample_bytes;
@@ -295,11 +383,11 @@ static int open_heap_ring(void)
     if (reused) {
         /* Tell the controller where the new image starts: every block of
          * the old one vanished with exec. */
-        struct rec_header *rec = reserve(sizeof *rec);
+        uint64_t pos;
+        struct rec_header *rec = reserve(sizeof *rec, &pos);
         if (rec) {
-            rec->type = REC_EXEC;
-            rec->flags = 0;
-            ring_commit(rec, sizeof *rec);
+            __atomic_store_n(&hs->exec_pos, pos, __ATOMIC_RELEASE);
+            commit(rec, sizeof *rec, REC_EXEC, 0);
         }
     }
     return 0;
@@ -317,11 +405,11 @@ int heap_init(const char *dir)
         depth = MAX_HEAP_DEPTH;
     sample_bytes = sb && *sb ? strtoull(sb, NULL, 10) : 0;
     heap_sampling = sample_bytes;
-    const char *rm = getenv("CTPROF_MEM_RING_MB");
+    const char *rm = getenv("CTPROF_MEM_RING_KB");
     if (rm && *rm) {
         uint64_t v = strtoull(rm, NULL, 10);
-        if (v >= 1 && v <= 1024 && !(v & (v - 1)))
-            ring_mb = v;
+        if (v >= 64 && v <= (1u << 20) && !(v & (v - 1)))
+            ring_kb = v;
     }
     if (strlen(dir) >= sizeof heap_dir)
         return -1;
@@ -345,34 +433,58 @@ void heap_after_fork(void)
 {
     if (!active)
         return;
-    stack_slot = 0;
+    /* Nothing of this child may reach the parent's ring: stop first, then
+     * start again on our own ring. */
+    active = 0;
     if (sset)
         memset(sset, 0, sizeof(struct sset_stripe) * SSET_STRIPES + FILTER_SIZE);
     heap_free_all = 0;
-    if (open_heap_ring() != 0)
-        active = 0;
+    if (open_heap_ring() == 0)
+        active = 1;
+}
+
+/* The static TLS blocks of the calling thread (x86-64: just below its
+ * thread pointer): pointers held in `__thread` variables are roots. */
+static int tls_block(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    uint64_t *range = data;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_TLS || !info->dlpi_tls_data)
+            continue;
+        uint64_t lo = (uint64_t)(uintptr_t)info->dlpi_tls_data, hi = lo + ph->p_memsz;
+        if (!range[0] || lo < range[0])
+            range[0] = lo;
+        if (hi > range[1])
+            range[1] = hi;
+    }
+    return 0;
 }
 
 void heap_at_exit(void)
 {
-    if (!active || !hs)
+    if (!active || !hs || __atomic_load_n(&hs->detached, __ATOMIC_ACQUIRE))
         return;
-    uint64_t sp, fs = 0;
+    uint64_t sp, fs = 0, tls[2] = {0, 0};
     __asm__ volatile("mov %%rsp, %0" : "=r"(sp));
     syscall(SYS_arch_prctl, ARCH_GET_FS, &fs);
+    dl_iterate_phdr(tls_block, tls);
     hs->exit_sp = sp;
     hs->exit_fs = fs;
+    hs->exit_tls_lo = tls[0];
+    hs->exit_tls_hi = tls[1];
     hs->unwind_cache_bytes = cfi_cache_bytes();
     hs->exit_tid = (uint64_t)ctprof_gettid();
     __atomic_store_n(&hs->exit_state, EXIT_WAITING, __ATOMIC_RELEASE);
     /* The controller drains the ring, scans our memory for pointers to
-     * classify what is still allocated, then lets us go.  Never wait for a
-     * controller that stopped answering. */
-    uint64_t start = now_ns();
+     * classify what is still allocated, then lets us go.  It heartbeats
+     * while it works; a dead or silent controller is not waited for, and
+     * nothing is waited for beyond ten minutes. */
+    uint64_t start = now_ns(), pid_checked = start;
     while (__atomic_load_n(&hs->exit_state, __ATOMIC_ACQUIRE) == EXIT_WAITING) {
-        uint64_t t = now_ns(), beat = __atomic_load_n(&hs->heartbeat_ns, __ATOMIC_RELAXED);
-        if ((beat == 0 && t - start > 2000000000ull) || (beat && t - beat > 3000000000ull) ||
-            t - start > 600000000000ull)
+        uint64_t t = now_ns();
+        if (t - start > 600000000000ull || give_up(t, start, t, &pid_checked))
             break;
         struct timespec ts = {0, 500000};
         nanosleep(&ts, NULL);

@@ -91,6 +91,8 @@ static void resolve(void)
  * allocator's, whatever the bookkeeping did to it. */
 static __thread uint32_t call_counter CTPROF_TLS;
 
+void heap_hooks_pause(int on) { in_hook = on; }
+
 static inline int tracking(void) { return !in_hook && heap_active(); }
 
 /* Sampled mode: most allocations are not sampled; decide inline. */
@@ -180,11 +182,11 @@ CTPROF_API void *realloc(void *p, size_t n)
         return real_realloc(p, n);
     int e = errno;
     in_hook = 1;
-    void *rec = heap_realloc_begin(p, n);
+    heap_realloc_begin(p);
     errno = e;
     void *q = real_realloc(p, n);
     e = errno;
-    heap_realloc_end(rec, q, n);
+    heap_realloc_end(p, q, n);
     in_hook = 0;
     errno = e;
     return q;

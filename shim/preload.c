@@ -55,9 +55,6 @@ static void fill_header(struct ring *r)
 static void thread_gone(void *unused)
 {
     (void)unused;
-#ifdef CTPROF_HEAP
-    heap_thread_stop();
-#endif
     sampler_thread_stop();
 }
 
@@ -70,11 +67,14 @@ static void *thread_main(void *p)
 {
     struct trampoline t = *(struct trampoline *)p;
     munmap(p, sizeof t);
-    sampler_thread_start();
 #ifdef CTPROF_HEAP
-    heap_thread_start();
+    heap_hooks_pause(1); /* the shim's own allocations (pthread_getattr_np) are not the program's */
 #endif
+    sampler_thread_start();
     pthread_setspecific(thread_key, (void *)1); /* destructor stops the timer */
+#ifdef CTPROF_HEAP
+    heap_hooks_pause(0);
+#endif
     return t.fn(t.arg);
 }
 
@@ -103,6 +103,9 @@ static void after_fork_child(void)
     ctprof_forget_tid();
     if (!active)
         return;
+#ifdef CTPROF_HEAP
+    heap_after_fork(); /* first: none of the child's events may reach the parent's ring */
+#endif
     int reused;
     struct ring r;
     if (ring_open(&r, session_dir, ".ring", ring_bytes, &reused) != 0) {
@@ -113,12 +116,14 @@ static void after_fork_child(void)
     fill_header(&fork_ring);
     maps_snapshot(&fork_ring, session_dir);
     sampler_after_fork(&fork_ring);
-    sampler_thread_start();
 #ifdef CTPROF_HEAP
-    heap_after_fork();
-    heap_thread_start();
+    heap_hooks_pause(1); /* the shim's own allocations are not the program's */
 #endif
+    sampler_thread_start();
     pthread_setspecific(thread_key, (void *)1);
+#ifdef CTPROF_HEAP
+    heap_hooks_pause(0);
+#endif
 }
 
 /* glibc searches a bare library name along the RUNPATH of the object that
@@ -252,8 +257,7 @@ __attribute__((constructor)) static void ctprof_start(void)
     active = 1;
     sampler_thread_start();
 #ifdef CTPROF_HEAP
-    if (heap_init(session_dir) == 0)
-        heap_thread_start();
+    heap_init(session_dir);
 #endif
     pthread_setspecific(thread_key, (void *)1);
 }

@@ -19,25 +19,37 @@ from ..capture.ring import MappedFile
 
 HEAP_SHARED_OFFSET = 2048
 HEAP_MAGIC = 0x50414548
-HEAP_HEADER = struct.Struct("<IIQIIQQQQQQQQQQ")
-HEAP_FIELDS = ("magic", "depth", "sample_bytes", "exit_state", "nthreads", "exit_sp", "exit_fs", "exit_tid",
-               "heartbeat_ns", "lost", "wait_ns", "hook_calls", "timed_calls", "timed_ns", "sampled_free_overflow")
+HEAP_HEADER = struct.Struct("<IIQII" + "Q" * 17)
+HEAP_FIELDS = ("magic", "depth", "sample_bytes", "exit_state", "detached", "exit_sp", "exit_fs", "exit_tid",
+               "heartbeat_ns", "lost", "wait_ns", "controller_pid", "timed_calls", "timed_ns",
+               "sampled_free_overflow", "unwind_cache_bytes", "detached_ns", "execs", "exec_pos",
+               "exit_tls_lo", "exit_tls_hi", "ring_peak")
 EXIT_STATE_OFFSET = HEAP_SHARED_OFFSET + 16
+DETACHED_OFFSET = HEAP_SHARED_OFFSET + 20
 HEARTBEAT_OFFSET = HEAP_SHARED_OFFSET + 48
-STACKS_OFFSET = HEAP_SHARED_OFFSET + HEAP_HEADER.size
-MAX_THREADS = 60
-UNWIND_CACHE_OFFSET = STACKS_OFFSET + 24 * MAX_THREADS
+CONTROLLER_PID_OFFSET = HEAP_SHARED_OFFSET + 72
 EXIT_WAITING, EXIT_SCANNED = 1, 2
+#: heap_shared.detached (DETACH_* in ctprof.h): why tracking stopped in a process
+DETACH_REASONS = {1: "still running when the run ended (detached)",
+                  2: "ctprof's controller died", 3: "ctprof's controller stopped draining"}
+DETACH_RUN_ENDED = 1
 RING_DATA_SIZE_OFFSET = 16
+#: sizeof(struct pthread) in glibc 2.36 on x86-64, rounded up: the exiting
+#: thread's descriptor (its DTV and pthread_setspecific pointers) is a root
+THREAD_DESCRIPTOR_BYTES = 2304
+#: glibc's HEAP_MAX_SIZE on 64-bit: thread arenas start on this alignment
+ARENA_ALIGN = 64 << 20
+RANGE_ROOT, RANGE_HEAP, RANGE_ARENA_LIKE = 0, 1, 2
 
-NSTAT = 16
+NSTAT = 18
 STAT_NAMES = ("alloc_count", "alloc_bytes", "free_count", "free_bytes", "live_count", "live_bytes",
               "peak_count", "peak_bytes", "definite_count", "definite_bytes", "indirect_count",
-              "indirect_bytes", "reachable_count", "reachable_bytes", "truncated")
+              "indirect_bytes", "reachable_count", "reachable_bytes", "truncated", "possible_count",
+              "possible_bytes")
 NTOTAL = 16
 TOTAL_NAMES = ("live_bytes", "live_count", "peak_bytes", "peak_count", "alloc_count", "alloc_bytes",
                "free_count", "free_bytes", "unmatched_frees", "events", "stacks", "scanned", "snapshots",
-               "max_live_blocks")
+               "max_live_blocks", "skipped_records", "bad_records")
 TIMELINE_MAX_POINTS = 20000
 TIMELINE_STEP_S = 0.005
 RSS_STEP_S = 0.05
@@ -48,10 +60,10 @@ def bind(shim: str):
     """ctypes bindings of the consumer functions in the compiled shim."""
     lib = ctypes.CDLL(shim)
     vp, u64p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)
-    lib.ctprof_heap_new.argtypes = [ctypes.c_double]
+    lib.ctprof_heap_new.argtypes = [ctypes.c_double, ctypes.c_int]
     lib.ctprof_heap_new.restype = vp
     lib.ctprof_heap_delete.argtypes = [vp]
-    lib.ctprof_heap_consume.argtypes = [vp, vp, vp, ctypes.c_size_t]
+    lib.ctprof_heap_consume.argtypes = [vp, vp]
     lib.ctprof_heap_consume.restype = ctypes.c_size_t
     lib.ctprof_heap_totals.argtypes = [vp, ctypes.POINTER(ctypes.c_double)]
     lib.ctprof_heap_nstacks.argtypes = [vp]
@@ -98,25 +110,33 @@ class HeapRing(MappedFile):
         return struct.unpack_from("<I", self.map, HEAP_SHARED_OFFSET)[0] == HEAP_MAGIC
 
     def header(self) -> Dict[str, int]:
-        h = dict(zip(HEAP_FIELDS, HEAP_HEADER.unpack_from(self.map, HEAP_SHARED_OFFSET)))
-        h["unwind_cache_bytes"] = struct.unpack_from("<Q", self.map, UNWIND_CACHE_OFFSET)[0]
-        return h
+        return dict(zip(HEAP_FIELDS, HEAP_HEADER.unpack_from(self.map, HEAP_SHARED_OFFSET)))
 
     def ensure_consumer(self) -> bool:
         if self.consumer is None and self.ready():
-            self.consumer = self.lib.ctprof_heap_new(float(self.header()["sample_bytes"]))
+            self.consumer = self.lib.ctprof_heap_new(float(self.header()["sample_bytes"]), self.pid)
+            # the shim checks this pid when its ring is full: a dead
+            # controller is never waited for
+            struct.pack_into("<Q", self.map, CONTROLLER_PID_OFFSET, os.getpid())
         return self.consumer is not None
 
     def heartbeat(self) -> None:
         struct.pack_into("<Q", self.map, HEARTBEAT_OFFSET, time.monotonic_ns())
 
-    def consume(self, buf_address: int, cap: int) -> int:
+    def consume(self) -> int:
         if not self.ensure_consumer():
             return 0
         self.heartbeat()
-        n = self.lib.ctprof_heap_consume(self.consumer, self.address, buf_address, cap)
+        n = self.lib.ctprof_heap_consume(self.consumer, self.address)
         self._observe(time.monotonic() - self.start)
         return n
+
+    def detach(self) -> None:
+        """The run is over but this process is not: it stops tracking at its
+        next hook and runs at full speed from then on (nothing drains its
+        ring any more)."""
+        if struct.unpack_from("<I", self.map, DETACHED_OFFSET)[0] == 0:
+            struct.pack_into("<I", self.map, DETACHED_OFFSET, DETACH_RUN_ENDED)
 
     def _observe(self, now: float, final: bool = False) -> None:
         """Note a new peak's time on every drain; add a timeline point and
@@ -142,11 +162,10 @@ class HeapRing(MappedFile):
 
     def scan(self) -> None:
         """Classify live blocks while the process waits in its exit hook."""
-        h = self.header()
-        ranges = root_ranges(self.pid, h, self.thread_stacks(), os.path.dirname(self.path))
-        arr = (ctypes.c_uint64 * (2 * len(ranges) + 1))()
-        for i, (lo, hi) in enumerate(ranges):
-            arr[2 * i], arr[2 * i + 1] = lo, hi
+        ranges = root_ranges(self.pid, self.header(), os.path.dirname(self.path))
+        arr = (ctypes.c_uint64 * (3 * len(ranges) + 1))()
+        for i, triple in enumerate(ranges):
+            arr[3 * i:3 * i + 3] = list(triple)
         beat = ctypes.c_uint64.from_buffer(self.map, HEARTBEAT_OFFSET)
         rc = self.lib.ctprof_heap_scan(self.consumer, self.pid, arr, len(ranges), ctypes.pointer(beat))
         del beat
@@ -154,14 +173,6 @@ class HeapRing(MappedFile):
         if rc != 0:
             self.info.scan_error = "could not read the program's memory for the leak scan"
         struct.pack_into("<I", self.map, EXIT_STATE_OFFSET, EXIT_SCANNED)
-
-    def thread_stacks(self) -> List[Tuple[int, int, int]]:
-        out = []
-        for i in range(MAX_THREADS):
-            tid, lo, hi = struct.unpack_from("<QQQ", self.map, STACKS_OFFSET + 24 * i)
-            if tid and hi > lo:
-                out.append((tid, lo, hi))
-        return out
 
     def snapshot(self) -> HeapProcess:
         """A copy of what is known now (for a snapshot while the program
@@ -177,8 +188,11 @@ class HeapRing(MappedFile):
     def finish(self) -> HeapProcess:
         info = self.info
         info.header = self.header()
-        data_size, write_pos = struct.unpack_from("<QQ", self.map, RING_DATA_SIZE_OFFSET)
-        info.ring_bytes_used = min(data_size, write_pos) + 4096
+        # resident ring: the header page plus the most ever in flight, in
+        # whole pages, plus the page the reader holds back (collect.c)
+        data_size = struct.unpack_from("<Q", self.map, RING_DATA_SIZE_OFFSET)[0]
+        in_flight = min(data_size, info.header.get("ring_peak", 0))
+        info.ring_bytes_used = 4096 + (in_flight + 4095) // 4096 * 4096 + 4096
         if self.consumer is None:
             return info
         self._observe(time.monotonic() - self.start, final=True)
@@ -213,61 +227,68 @@ def read_peak_rss(pid: int) -> int:
     return 0
 
 
-def root_ranges(pid: int, h: Dict[str, int], stacks: List[Tuple[int, int, int]], session_dir: str) -> List[Tuple[int, int]]:
-    """Where pointers that keep blocks alive can live: every module's data
-    and bss, the thread stacks (the exiting thread's from its stack pointer
-    up: the dead frames below it are not roots), and the mapping holding
-    the exiting thread's TLS."""
-    ranges: List[Tuple[int, int]] = []
-    exit_sp, exit_fs = h.get("exit_sp", 0), h.get("exit_fs", 0)
+def root_ranges(pid: int, h: Dict[str, int], session_dir: str) -> List[Tuple[int, int, int]]:
+    """(lo, hi, kind) ranges for the leak scan (kinds: collect.c).
+
+    Roots are all the writable memory of the process, as valgrind scans it:
+    data and bss of every module (ld.so's too: glibc's list of cached thread
+    stacks), every thread stack whole, however many threads, cached stacks
+    and the static TLS and descriptor they hold, the program's own mmaps --
+    except the allocator's heap ([heap] and the thread arenas, whose free
+    chunks hold stale pointers) and ctprof's own files.  The exiting
+    thread's stack counts from its stack pointer up (the dead frames below
+    are not roots); its static TLS blocks and thread descriptor are added
+    explicitly, wherever the loader put them."""
+    exit_sp = h.get("exit_sp", 0)
     try:
         with open(f"/proc/{pid}/maps") as f:
             lines = f.read().splitlines()
     except OSError:
-        return ranges
-    prev_file, prev_end = "", 0
+        return []
+    ranges: List[Tuple[int, int, int]] = []
     for line in lines:
         parts = line.split(None, 5)
-        if len(parts) < 5:
+        if len(parts) < 5 or not parts[1].startswith("rw"):
             continue
         lo, hi = (int(x, 16) for x in parts[0].split("-"))
-        perms = parts[1]
         path = parts[5].strip() if len(parts) > 5 else ""
-        if path == "[stack]":
-            start = exit_sp if lo <= exit_sp < hi else lo
-            ranges.append((start, hi))
-        elif lo <= exit_fs < hi and not path.startswith("["):
-            ranges.append((lo, hi))
-        elif perms.startswith("rw"):
-            is_file = path.startswith("/") and not path.startswith(("/dev/", session_dir)) and "(deleted)" not in path
-            bss = not path and prev_file and prev_end == lo
-            if is_file or bss:
-                ranges.append((lo, hi))
-        prev_file = path if path.startswith("/") else ""
-        prev_end = hi
-    for tid, lo, hi in stacks:
-        if tid == h.get("exit_tid") and lo <= exit_sp < hi:
-            lo = exit_sp
-        ranges.append((lo, hi))
+        if path.startswith(("/dev/", session_dir + "/")):
+            continue
+        if path == "[heap]":
+            ranges.append((lo, hi, RANGE_HEAP))
+        elif not path and lo % ARENA_ALIGN == 0:
+            ranges.append((lo, hi, RANGE_ARENA_LIKE))
+        else:
+            ranges.append((exit_sp if lo <= exit_sp < hi else lo, hi, RANGE_ROOT))
+    if h.get("exit_tls_hi", 0) > h.get("exit_tls_lo", 0):
+        ranges.append((h["exit_tls_lo"], h["exit_tls_hi"], RANGE_ROOT))
+    if h.get("exit_fs"):
+        ranges.append((h["exit_fs"], h["exit_fs"] + THREAD_DESCRIPTOR_BYTES, RANGE_ROOT))
     return ranges
 
 
 class HeapCollector:
     """Finds .heap rings in the session directory and drains them in a
-    background thread until :meth:`stop`."""
+    background thread until :meth:`stop`.  A leak scan runs in a thread of
+    its own, so the other processes' rings keep draining meanwhile (their
+    writers never take a long scan for a stalled controller).
+
+    What happens to processes that outlive the run (``sh -c 'worker &'``, a
+    daemon): at :meth:`stop` each is detached -- its hooks see the flag at
+    their next call and only forward from then on, at full speed; what it
+    did until then is in the profile as still allocated, not as leaks."""
 
     def __init__(self, session_dir: str, shim: str, start: float) -> None:
         self.session_dir = session_dir
         self.lib = bind(shim)
         self.start = start
         self.rings: Dict[str, HeapRing] = {}
-        self.buffer = bytearray(4 << 20)
-        self.buffer_address = ctypes.addressof(ctypes.c_char.from_buffer(self.buffer))
         self._stop = threading.Event()
         self._snapshot_wanted = threading.Event()
         self._snapshot_ready = threading.Event()
         self._snapshot: Dict[int, HeapProcess] = {}
         self._thread = threading.Thread(target=self._loop, name="ctprof-heap", daemon=True)
+        self._scans: Dict[str, threading.Thread] = {}
         self._last_discover = -1.0
 
     def start_thread(self) -> None:
@@ -289,18 +310,33 @@ class HeapCollector:
                 except (OSError, ValueError):
                     continue
 
+    def _scan(self, ring: HeapRing) -> None:
+        try:
+            ring.scan()
+        except Exception as err:  # the target must never be left waiting
+            ring.info.scan_error = f"the leak scan failed: {err}"
+            struct.pack_into("<I", ring.map, EXIT_STATE_OFFSET, EXIT_SCANNED)
+
     def poll_once(self, final: bool = False) -> int:
         self._discover(force=final)
         moved = 0
-        for ring in list(self.rings.values()):
-            moved += ring.consume(self.buffer_address, len(self.buffer))
+        for name, ring in list(self.rings.items()):
+            scanning = self._scans.get(name)
+            if scanning is not None:
+                if scanning.is_alive() and not final:
+                    ring.heartbeat()
+                    continue
+                scanning.join()
+                del self._scans[name]
+            moved += ring.consume()
             if ring.consumer is not None and ring.exit_waiting():
-                ring.consume(self.buffer_address, len(self.buffer))
-                try:
-                    ring.scan()
-                except Exception as err:  # the target must never be left waiting
-                    ring.info.scan_error = f"the leak scan failed: {err}"
-                    struct.pack_into("<I", ring.map, EXIT_STATE_OFFSET, EXIT_SCANNED)
+                ring.consume()
+                if final:
+                    self._scan(ring)
+                else:
+                    self._scans[name] = threading.Thread(target=self._scan, args=(ring,), name="ctprof-leak-scan",
+                                                         daemon=True)
+                    self._scans[name].start()
         return moved
 
     def _loop(self) -> None:
@@ -308,7 +344,8 @@ class HeapCollector:
             if self._snapshot_wanted.is_set():
                 self._snapshot_wanted.clear()
                 self.poll_once()
-                self._snapshot = {r.pid: r.snapshot() for r in self.rings.values() if r.consumer is not None}
+                self._snapshot = {r.pid: r.snapshot() for n, r in self.rings.items()
+                                  if r.consumer is not None and n not in self._scans}
                 self._snapshot_ready.set()
             if not self.poll_once():
                 time.sleep(0.001)
@@ -328,7 +365,21 @@ class HeapCollector:
         self.poll_once(final=True)
         out: Dict[int, HeapProcess] = {}
         for ring in self.rings.values():  # one .heap file per pid
-            if ring.consumer is not None:
-                out[ring.pid] = ring.finish()
+            info = ring.finish() if ring.consumer is not None else None
+            if process_running(ring.pid):
+                ring.detach()
+                if info is not None:
+                    info.header["detached"] = info.header.get("detached") or DETACH_RUN_ENDED
+            if info is not None:
+                out[ring.pid] = info
             ring.close()
         return out
+
+
+def process_running(pid: int) -> bool:
+    """Is ``pid`` alive (not a zombie)?"""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False

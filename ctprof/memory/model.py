@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Dict
 
 from ..session import RawStack, Session
-from .collect import HeapProcess
+from .collect import DETACH_REASONS, HeapProcess
 
 #: The metrics of a memory profile (DESIGN.md), with their units.
 MEMORY_METRICS = {
@@ -14,6 +14,7 @@ MEMORY_METRICS = {
     "leaked_bytes": "bytes",
     "reachable_bytes": "bytes",
     "peak_bytes": "bytes",
+    "possibly_lost_bytes": "bytes",
 }
 #: Extra columns kept for the reports.
 DETAIL_METRICS = {
@@ -26,6 +27,7 @@ DETAIL_METRICS = {
     "peak_count": "blocks",
     "live_bytes": "bytes",
     "live_count": "blocks",
+    "possibly_lost_count": "blocks",
 }
 
 
@@ -38,8 +40,9 @@ def stack_values(stats: Dict[str, float], scanned: bool) -> Dict[str, int]:
         definite, indirect = r("definite_bytes"), r("indirect_bytes")
         leaked, leaked_n = definite + indirect, r("definite_count") + r("indirect_count")
         reachable, reachable_n = r("reachable_bytes"), r("reachable_count")
+        possible, possible_n = r("possible_bytes"), r("possible_count")
     else:
-        definite = indirect = 0
+        definite = indirect = possible = possible_n = 0
         leaked, leaked_n = r("live_bytes"), r("live_count")
         reachable = reachable_n = 0
     return {
@@ -49,6 +52,7 @@ def stack_values(stats: Dict[str, float], scanned: bool) -> Dict[str, int]:
         "indirect_bytes": indirect, "indirect_count": r("indirect_count") if scanned else 0,
         "reachable_count": reachable_n, "peak_count": r("peak_count"),
         "live_bytes": r("live_bytes"), "live_count": r("live_count"),
+        "possibly_lost_bytes": possible, "possibly_lost_count": possible_n,
     }
 
 
@@ -72,7 +76,7 @@ def add_heap_to_session(session: Session, heap: Dict[int, HeapProcess]) -> None:
             "totals": {k: round(v, 1) for k, v in info.totals.items()},
             "scanned": info.scanned,
             "scan_error": info.scan_error,
-            "timeline": info.timeline,
+            "timeline": [[t, v] for t, v in info.timeline],
             "peak_time": info.peak_time,
             "peak_rss": info.peak_rss,
             "ring_bytes": info.ring_bytes_used,
@@ -82,4 +86,16 @@ def add_heap_to_session(session: Session, heap: Dict[int, HeapProcess]) -> None:
             "hook_ns_per_call": (h.get("timed_ns", 0) / timed) if timed else 0.0,
             "sample_bytes": h.get("sample_bytes", 0),
             "depth": h.get("depth", 0),
+            "detached": DETACH_REASONS.get(h.get("detached", 0), ""),
+            "skipped_records": int(info.totals.get("skipped_records", 0)),
+            "bad_records": int(info.totals.get("bad_records", 0)),
         }
+        detached = h.get("detached", 0)
+        if detached and not info.scanned and detached in DETACH_REASONS:
+            # a process that outlived the run is detached at its end: what it
+            # still held is "live at the end", not a leak
+            session.notes.append(f"pid {pid}: heap tracking stopped: {DETACH_REASONS[detached]}; "
+                                 f"its blocks still allocated then are shown as live, not as leaks")
+        if info.totals.get("skipped_records"):
+            session.notes.append(f"pid {pid}: {int(info.totals['skipped_records'])} heap records skipped: "
+                                 f"their writer died or left the hook before finishing them")
