@@ -4,7 +4,8 @@ Every function here is ``profile = f(profile, option)``: it returns a new
 profile and never changes its argument.  Frames keep their table (new root
 frames are appended); stacks, values, pids/tids and metadata are copied.
 :func:`apply` runs the ones selected by a :class:`ProcessOptions`, in the
-order drop, collapse, max-depth, invert, group (so group roots stay roots).
+order source lines, drop, collapse, max-depth, invert, group (so group roots
+stay roots).
 """
 from __future__ import annotations
 
@@ -29,9 +30,13 @@ class ProcessOptions:
     that stack).  ``max_depth``: keep at most this many frames from the root;
     deeper time is charged to the last frame kept.  ``invert``: reverse every
     stack (leaf first), for icicle graphs and callee-focused views.
+    ``lines``: ``"file"`` or ``"line"``: frames named with their source
+    position (:func:`source_positions`), one frame per function or one per
+    line; applied first, so ``--drop``/``--collapse`` patterns can name files.
     """
 
     group_by: Optional[str] = None
+    lines: Optional[str] = None
     drop: Optional[str] = None
     collapse: Optional[str] = None
     max_depth: Optional[int] = None
@@ -171,9 +176,42 @@ def prune(profile: Profile, min_share: float, metric: Optional[str] = None) -> P
     return _copy(profile, stacks)
 
 
+def source_positions(profile: Profile, by_line: bool = False) -> Profile:
+    """Show where each native frame is in the source (what ``--lines``
+    asks for): ``name (file.c)``, or with ``by_line`` ``name (file.c:LINE)``.
+
+    Resolved with lines, one function owns a frame per source line it was
+    seen at; drawn as they are, ``main`` would be several sibling boxes
+    with the same label.  Here the frames of one function in one file merge
+    into one (file kept, line dropped) unless ``by_line`` asks to keep each
+    line apart.  Frames without a file (no DWARF) and Python frames (whose
+    names already carry ``file.py:LINE``) are left as they are.  Stacks
+    that become identical are not summed here: every renderer merges them.
+    """
+    import os
+    frames: List[Frame] = []
+    index: Dict[Frame, int] = {}
+    remap: List[int] = []
+    for f in profile.frames:
+        if f.file and f.category != "python":
+            where = os.path.basename(f.file) + (f":{f.line}" if by_line and f.line else "")
+            if f.inlined:   # an inlined copy is not a call: say so, apart from the real calls
+                where += ", inlined"
+            f = Frame(f"{f.name} ({where})", f.module, f.category, f.file, f.line if by_line else None, f.inlined)
+        i = index.get(f)
+        if i is None:
+            i = index[f] = len(frames)
+            frames.append(f)
+        remap.append(i)
+    stacks = [tuple(remap[i] for i in s) for s in profile.stacks]
+    return _copy(profile, stacks, frames=frames, source_positions="line" if by_line else "file")
+
+
 def apply(profile: Profile, options: ProcessOptions) -> Profile:
-    """Run the transforms ``options`` selects (drop, collapse, max-depth,
-    invert, group, in that order)."""
+    """Run the transforms ``options`` selects (source lines, drop, collapse,
+    max-depth, invert, group, in that order)."""
+    if options.lines:
+        profile = source_positions(profile, by_line=options.lines == "line")
     if options.drop:
         profile = drop_frames(profile, options.drop)
     if options.collapse:

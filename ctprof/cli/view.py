@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from ..errors import UsageError
+from ..errors import UsageError, printable
 from ..processors import ProcessOptions, apply
 from . import Command, register
 
@@ -24,14 +24,44 @@ def _add_processors(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--collapse", metavar="REGEX",
                    help="fold everything a matching frame calls into it (e.g. '^std::')")
     g.add_argument("--max-depth", type=int, metavar="N", help="keep at most N frames from the root")
+    g.add_argument("--lines", action="store_true",
+                   help="name frames with their source file, 'f (x.c)' (from DWARF; a profile saved without "
+                        "lines is re-resolved from its raw addresses)")
+    g.add_argument("--by-line", action="store_true",
+                   help="with --lines: one frame per source line, 'f (x.c:12)', instead of one per function")
 
 
-def _processed(args: argparse.Namespace, path: str, invert: bool = False):
+def _lines_mode(args: argparse.Namespace):
+    """ProcessOptions.lines for --lines / --by-line."""
+    if getattr(args, "by_line", False):
+        return "line"
+    return "file" if getattr(args, "lines", False) else None
+
+
+def _load(args: argparse.Namespace, path: str):
+    """The profile at ``path``; with --lines, one saved without source lines
+    is resolved again from the raw addresses and maps it keeps."""
     from ..render import load_any
-    profile = load_any(path)
+    if not _lines_mode(args) or path == "-" or not os.path.isfile(path):
+        return load_any(path)
+    from .. import session as saved
+    if not saved.is_profile_file(path):
+        return load_any(path)
+    profile, session = saved.load(path)
+    if (session is None or not session.stacks or any(f.file for f in profile.frames)
+            or any(f.category == "python" for f in profile.frames)):   # Python frames exist only resolved
+        return profile
+    from ..build import build_profile
+    return build_profile(session, lines=True)
+
+
+def _processed(args: argparse.Namespace, path: str, invert: bool = False, positions: bool = True):
+    """The profile at ``path`` through the transforms the options ask for
+    (``positions=False``: frames keep their plain names and file/line)."""
+    profile = _load(args, path)
     options = ProcessOptions(group_by=getattr(args, "group_by", None), drop=getattr(args, "drop", None),
                              collapse=getattr(args, "collapse", None), max_depth=getattr(args, "max_depth", None),
-                             invert=invert)
+                             invert=invert, lines=_lines_mode(args) if positions else None)
     return apply(profile, options)
 
 
@@ -145,17 +175,33 @@ class ReportCommand(Command):
         parser.add_argument("profile", metavar="PROFILE|FOLDED")
         _add_metric(parser)
         parser.add_argument("--top", type=int, default=10, metavar="N", help="rows per table (default 10)")
+        parser.add_argument("--callers", metavar="REGEX",
+                            help="who calls the functions matching REGEX, with shares (as pprof -peek)")
+        parser.add_argument("--callees", metavar="REGEX",
+                            help="what the functions matching REGEX call, with shares")
         _add_processors(parser)
 
     def run(self, args):
+        from ..processors import source_positions
         from ..render import top_text
+        from ..render.top import neighbours_text
         if args.top < 1:
             raise UsageError(f"--top {args.top}: must be at least 1")
-        profile = _processed(args, args.profile)
+        # The leak and site tables name file:line themselves, from the frames'
+        # own positions; the function tables get the --lines names.
+        profile = _processed(args, args.profile, positions=False)
+        view = source_positions(profile, _lines_mode(args) == "line") if _lines_mode(args) else profile
+        if args.callers or args.callees:
+            for pattern, callers in ((args.callers, True), (args.callees, False)):
+                if pattern:
+                    sys.stdout.write(printable(neighbours_text(view, pattern, callers, args.metric, args.top),
+                                               keep_newlines=True))
+            sys.stdout.flush()
+            return 0
         if profile.metadata.get("memory"):
             from ..memory.report import memory_report
-            sys.stdout.write(memory_report(profile, args.top) + "\n")
-        sys.stdout.write(top_text(profile, args.metric, args.top))
+            sys.stdout.write(printable(memory_report(profile, args.top), keep_newlines=True) + "\n")
+        sys.stdout.write(top_text(view, args.metric, args.top))
         sys.stdout.flush()
         return 0
 

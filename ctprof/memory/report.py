@@ -3,19 +3,36 @@ sites holding memory at the peak, the leaks (classified like valgrind's
 memcheck), and what the tracking cost."""
 from __future__ import annotations
 
+import os
 from typing import Dict, List, Optional, Tuple
 
-from ..profile import Profile
+from ..profile import Frame, Profile
 from ..render.top import human
 
 SITE_FRAMES = 4
 
 
+def frame_label(frame: Frame) -> str:
+    """A frame as a site names it: ``leak_big (leaks.c:33)`` when the
+    profile was resolved with source lines (as valgrind and heaptrack print
+    them), else the function name."""
+    if frame.file and frame.line and frame.category != "python":
+        return f"{frame.name} ({os.path.basename(frame.file)}:{frame.line})"
+    return frame.name
+
+
 def site_label(profile: Profile, stack: Tuple[int, ...]) -> str:
     """The allocating call chain, innermost first: ``f <- caller <- ...``."""
-    names = [profile.frames[i].name for i in reversed(stack) if profile.frames[i].name != "[truncated]"]
+    names = [frame_label(profile.frames[i]) for i in reversed(stack) if profile.frames[i].name != "[truncated]"]
     label = " <- ".join(names[:SITE_FRAMES])
     return label + (" <- ..." if len(names) > SITE_FRAMES else "")
+
+
+def sized(value: int) -> str:
+    """Exact bytes, and the rounded figure beside them when it differs:
+    ``15,000 bytes (14.6 KiB)``, ``100 bytes``."""
+    text = f"{value:,} byte{'s' if value != 1 else ''}"
+    return text if abs(value) < 1024 else f"{text} ({human(value, 'bytes')})"
 
 
 def sites(profile: Profile, metric: str, count_metric: Optional[str] = None) -> List[Tuple[str, int, int]]:
@@ -42,10 +59,30 @@ def _site_table(profile: Profile, title: str, metric: str, count_metric: str, co
     if not rows:
         return []
     whole = profile.total(metric)
-    lines = ["", title, f"{'bytes':>12} {'share':>6} {count_word:>10}  site (innermost first)"]
-    for label, value, count in rows:
-        lines.append(f"{human(value, 'bytes'):>12} {_pct(value, whole)} {count:>10,}  {label}")
+    cells = [(f"{value:,}", human(value, "bytes") if abs(value) >= 1024 else "", _pct(value, whole), f"{count:,}", label)
+             for label, value, count in rows]
+    head = ("bytes", "", "share", count_word)
+    widths = [max([len(head[i])] + [len(c[i]) for c in cells]) for i in range(4)]
+    lines = ["", title, "  ".join(h.rjust(w) for h, w in zip(head, widths)) + "  site (innermost first)"]
+    for c in cells:
+        lines.append("  ".join(v.rjust(w) for v, w in zip(c[:4], widths)) + "  " + c[4])
     return lines
+
+
+def _leak_lines(profile: Profile, kinds, top: int) -> List[str]:
+    """One line per leaking site and kind, like valgrind's loss records:
+    ``15,000 bytes (14.6 KiB) in 3 blocks definitely lost at: f (x.c:9) <- main``."""
+    rows = []
+    for title, metric, count in kinds:
+        for label, value, n in sites(profile, metric, count)[:top]:
+            rounded = f"({human(value, 'bytes')})" if abs(value) >= 1024 else ""
+            rows.append((f"{value:,}", rounded, f"{n:,}", "block " if n == 1 else "blocks", title, label))
+    widths = [max((len(r[i]) for r in rows), default=0) for i in range(3)]
+    out = []
+    for exact, rounded, n, blocks, title, label in rows:
+        size = f"{exact.rjust(widths[0])} bytes" + (f" {rounded.ljust(widths[1])}" if widths[1] else "")
+        out.append(f"{size} in {n.rjust(widths[2])} {blocks} {title} at: {label}")
+    return out
 
 
 def _pct(part: float, whole: float) -> str:
@@ -62,15 +99,15 @@ def memory_report(profile: Profile, top: int = 10) -> str:
     total = lambda key: sum(p.get("totals", {}).get(key, 0) for p in per_pid.values())
     sampled = md.get("mem_sample") or 0
     estimate = f" (estimated from samples about every {human(int(sampled), 'bytes')})" if sampled else ""
-    out.append(f"Heap{estimate}: {int(total('alloc_count')):,} allocations, {human(int(total('alloc_bytes')), 'bytes')} "
+    out.append(f"Heap{estimate}: {int(total('alloc_count')):,} allocations, {sized(int(total('alloc_bytes')))} "
                 f"allocated, {int(total('free_count')):,} frees; "
-                f"peak {human(int(total('peak_bytes')), 'bytes')} live in {int(total('peak_count')):,} blocks"
+                f"peak {sized(int(total('peak_bytes')))} live in {int(total('peak_count')):,} blocks"
                 + (f" at {per_pid[next(iter(per_pid))].get('peak_time', 0):.3f} s" if len(per_pid) == 1 else "")
-                + f"; {human(int(total('live_bytes')), 'bytes')} in {int(total('live_count')):,} blocks still allocated at the end")
+                + f"; {sized(int(total('live_bytes')))} in {int(total('live_count')):,} blocks still allocated at the end")
 
     out.extend(_site_table(profile, "Top allocation sites by bytes allocated:", "alloc_bytes", "alloc_count",
                            "allocs", top))
-    out.extend(_site_table(profile, f"Sites holding memory at the peak ({human(int(total('peak_bytes')), 'bytes')} live):",
+    out.extend(_site_table(profile, f"Sites holding memory at the peak ({sized(int(total('peak_bytes')))} live):",
                            "peak_bytes", "peak_count", "blocks", top))
 
     scanned = all(p.get("scanned") for p in per_pid.values())
@@ -82,19 +119,19 @@ def memory_report(profile: Profile, top: int = 10) -> str:
         d, dn = profile.total("definite_bytes"), profile.total("definite_count")
         i, inn = profile.total("indirect_bytes"), profile.total("indirect_count")
         r, rn = profile.total("reachable_bytes"), profile.total("reachable_count")
-        out.append(f"Leaks at exit: definitely lost {human(d, 'bytes')} in {dn:,} blocks, "
-                   f"indirectly lost {human(i, 'bytes')} in {inn:,} blocks, "
-                   f"still reachable {human(r, 'bytes')} in {rn:,} blocks")
-        for title, metric, count in (("definitely lost", "definite_bytes", "definite_count"),
-                                     ("indirectly lost", "indirect_bytes", "indirect_count")):
-            for label, value, n in sites(profile, metric, count)[:top]:
-                out.append(f"{human(value, 'bytes'):>12} in {n:,} block{'s' if n != 1 else ''} {title} at: {label}")
+        out.append(f"Leaks at exit: definitely lost {sized(d)} in {dn:,} blocks, "
+                   f"indirectly lost {sized(i)} in {inn:,} blocks, "
+                   f"still reachable {sized(r)} in {rn:,} blocks")
+        # Every kind listed by site, as valgrind's --show-leak-kinds=all does:
+        # a still-reachable site is not a leak, but it is where memory went.
+        out.extend(_leak_lines(profile, (("definitely lost", "definite_bytes", "definite_count"),
+                                         ("indirectly lost", "indirect_bytes", "indirect_count"),
+                                         ("still reachable", "reachable_bytes", "reachable_count")), top))
     else:
         live = profile.total("leaked_bytes") if "leaked_bytes" in profile.values else 0
         out.append(f"Still allocated when the program ended without an exit scan (crash, signal or _exit): "
-                   f"{human(live, 'bytes')} live at death")
-        for label, value, n in sites(profile, "leaked_bytes", "leaked_count")[:top]:
-            out.append(f"{human(value, 'bytes'):>12} in {n:,} block{'s' if n != 1 else ''} live at death at: {label}")
+                   f"{sized(live)} live at death")
+        out.extend(_leak_lines(profile, (("live at death", "leaked_bytes", "leaked_count"),), top))
 
     out.append("")
     out.extend(overhead_lines(per_pid))

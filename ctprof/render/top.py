@@ -1,4 +1,5 @@
-"""Top-N text: the hottest functions by self and by total (inclusive) value.
+"""Top-N text: the hottest functions by self and by total (inclusive) value,
+and the callers or callees of chosen functions.
 
 Functions are keyed by (name, module).  Self value is what a function had
 as the leaf of a stack; total value counts each stack once per function on
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
+from ..errors import printable
 from ..profile import Profile
 
 #: Longest function name printed before truncating with "..".
@@ -25,6 +27,21 @@ def human(value: int, unit: str) -> str:
                 return f"{int(size)} B" if suffix == "B" else f"{size:.1f} {suffix}"
             size /= 1024
     return f"{value:,}"
+
+
+def amount(value: int, unit: str) -> str:
+    """``value`` with its unit word: ``8,192 bytes = 8.0 KiB`` (exact, then
+    rounded when that differs), ``1,033 allocations``, ``10 samples``."""
+    if unit == "bytes":
+        return f"{value:,} bytes" + (f" = {human(value, unit)}" if abs(value) >= 1024 else "")
+    return f"{value:,} {unit}"
+
+
+def _in_all(grand: int, unit: str, metric: str) -> str:
+    """The grand-total phrase of a table heading."""
+    if metric in (unit, "samples"):
+        return f"{human(grand, unit)} {unit} in all"
+    return f"{metric}: {amount(grand, unit)} in all"
 
 
 def function_totals(profile: Profile, metric: Optional[str] = None) -> Tuple[Dict[Tuple[str, str], int], Dict[Tuple[str, str], int], int]:
@@ -52,7 +69,7 @@ def function_totals(profile: Profile, metric: Optional[str] = None) -> Tuple[Dic
 
 
 def _label(key: Tuple[str, str]) -> str:
-    name, module = key
+    name, module = printable(key[0]), printable(key[1])
     if len(name) > NAME_WIDTH:
         name = name[:NAME_WIDTH - 2] + ".."
     return f"{name}  [{module}]" if module else name
@@ -85,11 +102,10 @@ def top_text(profile: Profile, metric: Optional[str] = None, n: int = 10) -> str
     self_v, total_v, grand = function_totals(profile, metric)
     if grand <= 0:
         return f"No {unit} recorded ({metric}).\n"
-    what = unit if metric in (unit, "samples") else f"{unit}, {metric}"
     lines = []
     for by in ("self", "total"):
         rows = _ranked(self_v, total_v, n, by)
-        lines.append(f"Top {len(rows)} functions by {by} ({human(grand, unit)} {what} in all):")
+        lines.append(f"Top {len(rows)} functions by {by} ({_in_all(grand, unit, metric)}):")
         cells = [(human(s, unit), f"{100.0 * s / grand:.2f}%", human(t, unit), f"{100.0 * t / grand:.2f}%", label)
                  for label, s, t in rows]
         head = ("self", "self%", "total", "total%", "function")
@@ -97,5 +113,95 @@ def top_text(profile: Profile, metric: Optional[str] = None, n: int = 10) -> str
         lines.append("  ".join(h.rjust(w) for h, w in zip(head[:4], widths)) + "  " + head[4])
         for c in cells:
             lines.append("  ".join(v.rjust(w) for v, w in zip(c[:4], widths)) + "  " + c[4])
+        lines.append("")
+    return "\n".join(lines)
+
+
+#: Neighbour rows for a stack's outermost frame (no caller) and for time a
+#: function spent in itself (no callee).
+NO_CALLER = ("(root: no caller)", "")
+SELF = ("(self)", "")
+
+
+def neighbours(profile: Profile, pattern: str, callers: bool, metric: Optional[str] = None):
+    """For each function whose name matches ``pattern`` (a regex, searched):
+    its total (each stack counted once), its self value, and the value of
+    each caller (``callers=True``) or callee on the stacks through it.
+
+    Returns ``{function: (total, self, {neighbour: value})}``, keys
+    (name, module).  A neighbour counts once per stack even when the function
+    appears several times (recursion), as totals do; callees include
+    :data:`SELF` for the function's own time, callers :data:`NO_CALLER` when
+    it is the root of a stack.
+    """
+    import re
+    from ..errors import UsageError
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise UsageError(f"{'--callers' if callers else '--callees'} {pattern!r}: "
+                         f"invalid regular expression ({err})") from None
+    column = profile.column(metric)
+    keys = [(f.name, f.module) for f in profile.frames]
+    hit = [bool(regex.search(f.name)) for f in profile.frames]
+    out: Dict[Tuple[str, str], list] = {}
+    for stack, value in zip(profile.stacks, column):
+        if not value or not any(hit[i] for i in stack):
+            continue
+        seen = set()
+        last = len(stack) - 1
+        for d, i in enumerate(stack):
+            if not hit[i]:
+                continue
+            key = keys[i]
+            row = out.get(key)
+            if row is None:
+                row = out[key] = [0, 0, {}]
+            if key not in seen:
+                seen.add(key)
+                row[0] += value
+                if keys[stack[last]] == key:
+                    row[1] += value
+            if callers:
+                other = keys[stack[d - 1]] if d > 0 else NO_CALLER
+            else:
+                other = keys[stack[d + 1]] if d < last else SELF
+            if (key, other) not in seen:
+                seen.add((key, other))
+                row[2][other] = row[2].get(other, 0) + value
+    return {k: (v[0], v[1], v[2]) for k, v in out.items()}
+
+
+def neighbours_text(profile: Profile, pattern: str, callers: bool, metric: Optional[str] = None,
+                    n: int = 10) -> str:
+    """Who calls (``callers=True``) or what is called by the functions
+    matching ``pattern``, as pprof's ``-peek`` and perf's call-graph report
+    show it: for each matching function (the ``n`` largest by total), its
+    share of the whole, then its ``n`` largest callers or callees with their
+    share of the function's total.  Ends with a newline."""
+    metric = metric or profile.default_metric()
+    unit = profile.unit(metric)
+    found = neighbours(profile, pattern, callers, metric)
+    grand = profile.total(metric)
+    word = "caller" if callers else "callee"
+    if not found:
+        return f"No function matching {pattern!r} has {metric} in this profile.\n"
+    lines = []
+    for key in sorted(found, key=lambda k: (-found[k][0], k))[:n]:
+        total, self_value, rows = found[key]
+        lines.append(f"{'Callers of' if callers else 'Callees of'} {_label(key)}: {amount(total, unit)} "
+                     f"({100.0 * total / grand:.2f}% of all {metric}), self {amount(self_value, unit)}")
+        ranked = sorted(rows.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+        cells = [(human(v, unit), f"{100.0 * v / total:.2f}%" if total else "-", _label(k)) for k, v in ranked]
+        head = (metric, "share", word)
+        widths = [max([len(head[i])] + [len(c[i]) for c in cells]) for i in range(2)]
+        lines.append("  ".join(h.rjust(w) for h, w in zip(head[:2], widths)) + "  " + head[2])
+        for c in cells:
+            lines.append("  ".join(v.rjust(w) for v, w in zip(c[:2], widths)) + "  " + c[2])
+        if len(rows) > len(ranked):
+            lines.append(f"  ... {len(rows) - len(ranked)} more {word}s (--top N shows more)")
+        lines.append("")
+    if len(found) > n:
+        lines.append(f"{len(found) - n} more functions match {pattern!r} (--top N shows more)")
         lines.append("")
     return "\n".join(lines)
