@@ -153,9 +153,12 @@ def finish_capture(session: Session, args: argparse.Namespace, output: Optional[
     if args.threads:
         profile = select_threads(profile, args.threads)
     view = profile
+    if args.lines:  # frames named 'f (x.c)', one per function (the saved profile keeps every line)
+        from ..processors import source_positions
+        view = source_positions(profile)
     if args.group_by:
         from ..processors import group_by
-        view = group_by(profile, args.group_by)
+        view = group_by(view, args.group_by)
 
     output = output or args.output or default_output_name(session.command)
     output = save_profile(output, profile, session)
@@ -182,12 +185,14 @@ def finish_capture(session: Session, args: argparse.Namespace, output: Optional[
             from ..memory.report import memory_report
             print(printable(memory_report(profile, args.top), keep_newlines=True), file=sys.stderr, end="")
         if profile.total("samples"):
-            print(top_text(profile, "samples", args.top), file=sys.stderr)
+            print(top_text(view, "samples", args.top), file=sys.stderr)
         elif session.kind != "memory":
             say(f"no samples: the program used {profile.metadata.get('cpu_s', 0):.3f} s of CPU "
                 f"(at {session.hz:g} Hz a sample needs about {1 / session.hz:.3f} s); try a higher --hz")
         for line in overhead_lines(session):
-            say(line)
+            # A --mem run too short for a CPU sample: no "0 samples at 0 Hz" lines, only the notes.
+            if session.kind != "memory" or profile.total("samples") or line.lstrip().startswith("note:"):
+                say(line)
     for line in written:
         say(line)
     return profile
