@@ -265,6 +265,19 @@ class CfiTable:
         self._fde_cache[off] = out
         return out
 
+    def function_range(self, vaddr: int) -> Optional[Tuple[int, int]]:
+        """[start, end) of the FDE covering ``vaddr``: in a stripped binary,
+        the bounds of the function holding it (symbols use this to group
+        unnamed addresses by function)."""
+        i = bisect.bisect_right(self.starts, vaddr) - 1
+        if i < 0:
+            return None
+        try:
+            fde = self._fde(self.fdes[i])
+        except (CfiError, IndexError, struct.error, ValueError):
+            return None
+        return (fde[0], fde[1]) if fde and fde[0] <= vaddr < fde[1] else None
+
     # -- rows ---------------------------------------------------------------------
     def row(self, vaddr: int) -> Optional[Row]:
         """The unwind row in effect at ``vaddr`` (None: no CFI covers it)."""

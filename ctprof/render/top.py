@@ -204,4 +204,4 @@ def neighbours_text(profile: Profile, pattern: str, callers: bool, metric: Optio
     if len(found) > n:
         lines.append(f"{len(found) - n} more functions match {pattern!r} (--top N shows more)")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"

@@ -24,19 +24,21 @@ __all__ = ["resolve_session", "Resolver", "TRUNCATED"]
 
 
 def resolve_session(session: Session, *, demangle: bool = True, lines: bool = False,
-                    progress: Optional[bool] = None) -> Profile:
+                    progress: Optional[bool] = None, group_functions: bool = True) -> Profile:
     """Resolve every stack of ``session`` into a :class:`Profile`.
 
     Frames are root first; a truncated stack gets a ``[truncated]`` root.
     Stacks that resolve identically for the same (pid, tid) are merged and
     their values summed.  ``demangle=False`` keeps raw symbol names;
     ``lines=True`` adds file/line and inlined frames from DWARF;
-    ``progress`` None shows progress on stderr only if it is a terminal and
+    ``group_functions=False`` names stripped code per address instead of per
+    function (see :class:`Resolver`); ``progress`` None shows progress on stderr only if it is a terminal and
     resolution takes over a second (True/False force it on/off).
     Per-module problems go to ``metadata["symbol_warnings"]`` (one line per
     module), counts to ``metadata["symbol_stats"]``.
     """
-    resolver = Resolver(session, demangle=demangle, lines=lines, progress=progress)
+    resolver = Resolver(session, demangle=demangle, lines=lines, progress=progress,
+                        group_functions=group_functions)
     profile = Profile(metadata={"kind": session.kind, "command": list(session.command)})
     # Built here rather than with Profile.add + merge_identical: frames are
     # interned once per unique address (frame indexes memoised per address),

@@ -148,6 +148,11 @@ class Resolver:
 
     ``demangle``: C++/Rust names in human form (else raw symbol names).
     ``lines``: file/line from DWARF and inlined functions as their own frames.
+    ``group_functions``: an address no symbol covers (stripped code) is
+    named after the start of the function holding it, from the ``.eh_frame``
+    FDE ranges every binary keeps for unwinding (``liblzma.so.5+0x15b40``),
+    so a stripped function is one frame, not one per instruction; False
+    names each address itself (``module+0xADDRESS``).
     ``debug_dirs``: roots searched for separate debug files (build-id and
     ``.gnu_debuglink``); ``()`` disables them.  ``use_cache``: read and write
     the on-disk symbol cache.  Problems with individual modules never raise:
@@ -156,10 +161,13 @@ class Resolver:
 
     def __init__(self, session: Session, *, demangle: bool = True, lines: bool = False,
                  debug_dirs: Sequence[str] = elf.DEFAULT_DEBUG_DIRS, use_cache: bool = True,
-                 progress: Optional[bool] = None) -> None:
+                 progress: Optional[bool] = None, group_functions: bool = True) -> None:
         self.session = session
         self.demangle = demangle
         self.lines = lines
+        self.group_functions = group_functions
+        self._cfi: Dict[str, object] = {}       # path -> unwinder.CfiTable or None
+        self._cfi_data: List[object] = []       # their mmaps, closed by close()
         self.debug_dirs = tuple(debug_dirs)
         self.use_cache = use_cache
         self.progress = _Progress(progress)
@@ -189,6 +197,35 @@ class Resolver:
         for li in self._lineinfo.values():
             li.close()
         self._lineinfo.clear()
+        self._cfi.clear()
+        for data in self._cfi_data:
+            if hasattr(data, "close"):
+                data.close()
+        self._cfi_data.clear()
+
+    def _function_start(self, path: str, vaddr: int) -> Optional[int]:
+        """Start of the function holding ``vaddr`` in ``path`` by its
+        ``.eh_frame`` FDE (present in stripped files: unwinding needs it),
+        or None.  The FDE search table is read once per file; an FDE is
+        parsed only when an address needs it."""
+        table = self._cfi.get(path, 0)
+        if table == 0:
+            from ..unwinder import CfiError, CfiTable
+            table = None
+            try:
+                data = elf.open_bytes(path)
+                self._cfi_data.append(data)
+                table = CfiTable(data, elf.parse(data))
+            except (OSError, elf.ElfError, CfiError, IndexError, ValueError) as err:
+                if not isinstance(err, CfiError):   # no .eh_frame at all is normal for some files
+                    self.warn("cfi:" + path, f"{os.path.basename(path)}: cannot group unnamed code by "
+                                             f"function ({err})")
+                table = None
+            self._cfi[path] = table
+        if table is None:
+            return None
+        found = table.function_range(vaddr)  # type: ignore[attr-defined]
+        return found[0] if found else None
 
     def _table(self, pid: int, gen: int) -> MapTable:
         key = (pid, gen)
@@ -395,8 +432,12 @@ class Resolver:
                     levels = self._symbolize(mod, va)
                 if levels:
                     return tuple(Frame(n, module, category, f, ln, inl) for n, f, ln, inl in levels)
-                # Unresolved: show the ELF virtual address of the original
-                # ip (what objdump/addr2line -e take), not the file offset.
+                # Stripped code: the function's start from its FDE, so all its
+                # addresses are one frame.  Either way an ELF virtual address
+                # (what objdump/addr2line -e take), not the file offset.
+                start = self._function_start(m.path, va) if self.group_functions else None
+                if start is not None:
+                    return (Frame(f"{module}+{start:#x}", module, category),)
                 return (Frame(f"{module}+{va + (ip - look):#x}", module, category),)
         # No usable ELF: the offset shown is the file offset of ip.
         return (Frame(f"{module}+{off + (ip - look):#x}", module, category),)
