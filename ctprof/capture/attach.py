@@ -30,6 +30,7 @@ from ..session import ProcessInfo, Session
 from ..symbols.maps import MapTable
 from ..unwinder import Unwinder
 from . import perf
+from .kernel import own_vdso
 from .ring import raw_stacks
 
 POLL_SECONDS = 0.02
@@ -166,17 +167,6 @@ def explain_permission(pid: int, what: str) -> str:
             + (f": {'; '.join(reasons)}" if reasons else ""))
 
 
-def _own_vdso() -> Optional[bytes]:
-    """Our vdso image: the kernel maps the same one into every process."""
-    import ctypes
-    text = _read("/proc/self/maps") or ""
-    for line in text.splitlines():
-        if line.rstrip().endswith("[vdso]"):
-            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
-            return ctypes.string_at(lo, hi - lo)
-    return None
-
-
 # -- the attach ------------------------------------------------------------------
 
 class _Target:
@@ -200,7 +190,7 @@ class _Target:
         self.thread_samples: Dict[int, int] = {}
         self.samples = 0
         self.unwind_ns = 0
-        self.unwinder = Unwinder(root=f"/proc/{pid}/root", vdso=_own_vdso())
+        self.unwinder = Unwinder(root=f"/proc/{pid}/root", vdso=own_vdso())
 
     # maps --------------------------------------------------------------------
     def read_maps(self, first: bool = False) -> bool:

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
@@ -26,7 +27,7 @@ from ..session import ProcessInfo, RawStack, Session
 from ..unwinder import Unwinder
 from . import perf
 from . import ring as ringmod
-from .kernel import KernelSampler, KernelSamplerError, TraceOptions
+from .kernel import KernelSampler, KernelSamplerError, TraceOptions, own_vdso
 from .build import shim_path
 from .target import check_program
 
@@ -302,10 +303,21 @@ class _Interrupts:
             pass
 
 
+def _needs_signal_sampler(opts: CaptureOptions) -> Optional[str]:
+    """Why ``auto`` must sample in the program, or None."""
+    if opts.max_depth > KERNEL_MAX_DEPTH:
+        return f"--max-depth above {KERNEL_MAX_DEPTH}: deeper than the kernel's stack copy reaches"
+    if opts.timer:
+        return f"--timer {opts.timer} is a timer of the in-process sampler"
+    if opts.unwind == "fp":
+        return "--unwind fp walks frame pointers in the program"
+    return None
+
+
 def _kernel_sampler(opts: CaptureOptions) -> Optional[KernelSampler]:
     """The kernel sampler for this run, or None when the signal sampler is
     to be used (asked for, or chosen by ``auto``)."""
-    if opts.sampler == "signal" or (opts.sampler == "auto" and opts.max_depth > KERNEL_MAX_DEPTH):
+    if opts.sampler == "signal" or (opts.sampler == "auto" and _needs_signal_sampler(opts)):
         return None
     stack_bytes = min(opts.stack_kb * 1024, 65528)
     # Room for half a second of samples per CPU between two drains.
@@ -345,29 +357,50 @@ def _start_under(cmd: List[str], program: str, env: Optional[Dict[str, str]],
             return subprocess.Popen(cmd, env=env, executable=program)
         except OSError as err:
             raise TargetError(f"cannot run {cmd[0]}: {err.strerror}") from None
+    # Popen returns only once the child has exec'd, so the child's pid comes
+    # back through a pipe to a thread that opens the events meanwhile.
+    pid_read, pid_write = os.pipe()
     go_read, go_write = os.pipe()
+    failure: List[BaseException] = []
 
     def wait_for_controller() -> None:        # runs in the child, before exec
         os.close(go_write)
+        os.close(pid_read)
+        os.write(pid_write, str(os.getpid()).encode())
+        os.close(pid_write)
         if os.read(go_read, 1) != b"1":
             os._exit(127)                      # the controller gave up
         os.close(go_read)
 
+    def open_events() -> None:
+        try:
+            data = os.read(pid_read, 32)
+            if data:
+                kernel.follow(int(data))
+                kernel.process(int(data))      # starts its clock now
+                os.write(go_write, b"1")
+        except BaseException as err:  # handed to the main thread
+            failure.append(err)
+        finally:
+            os.close(go_write)
+            os.close(pid_read)
+
+    opener = threading.Thread(target=open_events, name="ctprof-open-events", daemon=True)
+    opener.start()
     try:
         proc = subprocess.Popen(cmd, env=env, executable=program, preexec_fn=wait_for_controller)
     except OSError as err:
-        os.close(go_read)
-        os.close(go_write)
         raise TargetError(f"cannot run {cmd[0]}: {err.strerror}") from None
-    os.close(go_read)
-    try:
-        kernel.follow(proc.pid)
-    except KernelSamplerError as err:
-        os.close(go_write)
+    finally:
+        os.close(pid_write)
+        os.close(go_read)
+        opener.join()
+    if failure:
         proc.wait()
-        raise TargetError(f"cannot sample {cmd[0]}: perf_event_open: {err.strerror}") from None
-    os.write(go_write, b"1")
-    os.close(go_write)
+        err = failure[0]
+        if isinstance(err, KernelSamplerError):
+            raise TargetError(f"cannot sample {cmd[0]}: perf_event_open: {err.strerror}") from None
+        raise err
     return proc
 
 
@@ -378,8 +411,7 @@ def _exit_note(rc: int) -> Optional[str]:
         name = signal.Signals(-rc).name
     except ValueError:
         name = f"signal {-rc}"
-    core = " (core dumped)" if False else ""
-    return f"the program was killed by {name} (signal {-rc}){core}; its exit status is {128 - rc}"
+    return f"the program was killed by {name} (signal {-rc}); its exit status is {128 - rc}"
 
 
 def _follow_descendants(kernel: KernelSampler, main_pid: int, interrupts: "_Interrupts",
@@ -481,7 +513,8 @@ def run_program(argv: List[str], opts: CaptureOptions,
     heap = None
     notes: List[str] = []
     if kernel is None and opts.sampler == "auto":
-        notes.append(f"sampled in the program with a timer signal ({'--max-depth above ' + str(KERNEL_MAX_DEPTH) if opts.max_depth > KERNEL_MAX_DEPTH else 'perf events refused: ' + perf_refusal_advice(errno.EACCES)})")
+        why = _needs_signal_sampler(opts) or "perf events refused: " + perf_refusal_advice(errno.EACCES)
+        notes.append(f"sampled in the program with a timer signal ({why})")
     try:
         collector = None
         env = None

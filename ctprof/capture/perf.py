@@ -1,11 +1,12 @@
-"""perf_event_open from Python: per-thread sampling events and their rings.
+"""perf_event_open from Python: sampling events and their ring buffers.
 
-Used by ``ctprof attach``: one software ``task-clock`` event per thread of the
-target, sampling the user registers and a copy of the top of the user stack
-(``PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER``) every ``1/hz`` seconds
-of the thread's CPU time.  The kernel writes the samples into a ring buffer
-we ``mmap``; nothing runs inside the target, so closing the events leaves it
-exactly as it was.
+Used by the kernel sampler (``ctprof run`` and ``ctprof attach``): software
+``task-clock`` events that sample the user registers and a copy of the top
+of the user stack (``PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER``) every
+``1/hz`` seconds of a thread's CPU time, inherited by the threads and
+processes it starts.  The kernel writes samples and side-band records
+(mmap, comm, fork, exit) into ring buffers we ``mmap``; nothing runs inside
+the target, so closing the events leaves it exactly as it was.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import errno
 import mmap
 import os
 import struct
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 SYS_perf_event_open = 298          # x86-64
 PERF_TYPE_SOFTWARE = 1
@@ -24,12 +25,30 @@ PERF_SAMPLE_TIME = 1 << 2
 PERF_SAMPLE_REGS_USER = 1 << 12
 PERF_SAMPLE_STACK_USER = 1 << 13
 PERF_FLAG_FD_CLOEXEC = 1 << 3
+PERF_RECORD_MMAP = 1
 PERF_RECORD_LOST = 2
+PERF_RECORD_COMM = 3
+PERF_RECORD_EXIT = 4
+PERF_RECORD_FORK = 7
+PERF_RECORD_READ = 8
 PERF_RECORD_SAMPLE = 9
+PERF_RECORD_MMAP2 = 10
+PERF_RECORD_SWITCH = 14
+PERF_RECORD_MISC_COMM_EXEC = 1 << 13
+PERF_RECORD_MISC_SWITCH_OUT = 1 << 13
+PERF_RECORD_MISC_SWITCH_OUT_PREEMPT = 1 << 14
 PERF_SAMPLE_REGS_ABI_NONE = 0
+PERF_COUNT_SW_CONTEXT_SWITCHES = 3
+PERF_EVENT_IOC_ENABLE = 0x2400
+PERF_EVENT_IOC_DISABLE = 0x2401
+PERF_EVENT_IOC_SET_OUTPUT = 0x2405
+CLOCK_MONOTONIC = 1
 
-# attr flag bits
+# attr flag bits (struct perf_event_attr's bit field, in order)
+_DISABLED, _INHERIT = 1 << 0, 1 << 1
 _EXCLUDE_KERNEL, _EXCLUDE_HV = 1 << 5, 1 << 6
+_MMAP, _COMM, _INHERIT_STAT, _ENABLE_ON_EXEC, _TASK = 1 << 8, 1 << 9, 1 << 11, 1 << 12, 1 << 13
+_SAMPLE_ID_ALL, _MMAP2, _COMM_EXEC, _USE_CLOCKID, _CONTEXT_SWITCH = 1 << 18, 1 << 23, 1 << 24, 1 << 25, 1 << 26
 
 #: perf register indexes (arch/x86/include/uapi/asm/perf_regs.h) -> DWARF
 #: register numbers.  Sampled: the general registers and rip.
@@ -59,6 +78,32 @@ class PerfEventAttr(ctypes.Structure):
 
 
 assert ctypes.sizeof(PerfEventAttr) == 112  # PERF_ATTR_SIZE_VER5
+
+
+def open_event(attr: "PerfEventAttr", pid: int, cpu: int) -> int:
+    """perf_event_open(attr, pid, cpu); the fd, or OSError with the kernel's errno."""
+    fd = _syscall(SYS_perf_event_open, ctypes.byref(attr), pid, cpu, -1, PERF_FLAG_FD_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(fd)
+
+
+def ioctl(fd: int, request: int, arg: int = 0) -> None:
+    if _libc.ioctl(fd, request, ctypes.c_ulong(arg)) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def online_cpus() -> List[int]:
+    """The CPUs a per-CPU event must be opened on (``/sys/.../cpu/online``)."""
+    text = read_sysctl("/sys/devices/system/cpu/online") or ""
+    cpus: List[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        if lo.strip().isdigit():
+            cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus or list(range(os.cpu_count() or 1))
 
 
 def open_sampler(tid: int, period_ns: int, stack_bytes: int, exclude_kernel: bool) -> int:
@@ -118,36 +163,35 @@ class ThreadRing:
         except OSError:
             return 0
 
-    def read(self) -> Iterator[Sample]:
-        """Every complete record written since the last call."""
+    def chunk(self) -> bytes:
+        """Every byte the kernel wrote since the last call, as one copy
+        (the space is handed back to the kernel before decoding)."""
         m = self.map
         head = _U64.unpack_from(m, 1024)[0]           # data_head
         tail = _U64.unpack_from(m, 1032)[0]           # data_tail
         if head == tail:
-            return
+            return b""
         size = self.data_size
         start = tail % size
         avail = head - tail
         if start + avail <= size:
-            chunk = m[_PAGE + start:_PAGE + start + avail]
+            data = m[_PAGE + start:_PAGE + start + avail]
         else:
             first = size - start
-            chunk = m[_PAGE + start:_PAGE + size] + m[_PAGE:_PAGE + avail - first]
-        # Free the space before decoding: the kernel may write on.
+            data = m[_PAGE + start:_PAGE + size] + m[_PAGE:_PAGE + avail - first]
         _U64.pack_into(m, 1032, head)
-        off = 0
-        n = len(chunk)
-        while off + 8 <= n:
-            rtype, _misc, rsize = _HDR.unpack_from(chunk, off)
-            if rsize < 8 or off + rsize > n:
-                break
+        return data
+
+    def read(self) -> Iterator[Sample]:
+        """Every complete sample written since the last call."""
+        chunk = self.chunk()
+        for rtype, _misc, off, rsize in records(chunk):
             if rtype == PERF_RECORD_SAMPLE:
-                s = _decode_sample(chunk, off + 8)
+                s = decode_sample(chunk, off + 8)
                 if s is not None:
                     yield s
             elif rtype == PERF_RECORD_LOST:
                 self.lost += _U64.unpack_from(chunk, off + 16)[0]
-            off += rsize
 
     def close(self) -> None:
         try:
@@ -160,7 +204,19 @@ class ThreadRing:
             pass
 
 
-def _decode_sample(buf: bytes, off: int) -> Optional[Sample]:
+def records(chunk: bytes) -> Iterator[Tuple[int, int, int, int]]:
+    """(type, misc, offset, size) of each whole record in ``chunk``."""
+    off = 0
+    n = len(chunk)
+    while off + 8 <= n:
+        rtype, misc, rsize = _HDR.unpack_from(chunk, off)
+        if rsize < 8 or off + rsize > n:
+            break
+        yield rtype, misc, off, rsize
+        off += rsize
+
+
+def decode_sample(buf: bytes, off: int) -> Optional[Sample]:
     pid, tid, time = _TIDTIME.unpack_from(buf, off)
     off += _TIDTIME.size
     abi = _U64.unpack_from(buf, off)[0]

@@ -52,8 +52,10 @@ def elf_interpreter_state(path: str) -> str:
     return "static"
 
 
-def check_program(name: str) -> str:
-    """The path to execute, or a TargetError saying why it cannot be profiled."""
+def check_program(name: str, preload: bool = True) -> str:
+    """The path to execute, or a TargetError saying why it cannot be
+    profiled.  ``preload``: the shim must load into it (``--mem``, the
+    signal sampler), which static and setuid programs refuse."""
     path = resolve_program(name)
     try:
         st = os.stat(path)
@@ -63,6 +65,8 @@ def check_program(name: str) -> str:
         raise TargetError(f"cannot run {name}: it is a directory")
     if not os.access(path, os.X_OK) or not st.st_mode & 0o111:
         raise TargetError(f"cannot run {name}: not executable (try chmod +x {name})")
+    if not preload:
+        return path
     if (st.st_mode & stat.S_ISUID and st.st_uid != os.geteuid()) or \
             (st.st_mode & stat.S_ISGID and st.st_gid != os.getegid()):
         raise TargetError(f"cannot profile {name}: it is setuid/setgid, and the loader ignores "

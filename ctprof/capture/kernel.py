@@ -1,0 +1,441 @@
+"""The kernel sampler: sample a process tree from outside, with perf events.
+
+Used by ``ctprof run`` (``--sampler kernel``, the default) and ``ctprof
+attach``.  On every CPU one software ``task-clock`` event follows the
+target: every ``1/hz`` seconds of a thread's CPU time the kernel copies the
+user registers and the top of the user stack into a ring buffer that this
+controller maps.  The events are *inherited*, so the kernel does the same
+for every thread and process the target starts, however short-lived (fork
+children, exec'd images, daemons), exactly as ``perf record`` follows a
+command.  Side-band records in the same rings say what each process mapped
+(``MMAP2``), how it is named (``COMM``, also after ``exec``), when it
+started and ended (``FORK``, ``EXIT``), and at each thread's exit how much
+CPU it used (``READ``, ``inherit_stat``).  The records are put in time order
+(one clock for every CPU: ``CLOCK_MONOTONIC``) and each sample is unwound
+(:mod:`ctprof.unwinder`, from ``.eh_frame``) against its process's
+mappings as they were at that moment.
+
+Why from outside: nothing of ours runs in the program.  No signal of ours
+can reach its code, its system calls or an image it execs; no descriptor,
+thread or memory of ours is in it or counts against its limits; the
+unwinder reads only the copied bytes, so it can neither fault nor deadlock
+the program (coroutine stacks, JIT code, a ``throw`` in flight).  The cost
+to the program is the kernel's copy at each sample (``bench/bench_cpu.py``);
+the unwinding runs in the controller.  The limit: the kernel copies at most
+63 KiB of stack, so frames deeper than that end the chain (``--sampler
+signal`` unwinds in the program and reaches any depth).
+"""
+from __future__ import annotations
+
+import bisect
+import ctypes
+import errno
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from ..session import ProcessInfo, RawStack
+from ..symbols.maps import MapTable, Mapping
+from ..unwinder import Unwinder
+from . import perf
+
+TIMER_NAME = "perf_event task-clock (kernel sampler)"
+#: Records newer than this when a drain starts wait for the next drain: a
+#: record of another CPU stamped a moment earlier may still be in flight.
+REORDER_NS = 2_000_000
+
+_U32x2 = struct.Struct("<II")
+_U32x4 = struct.Struct("<IIII")
+_U64 = struct.Struct("<Q")
+_MMAP2 = struct.Struct("<IIQQQIIQQII")      # pid tid addr len pgoff maj min ino ino_gen prot flags
+_SAMPLE_ID = struct.Struct("<IIQ")           # the trailer of every other record: pid tid time
+_PROT_READ, _PROT_WRITE, _PROT_EXEC, _MAP_SHARED = 1, 2, 4, 1
+
+
+class KernelSamplerError(OSError):
+    """perf_event_open or mmap refused (``errno`` says why)."""
+
+
+@dataclass
+class TraceOptions:
+    """What the events sample.
+
+    hz: samples per CPU-second of each thread.  stack_bytes: user stack
+    copied per sample (at most 65528).  max_depth: frames kept per sample.
+    ring_pages: data pages of each CPU's ring (halved while the locked
+    memory limit refuses).  inherit: follow threads and processes the
+    target starts.  enable_on_exec: start counting at the target's exec
+    (``run``: the controller opens the events between fork and exec)."""
+
+    hz: float = 99.0
+    stack_bytes: int = 32 * 1024
+    max_depth: int = 128
+    ring_pages: int = 1024
+    inherit: bool = True
+    enable_on_exec: bool = False
+
+
+def _sampling_attr(opts: TraceOptions, exclude_kernel: bool) -> perf.PerfEventAttr:
+    a = perf.PerfEventAttr()
+    a.type = perf.PERF_TYPE_SOFTWARE
+    a.size = ctypes.sizeof(a)
+    a.config = perf.PERF_COUNT_SW_TASK_CLOCK
+    a.sample_period = max(10000, int(1e9 / opts.hz))
+    a.sample_type = (perf.PERF_SAMPLE_TID | perf.PERF_SAMPLE_TIME
+                     | perf.PERF_SAMPLE_REGS_USER | perf.PERF_SAMPLE_STACK_USER)
+    flags = (perf._EXCLUDE_HV | perf._MMAP | perf._COMM | perf._TASK | perf._SAMPLE_ID_ALL
+             | perf._MMAP2 | perf._COMM_EXEC | perf._USE_CLOCKID)
+    if opts.inherit:
+        flags |= perf._INHERIT | perf._INHERIT_STAT
+    if opts.enable_on_exec:
+        flags |= perf._DISABLED | perf._ENABLE_ON_EXEC
+    if exclude_kernel:
+        flags |= perf._EXCLUDE_KERNEL
+    a.flags = flags
+    a.clockid = perf.CLOCK_MONOTONIC
+    a.sample_regs_user = perf.REGS_MASK
+    a.sample_stack_user = opts.stack_bytes
+    return a
+
+
+# -- one process as the records describe it ---------------------------------------
+
+def _mapping_line(m: Mapping) -> str:
+    # The kernel escapes a newline in a path as \\012 in /proc/PID/maps.
+    path = m.path.replace("\n", "\\012") + (" (deleted)" if m.deleted else "")
+    return f"{m.start:x}-{m.end:x} {m.perms} {m.offset:08x} {m.dev} {m.inode} {path}".rstrip()
+
+
+@dataclass
+class TracedProcess:
+    """A process of the target tree: its mappings now, every maps generation
+    a sample used, its threads and its samples."""
+
+    pid: int
+    ppid: int = 0
+    comm: str = ""
+    exe: str = ""
+    mappings: List[Mapping] = field(default_factory=list)   # sorted, disjoint
+    gens: List[str] = field(default_factory=list)
+    table: Optional[MapTable] = None
+    dirty: bool = True
+    threads: Dict[int, str] = field(default_factory=dict)
+    thread_samples: Dict[int, int] = field(default_factory=dict)
+    thread_cpu_ns: Dict[int, int] = field(default_factory=dict)
+    stacks: Dict[tuple, int] = field(default_factory=dict)
+    samples: int = 0
+    start_ns: int = 0
+    end_ns: int = 0
+    exited: bool = False
+    execs: int = 0
+
+    def add_mapping(self, m: Mapping) -> None:
+        """A new mapping replaces whatever it overlaps, as mmap does."""
+        keep: List[Mapping] = []
+        for old in self.mappings:
+            if old.end <= m.start or old.start >= m.end:
+                keep.append(old)
+                continue
+            if old.start < m.start:
+                keep.append(_slice(old, old.start, m.start))
+            if old.end > m.end:
+                keep.append(_slice(old, m.end, old.end))
+        bisect.insort(keep, m, key=lambda x: x.start)
+        self.mappings = keep
+        self.dirty = True
+        if not self.exe and m.executable and m.is_file:
+            self.exe = m.path            # the kernel maps the program before its loader
+
+    def new_image(self, comm: str) -> None:
+        """``exec``: a new address space."""
+        self.mappings = []
+        self.dirty = True
+        self.exe = ""
+        self.comm = comm
+        self.execs += 1
+
+    def current(self) -> Tuple[MapTable, int]:
+        """The maps table for a sample now, and its generation number.  A
+        generation is written only when a sample needs it, so a program that
+        maps and unmaps thousands of times between two samples costs one."""
+        if self.dirty or self.table is None:
+            text = "\n".join(_mapping_line(m) for m in self.mappings) + "\n"
+            if not self.gens or self.gens[-1] != text:
+                self.gens.append(text)
+            self.table = MapTable(text)
+            self.dirty = False
+        return self.table, len(self.gens) - 1
+
+
+def _slice(m: Mapping, start: int, end: int) -> Mapping:
+    return Mapping(start, end, m.perms, m.offset + (start - m.start), m.dev, m.inode, m.path, m.deleted)
+
+
+def _cstring(buf: bytes, start: int, end: int) -> str:
+    raw = buf[start:end]
+    nul = raw.find(b"\0")
+    return (raw[:nul] if nul >= 0 else raw).decode("utf-8", "surrogateescape")
+
+
+# -- the sampler ---------------------------------------------------------------------
+
+class KernelSampler:
+    """Per-CPU inherited sampling events on a target, their rings, and the
+    process tree rebuilt from their records."""
+
+    def __init__(self, opts: TraceOptions, unwinder: Unwinder) -> None:
+        self.opts = opts
+        self.unwinder = unwinder
+        self.cpus = perf.online_cpus()
+        self.rings: Dict[int, perf.ThreadRing] = {}          # cpu -> ring
+        self.fds: List[Tuple[int, int]] = []                 # (cpu, fd) of every event we opened
+        self.top_tids: Dict[int, int] = {}                   # fd -> tid it was opened on
+        self.exclude_kernel = False
+        self.procs: Dict[int, TracedProcess] = {}
+        self.pending: List[tuple] = []
+        self.lost = 0
+        self.unwind_ns = 0
+        self.records = 0
+
+    # -- events ----------------------------------------------------------------
+    def probe(self) -> None:
+        """Open and close one event on ourselves: decides whether kernel-mode
+        time can be sampled, and raises KernelSamplerError if perf events are
+        refused altogether, before any program runs."""
+        fd = self._open(0, self.cpus[0])
+        os.close(fd)
+
+    def _open(self, pid: int, cpu: int) -> int:
+        while True:
+            try:
+                return perf.open_event(_sampling_attr(self.opts, self.exclude_kernel), pid, cpu)
+            except OSError as err:
+                if err.errno in (errno.EACCES, errno.EPERM) and not self.exclude_kernel:
+                    # Unprivileged (perf_event_paranoid 2): user-mode samples only.
+                    self.exclude_kernel = True
+                    continue
+                raise KernelSamplerError(err.errno, err.strerror) from None
+
+    def follow(self, tid: int) -> None:
+        """Open the events of thread ``tid`` on every CPU; their records go
+        to that CPU's ring."""
+        opened: List[Tuple[int, int]] = []
+        try:
+            for cpu in self.cpus:
+                fd = self._open(tid, cpu)
+                opened.append((cpu, fd))
+                ring = self.rings.get(cpu)
+                if ring is None:
+                    self.rings[cpu] = self._map(fd)
+                else:
+                    perf.ioctl(fd, perf.PERF_EVENT_IOC_SET_OUTPUT, ring.fd)
+        except OSError as err:
+            for cpu, fd in opened:
+                if self.rings.get(cpu) is not None and self.rings[cpu].fd == fd:
+                    self.rings.pop(cpu).close()
+                else:
+                    os.close(fd)
+            if isinstance(err, KernelSamplerError):
+                raise
+            raise KernelSamplerError(err.errno, err.strerror) from None
+        for cpu, fd in opened:
+            self.fds.append((cpu, fd))
+            self.top_tids[fd] = tid
+
+    def _map(self, fd: int) -> perf.ThreadRing:
+        try:
+            return perf.map_ring(-1, fd, self.opts.ring_pages)
+        except OSError as err:
+            os.close(fd)
+            raise KernelSamplerError(err.errno, f"cannot map the perf ring buffer: {err.strerror} "
+                                                f"(locked-memory limit: kernel.perf_event_mlock_kb, ulimit -l)") from None
+
+    def top_counts(self) -> Dict[int, int]:
+        """Task-clock ns counted by our own events per thread they were
+        opened on (children's counts included, as the kernel sums them)."""
+        out: Dict[int, int] = {}
+        for _cpu, fd in self.fds:
+            try:
+                data = os.read(fd, 8)
+            except OSError:
+                continue
+            if len(data) == 8:
+                tid = self.top_tids[fd]
+                out[tid] = out.get(tid, 0) + _U64.unpack(data)[0]
+        return out
+
+    def close(self) -> None:
+        rings = {r.fd for r in self.rings.values()}
+        for ring in self.rings.values():
+            ring.close()
+        for _cpu, fd in self.fds:
+            if fd not in rings:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.rings.clear()
+        self.fds.clear()
+
+    # -- records -----------------------------------------------------------------
+    def drain(self, final: bool = False) -> None:
+        """Read every ring and handle, in time order, the records stamped
+        before the drain began (all of them when ``final``)."""
+        cut = time.monotonic_ns() - REORDER_NS
+        batch = self.pending
+        seq = len(batch)
+        for ring in self.rings.values():
+            chunk = ring.chunk()
+            for rtype, misc, off, size in perf.records(chunk):
+                if rtype == perf.PERF_RECORD_SAMPLE:
+                    stamp = _U64.unpack_from(chunk, off + 16)[0]
+                else:
+                    stamp = _U64.unpack_from(chunk, off + size - 8)[0] if size >= 24 else 0
+                batch.append((stamp, seq, rtype, misc, chunk, off, size))
+                seq += 1
+        batch.sort(key=lambda r: (r[0], r[1]))
+        if final:
+            ready, self.pending = batch, []
+        else:
+            n = bisect.bisect_left(batch, cut, key=lambda r: r[0])
+            ready, self.pending = batch[:n], batch[n:]
+        t0 = time.thread_time_ns()
+        for stamp, _seq, rtype, misc, chunk, off, size in ready:
+            self._record(stamp, rtype, misc, chunk, off, size)
+        self.unwind_ns += time.thread_time_ns() - t0
+        self.records += len(ready)
+
+    def _record(self, stamp: int, rtype: int, misc: int, buf: bytes, off: int, size: int) -> None:
+        body = off + 8
+        if rtype == perf.PERF_RECORD_SAMPLE:
+            self._sample(buf, body)
+        elif rtype == perf.PERF_RECORD_MMAP2:
+            self._mmap2(buf, body, off + size)
+        elif rtype == perf.PERF_RECORD_COMM:
+            pid, tid = _U32x2.unpack_from(buf, body)
+            self._comm(pid, tid, _cstring(buf, body + 8, off + size - _SAMPLE_ID.size),
+                       bool(misc & perf.PERF_RECORD_MISC_COMM_EXEC))
+        elif rtype == perf.PERF_RECORD_FORK:
+            pid, ppid, tid, ptid = _U32x4.unpack_from(buf, body)
+            self._fork(pid, ppid, tid, ptid, stamp)
+        elif rtype == perf.PERF_RECORD_EXIT:
+            pid, _ppid, tid, _ptid = _U32x4.unpack_from(buf, body)
+            if pid == tid:
+                proc = self.process(pid)
+                proc.exited = True
+                proc.end_ns = stamp
+        elif rtype == perf.PERF_RECORD_READ:
+            pid, tid = _U32x2.unpack_from(buf, body)
+            value = _U64.unpack_from(buf, body + 8)[0]
+            cpu = self.process(pid).thread_cpu_ns
+            cpu[tid] = cpu.get(tid, 0) + value
+        elif rtype == perf.PERF_RECORD_LOST:
+            self.lost += _U64.unpack_from(buf, body + 8)[0]
+
+    def process(self, pid: int, ppid: int = 0) -> TracedProcess:
+        proc = self.procs.get(pid)
+        if proc is None:
+            proc = self.procs[pid] = TracedProcess(pid=pid, ppid=ppid, start_ns=time.monotonic_ns())
+        return proc
+
+    def _fork(self, pid: int, ppid: int, tid: int, ptid: int, stamp: int) -> None:
+        parent = self.process(ppid)
+        if pid != ppid:                        # a new process: a copy of its parent
+            child = self.procs.get(pid)
+            if child is None or child.exited:
+                child = self.procs[pid] = TracedProcess(pid=pid, ppid=ppid, start_ns=stamp)
+            child.comm = parent.comm
+            child.exe = parent.exe
+            child.mappings = list(parent.mappings)
+            child.dirty = True
+            child.threads[tid] = parent.threads.get(ptid, parent.comm)
+        else:                                  # a new thread: its creator's name
+            parent.threads.setdefault(tid, parent.threads.get(ptid, parent.comm))
+
+    def _comm(self, pid: int, tid: int, comm: str, is_exec: bool) -> None:
+        proc = self.process(pid)
+        if is_exec:
+            proc.new_image(comm)
+        elif pid == tid:
+            proc.comm = comm
+        proc.threads[tid] = comm
+
+    def _mmap2(self, buf: bytes, body: int, end: int) -> None:
+        (pid, _tid, addr, length, pgoff, maj, mnr, ino, _gen, prot, flags) = _MMAP2.unpack_from(buf, body)
+        if not prot & _PROT_EXEC:
+            return
+        path = _cstring(buf, body + _MMAP2.size, end - _SAMPLE_ID.size)
+        deleted = path.endswith(" (deleted)")
+        if deleted:
+            path = path[:-len(" (deleted)")]
+        if path == "//anon":
+            path = ""
+        perms = ("r" if prot & _PROT_READ else "-") + ("w" if prot & _PROT_WRITE else "-") + "x" \
+            + ("s" if flags & _MAP_SHARED else "p")
+        self.process(pid).add_mapping(
+            Mapping(addr, addr + length, perms, pgoff, f"{maj:02x}:{mnr:02x}", ino, path, deleted))
+
+    def _sample(self, buf: bytes, body: int) -> None:
+        s = perf.decode_sample(buf, body)
+        if s is None:
+            return                             # no user context (a kernel thread)
+        proc = self.process(s.pid)
+        table, gen = proc.current()
+        ips, truncated = self.unwinder.unwind(table, s.regs, s.stack, s.stack_base, self.opts.max_depth)
+        key = (s.tid, gen, tuple(ips), truncated)
+        proc.stacks[key] = proc.stacks.get(key, 0) + 1
+        proc.thread_samples[s.tid] = proc.thread_samples.get(s.tid, 0) + 1
+        proc.samples += 1
+
+    # -- the tree --------------------------------------------------------------------
+    def running(self, exclude: Iterable[int] = ()) -> List[TracedProcess]:
+        """Processes of the tree that have not exited (checked against /proc
+        too, in case an EXIT record was lost)."""
+        skip = set(exclude)
+        return [p for pid, p in sorted(self.procs.items())
+                if pid not in skip and not p.exited and _alive(pid)]
+
+    def process_infos(self, end_ns: int) -> Tuple[Dict[int, ProcessInfo], List[RawStack]]:
+        """What each process left: ProcessInfo and its raw stacks."""
+        from .ring import raw_stacks
+        infos: Dict[int, ProcessInfo] = {}
+        stacks: List[RawStack] = []
+        for pid, p in sorted(self.procs.items()):
+            if not p.gens and not p.samples and not p.mappings:
+                continue                        # seen only as a parent
+            p.current()
+            finished = p.end_ns or end_ns
+            info = ProcessInfo(pid=pid, ppid=p.ppid, exe=p.exe or p.comm, maps=list(p.gens),
+                               samples=p.samples, wall_ns=max(0, finished - p.start_ns), timer=TIMER_NAME)
+            info.threads = dict(p.threads)
+            info.thread_samples = dict(p.thread_samples)
+            info.thread_cpu_ns = dict(p.thread_cpu_ns)
+            infos[pid] = info
+            stacks.extend(raw_stacks(pid, p.stacks))
+        return infos, stacks
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read()
+    except OSError:
+        return False
+    state = text[text.rfind(b")") + 2:text.rfind(b")") + 3]
+    return state not in (b"Z", b"X", b"")
+
+
+def own_vdso() -> Optional[bytes]:
+    """Our vdso image: the kernel maps the same one into every process."""
+    try:
+        with open("/proc/self/maps") as f:
+            text = f.read()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.rstrip().endswith("[vdso]"):
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            return ctypes.string_at(lo, hi - lo)
+    return None
