@@ -29,6 +29,9 @@ def _add_processors(parser: argparse.ArgumentParser) -> None:
                         "lines is re-resolved from its raw addresses)")
     g.add_argument("--by-line", action="store_true",
                    help="with --lines: one frame per source line, 'f (x.c:12)', instead of one per function")
+    g.add_argument("--no-group", action="store_true",
+                   help="stripped code as one frame per address (lib.so+0xADDR) instead of one per function "
+                        "(re-resolved from the saved raw addresses)")
 
 
 def _lines_mode(args: argparse.Namespace):
@@ -39,20 +42,25 @@ def _lines_mode(args: argparse.Namespace):
 
 
 def _load(args: argparse.Namespace, path: str):
-    """The profile at ``path``; with --lines, one saved without source lines
-    is resolved again from the raw addresses and maps it keeps."""
+    """The profile at ``path``.  With --lines, one saved without source
+    lines, and with --no-group any, is resolved again from the raw addresses
+    and maps it keeps."""
     from ..render import load_any
-    if not _lines_mode(args) or path == "-" or not os.path.isfile(path):
+    lines, ungrouped = bool(_lines_mode(args)), getattr(args, "no_group", False)
+    if not (lines or ungrouped) or path == "-" or not os.path.isfile(path):
         return load_any(path)
     from .. import session as saved
     if not saved.is_profile_file(path):
         return load_any(path)
     profile, session = saved.load(path)
-    if (session is None or not session.stacks or any(f.file for f in profile.frames)
+    has_lines = any(f.file for f in profile.frames)
+    if (session is None or not session.stacks or (has_lines or not lines) and not ungrouped
             or any(f.category == "python" for f in profile.frames)):   # Python frames exist only resolved
         return profile
-    from ..build import build_profile
-    return build_profile(session, lines=True)
+    from ..build import finish_profile
+    from ..symbols import resolve_session
+    return finish_profile(resolve_session(session, lines=lines or has_lines, group_functions=not ungrouped),
+                          session)
 
 
 def _processed(args: argparse.Namespace, path: str, invert: bool = False, positions: bool = True):
