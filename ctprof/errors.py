@@ -37,3 +37,17 @@ class AttachError(CtprofError):
 class OutputError(CtprofError):
     """An output file cannot be written (missing or read-only directory, a
     directory in the way, a full disk).  The message names the file."""
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in list(range(0x20)) + list(range(0x7f, 0xa0))}
+_CONTROL.update({0x09: "\\t", 0x0a: "\\n", 0x0d: "\\r", 0x1b: "\\e"})
+_CONTROL_KEEP_LINES = {c: v for c, v in _CONTROL.items() if c != 0x0a}
+
+
+def printable(text: str, keep_newlines: bool = False) -> str:
+    """``text`` safe for a terminal: control characters (escape sequences
+    that could rewrite the screen, carriage returns, and line breaks unless
+    ``keep_newlines``) shown as ``\\e``, ``\\n``, ``\\x07``...  Symbol names,
+    thread names and paths come from the program and the file system, and
+    may hold anything."""
+    return text.translate(_CONTROL_KEEP_LINES if keep_newlines else _CONTROL)

@@ -12,7 +12,7 @@ import importlib
 import sys
 from typing import Dict, List, Optional
 
-from ..errors import CtprofError
+from ..errors import CtprofError, printable
 
 COMMAND_MODULES = ("ctprof.cli.capture", "ctprof.cli.view", "ctprof.cli.attach")
 
@@ -38,7 +38,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit status 2."""
 
     def error(self, message: str):  # type: ignore[override]
-        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        print(f"{self.prog}: error: {printable(message)} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def error(message: str) -> None:
-    """Print one ``ctprof: error: ...`` line on stderr."""
-    print(f"ctprof: error: {message}", file=sys.stderr)
+    """Print one ``ctprof: error: ...`` line on stderr (control characters
+    of names and paths in it escaped)."""
+    print(f"ctprof: error: {printable(message)}", file=sys.stderr)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

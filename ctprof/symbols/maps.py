@@ -77,6 +77,9 @@ def parse_maps(text: str) -> List[Mapping]:
         deleted = path.endswith(DELETED_SUFFIX)
         if deleted:
             path = path[: -len(DELETED_SUFFIX)]
+        # The kernel prints a newline in a path as \012 (and escapes
+        # nothing else), so the line stays one line.
+        path = path.replace("\\012", "\n")
         if end <= start:
             continue
         out.append(Mapping(start, end, parts[1], offset, parts[3], inode, path, deleted))
