@@ -86,6 +86,29 @@ def shim_key(cc: str, sources: List[str], flags: List[str]) -> str:
 def shim_path(variant: str = "cpu", cc: Optional[str] = None, extra_flags: Optional[List[str]] = None) -> str:
     """Path of the compiled shim ``variant``, building it if needed.
     ``extra_flags`` (e.g. ``-I`` for Python headers) join the cache key."""
+def _is_elf(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
+def _build_failure(proc: "Optional[subprocess.CompletedProcess]") -> str:
+    """One line saying why a compile produced no library: the compiler's
+    first error line, or what it did instead (``CC=false`` says nothing,
+    ``CC=/bin/true`` succeeds without writing anything)."""
+    if proc is None:
+        return "it ran for more than 300 s"
+    lines = [l.strip() for l in (proc.stderr + "\n" + proc.stdout).splitlines() if l.strip()]
+    first = next((l for l in lines if "error" in l), lines[0] if lines else "")
+    if first:
+        return first[:300]
+    if proc.returncode != 0:
+        return f"it exited with status {proc.returncode} and printed nothing (is it a C compiler? set CC)"
+    return "it wrote no shared library (is it a C compiler? set CC)"
+
+
     sources = shim_sources(variant)
     cc = cc or find_compiler()
     flags = CFLAGS + VARIANT_FLAGS[variant] + list(extra_flags or [])
@@ -100,13 +123,14 @@ def shim_path(variant: str = "cpu", cc: Optional[str] = None, extra_flags: Optio
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     except OSError as err:
         raise BuildError(f"cannot run the C compiler {cc}: {err.strerror}") from None
-    if proc.returncode != 0:
+    except subprocess.TimeoutExpired:
+        proc = None
+    if proc is None or proc.returncode != 0 or not _is_elf(tmp):
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        first = next((l for l in proc.stderr.splitlines() if "error" in l), proc.stderr.strip()[:300])
-        raise BuildError(f"compiling the shim with {cc} failed: {first}")
+        raise BuildError(f"compiling the shim with {cc} failed: {_build_failure(proc)}")
     os.chmod(tmp, 0o700)
     os.replace(tmp, target)  # atomic: a concurrent build just replaces an identical file
     return target
