@@ -1,28 +1,39 @@
-/* A cached DWARF CFI unwinder for x86-64.
+/* A cached DWARF CFI unwinder for x86-64, safe inside a signal handler.
  *
  * libgcc's _Unwind_Backtrace re-parses the CIE and FDE of every frame on
  * every call; per allocation that is where the time goes.  Here the unwind
  * rule of each pc (how to find the CFA, the return address and the saved
  * rbp) is computed once from .eh_frame and cached in a lock-free table, so
- * a cached frame costs one hash probe and two loads.  Frames whose rules
- * need DWARF expressions (PLT stubs, signal trampolines) or whose code has
- * no FDE report "fallback" and the caller uses libgcc instead.
+ * a cached frame costs one hash probe and two loads.
  *
- * AS-safe: no malloc, no locks.  _Unwind_Find_FDE finds FDEs lock-free
- * through _dl_find_object (glibc >= 2.35, gcc >= 12), as libgcc itself does
- * when unwinding from a signal handler. */
+ * Nothing here calls libgcc: once a JIT registers code with
+ * __register_frame, libgcc's _Unwind_Find_FDE takes a mutex, and a sample
+ * landing inside a C++ throw (which holds it) would deadlock.  FDEs are
+ * found with glibc's _dl_find_object (lock-free, AS-safe, glibc >= 2.35)
+ * and the binary-search table of the object's .eh_frame_hdr.  Frames with
+ * no usable rule (JIT code, PLT stubs, hand-written assembly) are stepped
+ * through the frame-pointer chain instead, and the walk goes on with rules
+ * from the next frame.  Signal frames (__restore_rt, "S" CIEs) continue
+ * from the registers saved in the kernel's ucontext.
+ *
+ * Every read of the target's stack is validated (struct reader below): in
+ * the thread's known stack it is a plain load; anywhere else (coroutine
+ * stacks, sigaltstack, garbage pointers) the page is copied with
+ * process_vm_readv on ourselves, which fails instead of faulting. */
 #define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include "ctprof.h"
 
-struct dwarf_eh_bases {
-    void *tbase, *dbase, *func;
-};
-extern const void *_Unwind_Find_FDE(void *pc, struct dwarf_eh_bases *bases);
-
 enum { REG_RBP_DW = 6, REG_RSP_DW = 7, REG_RA_DW = 16 };
-enum { RULE_OK = 1, RULE_END = 2, RULE_COMPLEX = 3 };
+/* RULE_SIGNAL: a sigreturn trampoline; the interrupted registers are in
+ * the ucontext_t at the CFA. */
+enum { RULE_OK = 1, RULE_END = 2, RULE_COMPLEX = 3, RULE_SIGNAL = 4 };
 #define NO_OFFSET (-32768)
 
 struct rule {
@@ -199,12 +210,46 @@ static int run_cfa(const uint8_t *p, const uint8_t *end, uint64_t loc, uint64_t 
     return 0;
 }
 
+/* The FDE whose table entry is the last one at or below `pc`, from the
+ * .eh_frame_hdr search table of the object containing `pc`; *func gets the
+ * entry's start address (the caller checks the FDE's range).  NULL when no
+ * loaded object contains pc or its table is not the usual datarel|sdata4. */
+static const uint8_t *find_fde(uint64_t pc, uint64_t *func)
+{
+    struct dl_find_object obj;
+    if (_dl_find_object((void *)pc, &obj) != 0 || !obj.dlfo_eh_frame)
+        return NULL;
+    const uint8_t *hdr = obj.dlfo_eh_frame;
+    if (hdr[0] != 1 || hdr[3] != 0x3b)          /* version 1, DW_EH_PE_datarel|sdata4 */
+        return NULL;
+    int ptr_size = enc_size(hdr[1]), count_size = enc_size(hdr[2]);
+    if (ptr_size < 0 || (count_size != 4 && count_size != 8))
+        return NULL;
+    const uint8_t *p = hdr + 4 + ptr_size;
+    uint64_t count = 0;
+    memcpy(&count, p, (size_t)count_size);      /* little-endian: the low bytes */
+    const int32_t *table = (const int32_t *)(p + count_size);
+    int64_t rel = (int64_t)(pc - (uint64_t)(uintptr_t)hdr);
+    if (count == 0 || table[0] > rel)
+        return NULL;
+    uint64_t lo = 0, hi = count;                /* table[2*lo] <= rel < table[2*hi] */
+    while (hi - lo > 1) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (table[2 * mid] <= rel)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    *func = (uint64_t)(uintptr_t)hdr + (int64_t)table[2 * lo];
+    return hdr + table[2 * lo + 1];
+}
+
 /* The rule for `pc` (already adjusted: pc-1 for return addresses). */
 static struct rule compute_rule(uint64_t pc)
 {
     struct rule out = {RULE_COMPLEX, 0, 0, NO_OFFSET, 0};
-    struct dwarf_eh_bases bases;
-    const uint8_t *fde = _Unwind_Find_FDE((void *)pc, &bases);
+    uint64_t start;
+    const uint8_t *fde = find_fde(pc, &start);
     if (!fde)
         return out;
     uint32_t len32;
@@ -248,11 +293,17 @@ static struct rule compute_rule(uint64_t pc)
         }
         p = aug_end;
     }
-    if (signal_frame)
-        return out;
     int psize = enc_size(fde_enc);
     if (psize < 0)
         return out;
+    uint64_t range = 0;                         /* pc_range: the value format, unrelocated */
+    memcpy(&range, fde + 8 + psize, (size_t)psize);
+    if (pc >= start + range)
+        return out;                             /* a gap between FDEs: no rule */
+    if (signal_frame) {
+        out.kind = RULE_SIGNAL;
+        return out;
+    }
 
     struct rules initial = {REG_RSP_DW, 8, 0, 0, 1, -8, 0};
     if (run_cfa(p, cie_end, 0, 0, code_align, data_align, &initial, &initial) != 0)
@@ -263,7 +314,6 @@ static struct rule compute_rule(uint64_t pc)
         uint64_t n = uleb(&q, fde_end);
         q += n;
     }
-    uint64_t start = (uint64_t)bases.func;
     if (run_cfa(q, fde_end, start, pc, code_align, data_align, &r, &initial) != 0)
         return out;
     if (r.ra_kind == 2) {
@@ -308,14 +358,119 @@ static struct rule lookup(uint64_t pc)
     return compute_rule(pc);
 }
 
-int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds *b,
-               uint64_t *ips, int max, uint64_t skip_lo, uint64_t skip_hi, int *truncated)
+/* ---- validated reads ----------------------------------------------------------
+ * The thread's own stack (bounds from pthread) cannot be unmapped under it:
+ * loads there are direct.  Anything else goes through one cached page per
+ * thread, filled by process_vm_readv on our own pid, which returns an error
+ * for an unmapped address instead of faulting (where it is not allowed, a
+ * rt_sigprocmask probe of the page, gperftools' trick, decides).  A walk
+ * may fill at most READ_BUDGET pages, so a sample costs a bounded time. */
+#define READ_BUDGET 16
+static __thread uint8_t *read_page CTPROF_TLS;     /* mmap'ed on first need */
+static __thread uint64_t read_page_addr CTPROF_TLS;
+static int vm_readv_refused;
+
+struct reader {
+    struct stack_bounds direct;                   /* [sp, top of the thread's stack), or empty */
+    int any_memory;                               /* allow validated reads off the stack */
+    int budget;
+};
+
+void cfi_thread_exit(void)
 {
-    int n = 0;
-    int first = 1;
-    *truncated = 0;
-    if (!b->hi)
+    uint8_t *p = read_page;
+    read_page = NULL;
+    read_page_addr = 0;
+    if (p)
+        munmap(p, 4096);
+}
+
+/* Is the page at `page` mapped readable?  Asked of the kernel without
+ * touching it: rt_sigprocmask with an invalid `how` copies the new set in
+ * first, so EFAULT means unreadable and EINVAL readable. */
+static int page_readable(uint64_t page)
+{
+    long rc = syscall(SYS_rt_sigprocmask, ~0, (void *)(uintptr_t)page, (void *)0, 8);
+    return rc == -1 && errno == EINVAL;
+}
+
+static int fill_page(uint64_t page)
+{
+    if (!read_page) {
+        void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return 0;
+        read_page = p;
+    }
+    read_page_addr = 0;
+    if (!__atomic_load_n(&vm_readv_refused, __ATOMIC_RELAXED)) {
+        struct iovec local = {read_page, 4096}, remote = {(void *)(uintptr_t)page, 4096};
+        long n = syscall(SYS_process_vm_readv, (long)getpid(), &local, 1L, &remote, 1L, 0L);
+        if (n == 4096) {
+            read_page_addr = page;
+            return 1;
+        }
+        if (!(n < 0 && (errno == ENOSYS || errno == EPERM)))
+            return 0;
+        __atomic_store_n(&vm_readv_refused, 1, __ATOMIC_RELAXED);
+    }
+    if (!page_readable(page))
+        return 0;
+    memcpy(read_page, (const void *)(uintptr_t)page, 4096);
+    read_page_addr = page;
+    return 1;
+}
+
+static int read_word(struct reader *m, uint64_t addr, uint64_t *out)
+{
+    if (addr & 7)
+        return 0;
+    if (addr >= m->direct.lo && addr + 8 <= m->direct.hi) {
+        *out = *(const uint64_t *)(uintptr_t)addr;
+        return 1;
+    }
+    if (!m->any_memory || addr < 4096)
+        return 0;
+    uint64_t page = addr & ~(uint64_t)4095;
+    if (page != read_page_addr) {
+        if (m->budget <= 0)
+            return 0;
+        m->budget--;
+        if (!fill_page(page))
+            return 0;
+    }
+    memcpy(out, read_page + (addr - page), 8);
+    return 1;
+}
+
+/* ---- the walk ---------------------------------------------------------------------- */
+
+#define MAX_FRAME_BYTES (64ull << 20)   /* a CFA farther than this from sp is garbage */
+
+/* offsetof(ucontext_t, uc_mcontext.gregs) and the gregs indices on x86-64. */
+#define UC_GREGS 40
+#define GREG_RBP 10
+#define GREG_RSP 15
+#define GREG_RIP 16
+
+int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds *b,
+               uint64_t *ips, int max, uint64_t skip_lo, uint64_t skip_hi, int flags, int *truncated)
+{
+    /* Direct loads only between the interrupted sp and the top of the
+     * thread's stack: all of that is mapped, whereas below sp (the main
+     * thread's bounds reach down to its rlimit) may not be.  A sample
+     * taken on another stack (coroutine, sigaltstack) reads everything
+     * through the validated path. */
+    struct reader m = {{0, 0}, flags & CFI_ANY_MEMORY, READ_BUDGET};
+    if (b->hi && sp >= b->lo && sp < b->hi) {
+        m.direct.lo = sp;
+        m.direct.hi = b->hi;
+    } else if (flags & CFI_STRICT) {
         return -1;
+    }
+    int n = 0;
+    int exact = 1;      /* pc is exact (the leaf, or resumed after a signal), not a return address */
+    *truncated = 0;
     for (int steps = 0; steps < max + 256; steps++) {
         if (n > 0 || pc < skip_lo || pc >= skip_hi) {
             if (n == max) {
@@ -324,30 +479,57 @@ int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds 
             }
             ips[n++] = pc;
         }
-        /* A return address points after the call: look up the call itself. */
-        struct rule r = lookup(first ? pc : pc - 1);
-        first = 0;
-        if (r.kind == RULE_END)
-            return n;
-        if (r.kind != RULE_OK)
-            return -1;
-        uint64_t cfa = (r.cfa_rbp ? fp : sp) + (int64_t)r.cfa_off;
-        if (cfa & 7 || cfa <= sp || cfa < b->lo || cfa > b->hi)
-            return n > 0 ? n : -1;
-        uint64_t ra_at = cfa + (int64_t)r.ra_off;
-        if (ra_at < b->lo || ra_at + 8 > b->hi)
-            return -1;
-        uint64_t ra = *(const uint64_t *)ra_at;
-        if (r.rbp_off != NO_OFFSET) {
-            uint64_t at = cfa + (int64_t)r.rbp_off;
-            if (at < b->lo || at + 8 > b->hi)
-                return -1;
-            fp = *(const uint64_t *)at;
+        struct rule r = {RULE_COMPLEX, 0, 0, NO_OFFSET, 0};
+        if (flags & CFI_RULES) {
+            /* A return address points after the call: look up the call itself. */
+            r = lookup(exact ? pc : pc - 1);
+            if (r.kind == RULE_COMPLEX && !exact)
+                r = lookup(pc);   /* a sigreturn trampoline's FDE may start at pc itself */
+            if (r.kind != RULE_SIGNAL && r.kind != RULE_END && r.kind != RULE_OK)
+                r.kind = RULE_COMPLEX;
         }
-        sp = cfa;
+        uint64_t cfa, ra, next_fp = fp;
+        if (r.kind == RULE_END) {
+            return n;
+        } else if (r.kind == RULE_SIGNAL) {
+            /* The kernel's frame: resume from the interrupted registers. */
+            uint64_t g = sp + UC_GREGS;
+            uint64_t new_sp;
+            if (!read_word(&m, g + 8 * GREG_RIP, &ra) || !read_word(&m, g + 8 * GREG_RSP, &new_sp) ||
+                !read_word(&m, g + 8 * GREG_RBP, &next_fp))
+                return n;
+            if (ra < 4096)
+                return n;
+            pc = ra;
+            sp = new_sp;
+            fp = next_fp;
+            exact = 1;
+            continue;
+        } else if (r.kind == RULE_OK) {
+            cfa = (r.cfa_rbp ? fp : sp) + (int64_t)r.cfa_off;
+            if (cfa & 7 || cfa <= sp || cfa - sp > MAX_FRAME_BYTES)
+                return n;
+            if (!read_word(&m, cfa + (int64_t)r.ra_off, &ra))
+                return n;
+            if (r.rbp_off != NO_OFFSET && !read_word(&m, cfa + (int64_t)r.rbp_off, &next_fp))
+                return n;
+        } else {
+            /* No rule (JIT code, no FDE, DWARF expressions): the
+             * frame-pointer chain, validated like everything else. */
+            if (flags & CFI_STRICT)
+                return -1;
+            if (fp & 7 || fp < sp || fp - sp > MAX_FRAME_BYTES)
+                return n;
+            if (!read_word(&m, fp, &next_fp) || !read_word(&m, fp + 8, &ra))
+                return n;
+            cfa = fp + 16;
+        }
         if (ra < 4096)
             return n;
+        sp = cfa;
+        fp = next_fp;
         pc = ra;
+        exact = 0;
     }
     return n;
 }

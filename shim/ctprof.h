@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <signal.h>
+#include <time.h>
+#include <sys/time.h>
 
 #define CTPROF_API __attribute__((visibility("default")))
 #define CTPROF_TLS __attribute__((tls_model("initial-exec")))
@@ -34,6 +36,8 @@ enum {
     NOTE_TARGET_OUR_SIGNAL = 1u << 2,/* target claimed the signal we sample with: chained */
     NOTE_PERF_FAILED = 1u << 3,      /* perf_event_open refused: fell back */
     NOTE_TIMER_FAILED = 1u << 4,     /* no timer could be armed at all */
+    NOTE_TICK_TIMER = 1u << 5,       /* a forced timer_create/ITIMER_PROF: counts kernel
+                                        time, so system calls may see EINTR */
 };
 
 struct ring_header {
@@ -57,6 +61,9 @@ struct ring_header {
     uint32_t pad;
     uint32_t maps_next;       /* next maps generation to hand out (atomic) */
     char exe[1024];           /* /proc/self/exe of the newest image */
+    /* Lazy maps snapshots (maps.c); not read by the controller. */
+    uint32_t maps_claimed;    /* newest generation whose snapshot someone started */
+    uint32_t maps_written;    /* newest generation whose snapshot is complete */
 };
 
 /* ---- records ------------------------------------------------------------
@@ -151,6 +158,8 @@ struct rec_realloc {
 #define HEAP_SHARED_OFFSET 2048
 #define HEAP_MAGIC 0x50414548u /* "HEAP" */
 enum { EXIT_RUNNING = 0, EXIT_WAITING = 1, EXIT_SCANNED = 2 };
+/* Why tracking stopped for good in a process (heap_shared.detached). */
+enum { DETACH_NONE = 0, DETACH_RUN_ENDED = 1, DETACH_CONTROLLER_DEAD = 2, DETACH_CONTROLLER_STALLED = 3 };
 struct heap_shared {
     uint32_t magic;
     uint32_t depth;           /* frames kept per allocation */
@@ -158,8 +167,6 @@ struct heap_shared {
     uint32_t exit_state;      /* EXIT_*: the controller scans while WAITING */
     uint32_t detached;        /* DETACH_*: set once (by either side); the hooks then only forward */
     uint64_t exit_sp;         /* stack pointer of the thread running exit */
-/* Why tracking stopped for good in a process (heap_shared.detached). */
-enum { DETACH_NONE = 0, DETACH_RUN_ENDED = 1, DETACH_CONTROLLER_DEAD = 2, DETACH_CONTROLLER_STALLED = 3 };
     uint64_t exit_fs;         /* its thread pointer (TCB: dtv, pthread_setspecific data) */
     uint64_t exit_tid;
     uint64_t heartbeat_ns;    /* controller's CLOCK_MONOTONIC at its last drain */
@@ -170,6 +177,12 @@ enum { DETACH_NONE = 0, DETACH_RUN_ENDED = 1, DETACH_CONTROLLER_DEAD = 2, DETACH
     uint64_t timed_ns;        /* ... and its time summed here */
     uint64_t sampled_free_overflow; /* sampled mode: set of sampled blocks overflowed */
     uint64_t unwind_cache_bytes; /* resident part of the unwind rule cache, at exit */
+    uint64_t detached_ns;     /* CLOCK_MONOTONIC when `detached` was set */
+    uint64_t execs;           /* execs of this pid: a claim older than an exec is dead */
+    uint64_t exec_pos;        /* ring position of the newest image's REC_EXEC */
+    uint64_t exit_tls_lo;     /* the exiting thread's static TLS blocks */
+    uint64_t exit_tls_hi;
+    uint64_t ring_peak;       /* most ring bytes ever in flight (written, not yet read) */
 };
 
 /* ---- heap.c (target side, only in the "mem" build) -------------------------
@@ -178,12 +191,6 @@ enum { DETACH_NONE = 0, DETACH_RUN_ENDED = 1, DETACH_CONTROLLER_DEAD = 2, DETACH
  * the controller is draining it; a dead or stalled controller is decided once
  * per process (DETACH_*), after which nothing waits and the hooks forward. */
 int heap_init(const char *dir);                 /* constructor */
-    uint64_t detached_ns;     /* CLOCK_MONOTONIC when `detached` was set */
-    uint64_t execs;           /* execs of this pid: a claim older than an exec is dead */
-    uint64_t exec_pos;        /* ring position of the newest image's REC_EXEC */
-    uint64_t exit_tls_lo;     /* the exiting thread's static TLS blocks */
-    uint64_t exit_tls_hi;
-    uint64_t ring_peak;       /* most ring bytes ever in flight (written, not yet read) */
 void heap_after_fork(void);                     /* fork child: its own ring, first thing */
 void heap_at_exit(void);                        /* wait (bounded) for the leak scan */
 /* The shim's own bookkeeping (thread start, fork child setup) allocates:
@@ -251,15 +258,20 @@ enum unwind_mode { UNWIND_AUTO = 0, UNWIND_FP = 1, UNWIND_DWARF = 2 };
 
 struct stack_bounds { uintptr_t lo, hi; };
 
-/* Load and warm up libgcc's unwinder, allocate the rule cache and find the
- * shim's own code, outside any handler.  Not AS-safe.  Idempotent. */
+/* Load and warm up libgcc's unwinder (the heap hooks' last resort),
+ * allocate the rule cache and find the shim's own code, outside any
+ * handler.  Not AS-safe.  Idempotent. */
 void unwind_init(void);
 /* The stack of whoever called into the shim, leaf (that caller) first: the
- * shim's own frames are dropped.  Same fallback chain as unwind_stack.
- * Used by the heap hooks; not for signal handlers (it starts from here). */
+ * shim's own frames are dropped.  Cached CFI rules, libgcc's
+ * _Unwind_Backtrace if they give nothing.  Used by the heap hooks; never
+ * from a signal handler (libgcc may take a lock). */
 int unwind_caller(const struct stack_bounds *b, uint64_t *ips, int max, int *truncated);
-/* Fill ips[] (leaf first) from the interrupted context `uc`.  AS-safe.
- * Returns the frame count; *truncated set if the stack was deeper than max. */
+/* Fill ips[] (leaf first) from the interrupted context `uc`.  AS-safe:
+ * only cfi.c's walker (never libgcc, nothing lazily bound), every memory
+ * read validated, so a sample on a coroutine stack, inside swapcontext or
+ * in JIT code cannot fault or block.  Returns the frame count (>= 1);
+ * *truncated set if the stack was deeper than max. */
 int unwind_stack(enum unwind_mode mode, void *uc, const struct stack_bounds *b,
                  uint64_t *ips, int max, int *truncated);
 
@@ -268,18 +280,28 @@ int unwind_stack(enum unwind_mode mode, void *uc, const struct stack_bounds *b,
 void cfi_init(void);
 /* Bytes of the rule cache that are resident (pages touched so far). */
 uint64_t cfi_cache_bytes(void);
+enum {
+    CFI_RULES = 1,        /* use .eh_frame rules (else the frame-pointer chain only) */
+    CFI_ANY_MEMORY = 2,   /* reads outside [sp, stack top) through process_vm_readv
+                             (signal handlers: coroutine stacks, sigaltstack) */
+    CFI_STRICT = 4,       /* a frame without a rule fails the walk (-1): the
+                             caller has a better fallback (libgcc) */
+};
 /* Unwind from registers (pc, sp, fp) within stack bounds `b`, leaf first.
  * The first pc is exact, later ones return addresses.  Leading frames whose
  * pc is in [skip_lo, skip_hi) are walked but not recorded (skip_lo ==
- * skip_hi: none).  Returns the frame count, or -1 when a frame needs the
- * slow unwinder (no FDE, DWARF expressions, signal frame, unknown stack
- * bounds).  AS-safe. */
+ * skip_hi: none).  A frame without a usable rule is stepped through its
+ * frame pointer (CFI_STRICT: -1 instead).  Returns the frame count.
+ * AS-safe: no libgcc, no locks, never faults (every read validated). */
 int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds *b,
-               uint64_t *ips, int max, uint64_t skip_lo, uint64_t skip_hi, int *truncated);
+               uint64_t *ips, int max, uint64_t skip_lo, uint64_t skip_hi, int flags, int *truncated);
+/* Unmap the calling thread's page for validated reads.  At thread exit. */
+void cfi_thread_exit(void);
 
 /* ---- sampler.c ------------------------------------------------------------*/
 struct sampler_config {
-    unsigned hz;
+    unsigned hz;              /* 0: no timer and no handler at all */
+    const char *dir;          /* session directory (maps snapshots) */
     int signo;                /* sampling signal for perf/posix timers */
     int forced_timer;         /* 0 = best available, else enum timer kind */
     enum unwind_mode unwind;
@@ -297,6 +319,16 @@ void sampler_thread_stop(void);
 void sampler_after_fork(struct ring *r);
 /* Emit a THREAD record for the calling thread (name, cpu time). */
 void sampler_thread_record(int what);
+/* Around an exec in the calling thread: stop its timer and discard a
+ * pending signal of ours (so none reaches the new image), and undo that if
+ * the exec failed.  Not AS-safe; a no-op in a vfork child. */
+struct exec_guard {
+    int active, itimer_stopped;
+    struct itimerspec posix_old;
+    struct itimerval itimer_old;
+};
+int sampler_exec_prepare(struct exec_guard *g);
+void sampler_exec_failed(struct exec_guard *g);
 /* Is this signal/siginfo one of our timer's?  AS-safe. */
 int sampler_owns(int sig, const siginfo_t *si);
 /* Called by preload.c when the target claims our signal. */
@@ -307,10 +339,23 @@ int sampler_active(void);
 /* The C library's sigaction, bypassing our own interposer. */
 int real_sigaction(int sig, const struct sigaction *act, struct sigaction *old);
 
-/* ---- maps.c ---------------------------------------------------------------*/
-/* Copy /proc/self/maps into <dir>/<pid>.maps.<gen> and publish `gen` in the
- * ring header.  Only syscalls; not called from the handler. */
+/* ---- maps.c ---------------------------------------------------------------
+ * Copies of /proc/self/maps in <dir>/<pid>.maps.<gen>; samples carry the
+ * generation current when they were taken (ring_header.maps_gen). */
+/* Take a new generation and write its snapshot now (start, fork, exec).
+ * Only syscalls; not from the handler. */
 void maps_snapshot(struct ring *r, const char *dir);
+/* The map changed (dlopen/dlclose): a new generation, written lazily by
+ * the first sample that uses it.  No file I/O: a program that loads and
+ * unloads libraries in a loop pays an atomic or two per call. */
+void maps_changed(struct ring *r);
+/* Before unmapping code (dlclose): wait (bounded) for a snapshot another
+ * thread is writing, so it still shows what its samples saw. */
+void maps_settle(struct ring *r);
+/* Write generation `gen` unless someone has.  AS-safe (only syscalls; the
+ * caller lends `buf`, MAPS_BUF_BYTES, so nothing big goes on its stack). */
+#define MAPS_BUF_BYTES 8192
+void maps_ensure(struct ring *r, const char *dir, uint32_t gen, char *buf, size_t cap);
 
 /* ---- small helpers (util.c) ------------------------------------------------*/
 uint64_t now_ns(void);                    /* CLOCK_MONOTONIC, AS-safe */

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -61,12 +62,16 @@ static void thread_gone(void *unused)
 struct trampoline {
     void *(*fn)(void *);
     void *arg;
+    int blocks_ours;          /* the creator's view of the mask, inherited */
 };
+
+static __thread int program_blocks_ours CTPROF_TLS;
 
 static void *thread_main(void *p)
 {
     struct trampoline t = *(struct trampoline *)p;
     munmap(p, sizeof t);
+    program_blocks_ours = t.blocks_ours;
 #ifdef CTPROF_HEAP
     heap_hooks_pause(1); /* the shim's own allocations (pthread_getattr_np) are not the program's */
 #endif
@@ -90,6 +95,7 @@ CTPROF_API int pthread_create(pthread_t *thread, const pthread_attr_t *attr, voi
         return real_pthread_create(thread, attr, fn, arg);
     t->fn = fn;
     t->arg = arg;
+    t->blocks_ours = program_blocks_ours;
     int rc = real_pthread_create(thread, attr, thread_main, t);
     if (rc != 0)
         munmap(t, sizeof *t);
@@ -156,6 +162,8 @@ static void *dlopen_as(const void *caller, const char *file, int flags)
     return NULL;
 }
 
+/* The memory map changes: a new maps generation, whose snapshot the first
+ * sample under it writes (maps.c), so a dlopen/dlclose loop costs no I/O. */
 CTPROF_API void *dlopen(const char *file, int flags)
 {
     if (!real_dlopen)
@@ -164,7 +172,7 @@ CTPROF_API void *dlopen(const char *file, int flags)
     if (!h)
         h = real_dlopen(file, flags);
     if (active && h)
-        maps_snapshot(ring_now(), session_dir);
+        maps_changed(ring_now());
     return h;
 }
 
@@ -172,10 +180,212 @@ CTPROF_API int dlclose(void *handle)
 {
     if (!real_dlclose)
         real_dlclose = (int (*)(void *))dlsym(RTLD_NEXT, "dlclose");
+    if (active)
+        maps_settle(ring_now());
     int rc = real_dlclose(handle);
     if (active)
-        maps_snapshot(ring_now(), session_dir);
+        maps_changed(ring_now());
     return rc;
+}
+
+/* ---- exec: no signal of ours may reach the new image -------------------------
+ * The new image starts with default dispositions, and the default action of
+ * our real-time signal terminates: so before every exec the calling
+ * thread's timer is stopped and any pending signal of ours discarded, and
+ * if the exec fails both are restored (sampler_exec_prepare).  The list
+ * variants are wrapped too: glibc's execl* and execvp* reach execve
+ * internally, not through an interposable symbol. */
+
+typedef int (*execve_fn)(const char *, char *const[], char *const[]);
+typedef int (*execv_fn)(const char *, char *const[]);
+typedef int (*fexecve_fn)(int, char *const[], char *const[]);
+
+static void *next_symbol(void **cache, const char *name)
+{
+    void *f = __atomic_load_n(cache, __ATOMIC_ACQUIRE);
+    if (!f) {
+        f = dlsym(RTLD_NEXT, name);
+        __atomic_store_n(cache, f, __ATOMIC_RELEASE);
+    }
+    return f;
+}
+
+#define NEXT(type, name) ((type)next_symbol(&next_##name, #name))
+static void *next_execve, *next_execv, *next_execvp, *next_execvpe, *next_fexecve;
+
+/* Run one exec call `call` between prepare and, on failure, restore. */
+#define GUARDED_EXEC(call)                                   \
+    do {                                                     \
+        struct exec_guard guard;                             \
+        if (active)                                          \
+            sampler_exec_prepare(&guard);                    \
+        int rc_ = (call);                                    \
+        int errno_ = errno;                                  \
+        if (active)                                          \
+            sampler_exec_failed(&guard);                     \
+        errno = errno_;                                      \
+        return rc_;                                          \
+    } while (0)
+
+CTPROF_API int execve(const char *path, char *const argv[], char *const envp[])
+{
+    GUARDED_EXEC(NEXT(execve_fn, execve)(path, argv, envp));
+}
+
+CTPROF_API int execv(const char *path, char *const argv[])
+{
+    GUARDED_EXEC(NEXT(execv_fn, execv)(path, argv));
+}
+
+CTPROF_API int execvp(const char *file, char *const argv[])
+{
+    GUARDED_EXEC(NEXT(execv_fn, execvp)(file, argv));
+}
+
+CTPROF_API int execvpe(const char *file, char *const argv[], char *const envp[])
+{
+    GUARDED_EXEC(NEXT(execve_fn, execvpe)(file, argv, envp));
+}
+
+CTPROF_API int fexecve(int fd, char *const argv[], char *const envp[])
+{
+    GUARDED_EXEC(NEXT(fexecve_fn, fexecve)(fd, argv, envp));
+}
+
+/* execl, execle, execlp: gather the list into an array on the stack (as
+ * glibc does) and go through the wrapped vector forms. */
+#define ARGV_FROM_LIST(first, ap, argv, extra)                          \
+    size_t count_ = 1;                                                  \
+    va_list copy_;                                                      \
+    va_copy(copy_, ap);                                                 \
+    while (va_arg(copy_, char *))                                       \
+        count_++;                                                       \
+    va_end(copy_);                                                      \
+    char **argv = __builtin_alloca((count_ + 1) * sizeof(char *));      \
+    argv[0] = (char *)(first);                                          \
+    for (size_t i_ = 1; i_ <= count_; i_++)                             \
+        argv[i_] = va_arg(ap, char *);                                  \
+    extra
+
+CTPROF_API int execl(const char *path, const char *arg, ...)
+{
+    va_list ap;
+    va_start(ap, arg);
+    ARGV_FROM_LIST(arg, ap, argv, );
+    va_end(ap);
+    return execv(path, argv);
+}
+
+CTPROF_API int execlp(const char *file, const char *arg, ...)
+{
+    va_list ap;
+    va_start(ap, arg);
+    ARGV_FROM_LIST(arg, ap, argv, );
+    va_end(ap);
+    return execvp(file, argv);
+}
+
+CTPROF_API int execle(const char *path, const char *arg, ...)
+{
+    va_list ap;
+    va_start(ap, arg);
+    ARGV_FROM_LIST(arg, ap, argv, char *const *envp = va_arg(ap, char *const *););
+    va_end(ap);
+    return execve(path, argv, envp);
+}
+
+/* ---- our signal stays deliverable ----------------------------------------------
+ * A program that blocks every signal and waits for them with sigwait* or a
+ * signalfd would otherwise block our timer signal and then receive it as
+ * its own.  Our signal is taken out of every set the program blocks or
+ * waits on; the program still sees its own view in the old sets it gets
+ * back (sampler-blocked state kept per thread). */
+
+
+static int ours(void) { return active && sampler_active() ? sampler_signal() : 0; }
+
+/* *set without our signal, in `copy`; the set itself if ours is not in it. */
+static const sigset_t *without_ours(const sigset_t *set, sigset_t *copy)
+{
+    int sig = ours();
+    if (!set || !sig || sigismember(set, sig) != 1)
+        return set;
+    *copy = *set;
+    sigdelset(copy, sig);
+    return copy;
+}
+
+static void note_mask(int how, const sigset_t *set, sigset_t *old, int was_blocked)
+{
+    int sig = ours();
+    if (!sig)
+        return;
+    if (old) {
+        if (was_blocked)
+            sigaddset(old, sig);
+        else
+            sigdelset(old, sig);
+    }
+    if (set) {
+        int in = sigismember(set, sig) == 1;
+        if (how == SIG_SETMASK)
+            program_blocks_ours = in;
+        else if (how == SIG_BLOCK && in)
+            program_blocks_ours = 1;
+        else if (how == SIG_UNBLOCK && in)
+            program_blocks_ours = 0;
+    }
+}
+
+static void *next_sigprocmask, *next_pthread_sigmask, *next_sigwait, *next_sigwaitinfo,
+    *next_sigtimedwait, *next_signalfd;
+typedef int (*mask_fn)(int, const sigset_t *, sigset_t *);
+
+CTPROF_API int sigprocmask(int how, const sigset_t *set, sigset_t *old)
+{
+    sigset_t copy;
+    int was = program_blocks_ours;
+    const sigset_t *use = how == SIG_UNBLOCK ? set : without_ours(set, &copy);
+    int rc = NEXT(mask_fn, sigprocmask)(how, use, old);
+    if (rc == 0)
+        note_mask(how, set, old, was);
+    return rc;
+}
+
+CTPROF_API int pthread_sigmask(int how, const sigset_t *set, sigset_t *old)
+{
+    sigset_t copy;
+    int was = program_blocks_ours;
+    const sigset_t *use = how == SIG_UNBLOCK ? set : without_ours(set, &copy);
+    int rc = NEXT(mask_fn, pthread_sigmask)(how, use, old);
+    if (rc == 0)
+        note_mask(how, set, old, was);
+    return rc;
+}
+
+CTPROF_API int sigwait(const sigset_t *set, int *sig)
+{
+    sigset_t copy;
+    return NEXT(int (*)(const sigset_t *, int *), sigwait)(without_ours(set, &copy), sig);
+}
+
+CTPROF_API int sigwaitinfo(const sigset_t *set, siginfo_t *info)
+{
+    sigset_t copy;
+    return NEXT(int (*)(const sigset_t *, siginfo_t *), sigwaitinfo)(without_ours(set, &copy), info);
+}
+
+CTPROF_API int sigtimedwait(const sigset_t *set, siginfo_t *info, const struct timespec *timeout)
+{
+    sigset_t copy;
+    return NEXT(int (*)(const sigset_t *, siginfo_t *, const struct timespec *), sigtimedwait)(
+        without_ours(set, &copy), info, timeout);
+}
+
+CTPROF_API int signalfd(int fd, const sigset_t *mask, int flags)
+{
+    sigset_t copy;
+    return NEXT(int (*)(int, const sigset_t *, int), signalfd)(fd, without_ours(mask, &copy), flags);
 }
 
 /* ---- the target's own signals and timers ----------------------------------- */
@@ -242,7 +452,8 @@ __attribute__((constructor)) static void ctprof_start(void)
     maps_snapshot(&main_ring, session_dir);
 
     struct sampler_config c;
-    c.hz = (unsigned)main_ring.hdr->hz;
+    c.hz = (unsigned)main_ring.hdr->hz;   /* 0: sampled from outside, no timer here */
+    c.dir = session_dir;
     c.signo = SIGRTMIN + (int)env_long("CTPROF_SIGNAL_OFFSET", 4);
     const char *timer = getenv("CTPROF_TIMER");
     c.forced_timer = !timer ? 0 : !strcmp(timer, "perf") ? TIMER_PERF : !strcmp(timer, "posix") ? TIMER_POSIX

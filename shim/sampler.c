@@ -1,9 +1,25 @@
-/* CPU sampling: one CPU-time timer per thread, a signal handler that unwinds
- * the interrupted stack into the shared ring.
+/* CPU sampling inside the program (`ctprof run --sampler signal`): one
+ * CPU-time timer per thread, a signal handler that unwinds the interrupted
+ * stack into the shared ring.
  *
- * Timer choice (best first, DESIGN.md): a per-thread perf_event software
- * task-clock (exact rates up to 10 kHz), then timer_create on the thread's
- * CPU clock, then ITIMER_PROF (both tick-driven, ~250 Hz at most here). */
+ * What keeps it invisible to the program (issue 13):
+ *  - The timer is a per-thread perf_event task-clock with exclude_kernel=1:
+ *    an expiry while the thread is in the kernel produces no overflow, so
+ *    the signal only ever interrupts user code, never a system call (no
+ *    EINTR, no short write).  timer_create / ITIMER_PROF count kernel time
+ *    and would interrupt system calls: they are used only when forced
+ *    (CTPROF_TIMER), never as a silent fallback.
+ *  - Before an exec the thread's timer is stopped and a pending signal of
+ *    ours discarded (sampler_exec_prepare), restored if the exec fails.
+ *  - The handler blocks every other signal while it runs (so no handler of
+ *    the program can run inside it and longjmp out), calls nothing lazily
+ *    bound (the shim is linked -z now) and no libgcc (unwind.c).
+ *  - Our descriptors live above the program's soft RLIMIT_NOFILE where the
+ *    hard limit allows, and are closed only while they are still ours.
+ *  - preload.c keeps our signal out of the program's blocked sets and out
+ *    of the sets it waits on (sigwait*, signalfd).
+ * With CTPROF_HZ=0 no timer and no handler exist at all (the controller
+ * samples from outside); thread records and stack bounds remain. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -16,6 +32,8 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include "ctprof.h"
@@ -27,12 +45,17 @@ struct thread_state {
     int armed;
     int kind;
     int perf_fd;
+    uint64_t perf_id;             /* PERF_EVENT_IOC_ID: is perf_fd still ours? */
+    int owner_tid;                /* the thread these fields belong to (vfork children share them) */
     timer_t timer;
     uint64_t *scratch;            /* mmap'ed: the handler never mallocs */
     size_t scratch_bytes;
     struct stack_bounds bounds;
     int in_handler;
+    int warmup;                   /* the first overflow only sets the regular period */
+    int exec_pending;             /* an exec is under way: take nothing, re-arm nothing */
     unsigned samples;
+    uint64_t last_handler_ns;     /* CPU time of the last timed handler run */
 };
 
 static __thread struct thread_state ts CTPROF_TLS;
@@ -41,7 +64,8 @@ static struct ring *volatile cur_ring;
 static struct sampler_config cfg;
 static int process_kind;              /* timer kind chosen for this process */
 static int installed;
-static int perf_fds[MAX_PERF_FDS];    /* every live perf fd, for fork children */
+static struct { int fd; uint64_t id; } perf_fds[MAX_PERF_FDS]; /* live perf fds (fd+1), for fork children */
+static int sampling;                  /* a timer and our handler exist (CTPROF_HZ > 0) */
 
 static struct sigaction chained;      /* the target's action for our signal */
 static volatile int chained_set;
@@ -58,7 +82,7 @@ int real_sigaction(int sig, const struct sigaction *act, struct sigaction *old)
 const struct stack_bounds *sampler_bounds(void) { return &ts.bounds; }
 
 int sampler_signal(void) { return process_kind == TIMER_ITIMER ? SIGPROF : cfg.signo; }
-int sampler_active(void) { return installed && cur_ring != NULL; }
+int sampler_active(void) { return installed && sampling && cur_ring != NULL; }
 
 static void note(uint32_t bits)
 {
@@ -81,6 +105,11 @@ int sampler_owns(int sig, const siginfo_t *si)
     }
 }
 
+/* Bytes of the per-thread scratch area: the frames, then room for a maps
+ * snapshot's path and copy buffer (maps.c), so nothing big lands on the
+ * interrupted thread's stack, which may be 16 KiB in all. */
+static size_t scratch_need(void) { return ((size_t)cfg.max_depth + 1) * sizeof(uint64_t) + MAPS_BUF_BYTES; }
+
 static void take_sample(void *uc)
 {
     struct ring *r = cur_ring;
@@ -88,7 +117,13 @@ static void take_sample(void *uc)
         return;
     ts.in_handler = 1;
     uint64_t t0 = now_ns();
-    size_t need = ((size_t)cfg.max_depth + 1) * sizeof(uint64_t);
+    /* The handler's cost is measured in the thread's CPU time (a
+     * preempted handler must not count the time it waited), every 8th
+     * sample: the clock is a real syscall (~0.5 us).  The others are
+     * charged the thread's last measurement. */
+    int timed = (ts.samples++ & 7) == 0;
+    uint64_t cpu0 = timed ? thread_cpu_ns() : 0;
+    size_t need = scratch_need();
     if (!ts.scratch) {
         /* mmap is a plain syscall: safe here, unlike malloc. */
         void *p = mmap(NULL, need, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -100,6 +135,10 @@ static void take_sample(void *uc)
     if (ts.scratch) {
         int truncated = 0;
         int n = unwind_stack(cfg.unwind, uc, &ts.bounds, ts.scratch, cfg.max_depth, &truncated);
+        uint32_t gen = __atomic_load_n(&r->hdr->maps_gen, __ATOMIC_ACQUIRE);
+        /* The first sample under a new memory map writes its snapshot
+         * (dlopen/dlclose only bump the generation: maps.c). */
+        maps_ensure(r, cfg.dir, gen, (char *)(ts.scratch + cfg.max_depth + 1), MAPS_BUF_BYTES);
         uint32_t size = (uint32_t)(sizeof(struct rec_sample) + (size_t)n * 8);
         struct rec_sample *rec = ring_reserve(r, size);
         if (rec) {
@@ -107,16 +146,16 @@ static void take_sample(void *uc)
             rec->h.flags = truncated ? SAMPLE_TRUNCATED : 0;
             rec->tid = (uint32_t)ctprof_gettid();
             rec->nips = (uint32_t)n;
-            rec->gen = __atomic_load_n(&r->hdr->maps_gen, __ATOMIC_ACQUIRE);
+            rec->gen = gen;
             rec->time_ns = t0;
-            /* The thread's CPU clock is a real syscall (~0.5 us here): read
-             * it every 8th sample; the exit record carries the final value. */
-            rec->cpu_ns = (ts.samples++ & 7) == 0 ? thread_cpu_ns() : 0;
+            rec->cpu_ns = cpu0;   /* 0: not read this time; the exit record has the final value */
             memcpy(rec + 1, ts.scratch, (size_t)n * 8);
             ring_commit(rec, size);  /* the controller counts the records it reads */
         }
     }
-    __atomic_fetch_add(&r->hdr->handler_ns, now_ns() - t0, __ATOMIC_RELAXED);
+    if (timed)
+        ts.last_handler_ns = thread_cpu_ns() - cpu0;
+    __atomic_fetch_add(&r->hdr->handler_ns, ts.last_handler_ns, __ATOMIC_RELAXED);
     ts.in_handler = 0;
 }
 
@@ -132,16 +171,29 @@ static void call_chained(int sig, siginfo_t *si, void *uc)
     }
 }
 
+static uint64_t period_ns(void) { return 1000000000ull / (cfg.hz ? cfg.hz : 99); }
+
 static void on_signal(int sig, siginfo_t *si, void *uc)
 {
     int saved_errno = errno;
     if (sampler_owns(sig, si)) {
-        take_sample(uc);
-        /* Re-arm for one more overflow only now: a handler slower than the
-         * period can never pile up queued signals (an overflowing real-time
-         * queue would make the kernel send SIGIO, which kills by default). */
-        if (ts.kind == TIMER_PERF)
-            ioctl(ts.perf_fd, PERF_EVENT_IOC_REFRESH, 1);
+        if (!ts.exec_pending) {
+            if (ts.warmup) {
+                /* The random first half-period has passed: from now on the
+                 * regular period (see arm_perf). */
+                uint64_t p = period_ns();
+                ioctl(ts.perf_fd, PERF_EVENT_IOC_PERIOD, &p);
+                ts.warmup = 0;
+            } else {
+                take_sample(uc);
+            }
+            /* Re-arm for one more overflow only now: a handler slower than
+             * the period can never pile up queued signals (an overflowing
+             * real-time queue would make the kernel send SIGIO, which kills
+             * by default). */
+            if (ts.kind == TIMER_PERF)
+                ioctl(ts.perf_fd, PERF_EVENT_IOC_REFRESH, 1);
+        }
         /* With ITIMER_PROF the target's own profiling timer is the same
          * timer: keep its handler fed if it armed one. */
         if (process_kind == TIMER_ITIMER && cur_ring &&
@@ -170,59 +222,155 @@ void sampler_chain(const struct sigaction *act, struct sigaction *old)
     }
 }
 
-/* ---- timers -------------------------------------------------------------- */
+/* ---- descriptors ------------------------------------------------------------ */
 
-static void remember_fd(int fd, int add)
+static void remember_fd(int fd, uint64_t id, int add)
 {
     for (int i = 0; i < MAX_PERF_FDS; i++) {
         int expect = add ? 0 : fd + 1;
-        if (__atomic_compare_exchange_n(&perf_fds[i], &expect, add ? fd + 1 : 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        if (__atomic_compare_exchange_n(&perf_fds[i].fd, &expect, add ? fd + 1 : 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+            if (add)
+                perf_fds[i].id = id;
             return;
+        }
     }
 }
 
-static uint64_t period_ns(void) { return 1000000000ull / (cfg.hz ? cfg.hz : 99); }
+static uint64_t event_id(int fd)
+{
+    uint64_t id = 0;
+    if (ioctl(fd, PERF_EVENT_IOC_ID, &id) != 0)
+        return 0;
+    return id;
+}
 
-static int open_task_clock(int exclude_kernel)
+/* Close `fd` only if it is still our perf event: the program may have
+ * closed it (a "close every descriptor" loop) and got the number back
+ * for a file of its own, which we must not close under it. */
+static void close_if_ours(int fd, uint64_t id)
+{
+    if (fd >= 0 && id && event_id(fd) == id)
+        close(fd);
+}
+
+static int fd_lock;
+
+/* Move a new descriptor of ours out of the program's way.  Measured need:
+ * one perf descriptor per thread took the lowest free numbers, so a
+ * program that closes 3..1023 and opens its output got our old number
+ * (and lost its output when we closed ours), and 100 threads cost the
+ * program 100 of its RLIMIT_NOFILE descriptors.  fcntl(F_DUPFD) can only
+ * place a descriptor below the soft limit, but a descriptor above it
+ * stays valid when the limit is lowered back: so where the hard limit
+ * leaves room, the soft limit is raised for the one dup and restored
+ * (under a lock among our own threads: two overlapping raises would
+ * leave the raised value).  Otherwise the descriptor goes as high below
+ * the soft limit as is free.  An mmap'ed event without a descriptor was
+ * the other option, but re-arming one overflow at a time (see on_signal)
+ * needs the descriptor for its ioctl. */
+static int move_fd_high(int fd)
+{
+    while (__atomic_exchange_n(&fd_lock, 1, __ATOMIC_ACQUIRE))
+        sched_yield();
+    struct rlimit rl;
+    int moved = -1;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur > 64) {
+        rlim_t soft = rl.rlim_cur;
+        if (rl.rlim_max == RLIM_INFINITY || rl.rlim_max > soft) {
+            rlim_t room = rl.rlim_max == RLIM_INFINITY ? 65536 : rl.rlim_max - soft;
+            rl.rlim_cur = soft + (room < 65536 ? room : 65536);
+            if (setrlimit(RLIMIT_NOFILE, &rl) == 0) {
+                moved = fcntl(fd, F_DUPFD_CLOEXEC, (int)soft);
+                rl.rlim_cur = soft;
+                setrlimit(RLIMIT_NOFILE, &rl);
+            }
+        }
+        if (moved < 0)
+            moved = fcntl(fd, F_DUPFD_CLOEXEC, (int)(soft > 512 ? soft - 256 : soft / 2));
+    }
+    __atomic_store_n(&fd_lock, 0, __ATOMIC_RELEASE);
+    if (moved < 0)
+        return fd;
+    close(fd);
+    return moved;
+}
+
+/* ---- timers -------------------------------------------------------------- */
+
+static int open_task_clock(uint64_t period)
 {
     struct perf_event_attr a;
     memset(&a, 0, sizeof a);
     a.size = sizeof a;
     a.type = PERF_TYPE_SOFTWARE;
     a.config = PERF_COUNT_SW_TASK_CLOCK;
-    a.sample_period = period_ns();
+    a.sample_period = period;
     a.disabled = 1;
     a.wakeup_events = 1;
-    a.exclude_kernel = exclude_kernel;
+    /* User mode only: an expiry while the thread runs in the kernel makes
+     * no overflow, so our signal can never interrupt a system call (which
+     * would then fail with EINTR or return short).  Time in system calls
+     * is therefore not sampled in this mode. */
+    a.exclude_kernel = 1;
     a.exclude_hv = 1;
     return (int)syscall(SYS_perf_event_open, &a, 0, -1, -1, PERF_FLAG_FD_CLOEXEC);
 }
 
+/* A uniform draw in [1, n]; a per-thread xorshift seeded from the clock
+ * and the tid (no libc state, no locks). */
+static uint64_t random_upto(uint64_t n)
+{
+    uint64_t x = now_ns() ^ ((uint64_t)ctprof_gettid() << 32) ^ (uint64_t)(uintptr_t)&x;
+    for (int i = 0; i < 4; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    return 1 + x % n;
+}
+
 static int arm_perf(void)
 {
-    /* Counting kernel time too charges syscalls to their caller, as
-     * ITIMER_PROF would; unprivileged users may only count user time. */
-    int fd = open_task_clock(0);
-    if (fd < 0 && (errno == EACCES || errno == EPERM))
-        fd = open_task_clock(1);
+    /* A thread's first sample comes after a random part of the period, so
+     * a thread that runs less than one period is still sampled with the
+     * right probability.  The first overflow comes after half the random
+     * offset and the second after the other half: the kernel forwards its
+     * timer by the period in force at an overflow, so the first
+     * overflow only switches to the regular period (ts.warmup). */
+    uint64_t first = random_upto(period_ns());
+    int fd = open_task_clock(first / 2 ? first / 2 : 1);
     if (fd < 0)
         return -1;
+    /* Move first: the signal's si_fd is the number O_ASYNC was set on. */
+    fd = move_fd_high(fd);
     struct f_owner_ex owner = {F_OWNER_TID, ctprof_gettid()};
-    if (fcntl(fd, F_SETFL, O_ASYNC | O_NONBLOCK) != 0 || fcntl(fd, F_SETSIG, cfg.signo) != 0 ||
+    uint64_t id = event_id(fd);
+    if (!id || fcntl(fd, F_SETFL, O_ASYNC | O_NONBLOCK) != 0 || fcntl(fd, F_SETSIG, cfg.signo) != 0 ||
         fcntl(fd, F_SETOWN_EX, &owner) != 0) {
         close(fd);
         return -1;
     }
     ts.perf_fd = fd;
+    ts.perf_id = id;
+    ts.warmup = 1;
     ts.kind = TIMER_PERF;
-    remember_fd(fd, 1);
+    remember_fd(fd, id, 1);
     if (ioctl(fd, PERF_EVENT_IOC_REFRESH, 1) != 0) {
-        remember_fd(fd, 0);
+        remember_fd(fd, id, 0);
         close(fd);
         ts.kind = TIMER_NONE;
         return -1;
     }
     return 0;
+}
+
+static void posix_period(struct itimerspec *its, uint64_t first)
+{
+    uint64_t p = period_ns();
+    its->it_interval.tv_sec = (time_t)(p / 1000000000u);
+    its->it_interval.tv_nsec = (long)(p % 1000000000u);
+    its->it_value.tv_sec = (time_t)(first / 1000000000u);
+    its->it_value.tv_nsec = (long)(first % 1000000000u);
 }
 
 static int arm_posix(void)
@@ -236,9 +384,8 @@ static int arm_posix(void)
     if (timer_create(CLOCK_THREAD_CPUTIME_ID, &sev, &ts.timer) != 0)
         return -1;
     ts.kind = TIMER_POSIX;
-    uint64_t p = period_ns();
-    struct itimerspec its = {{(time_t)(p / 1000000000u), (long)(p % 1000000000u)},
-                             {(time_t)(p / 1000000000u), (long)(p % 1000000000u)}};
+    struct itimerspec its;
+    posix_period(&its, random_upto(period_ns()));
     if (timer_settime(ts.timer, 0, &its, NULL) != 0) {
         timer_delete(ts.timer);
         ts.kind = TIMER_NONE;
@@ -292,21 +439,26 @@ void sampler_thread_start(void)
     if (!installed || ts.armed)
         return;
     ts.armed = 1;
+    ts.owner_tid = ctprof_gettid();
     stack_bounds_of_self(&ts.bounds);
     sampler_thread_record(THREAD_START);
+    if (!sampling)
+        return;
     switch (process_kind) {
     case TIMER_PERF:
         if (arm_perf() == 0)
             return;
-        /* this thread could not get a perf event: try a posix timer */
-        __attribute__((fallthrough));
+        note(NOTE_TIMER_FAILED);
+        return;
     case TIMER_POSIX:
         if (arm_posix() == 0)
             return;
         note(NOTE_TIMER_FAILED);
         return;
-    default:
+    case TIMER_ITIMER:
         ts.kind = TIMER_ITIMER; /* process-wide timer, armed once */
+        return;
+    default:
         return;
     }
 }
@@ -315,16 +467,91 @@ void sampler_thread_stop(void)
 {
     if (!ts.armed)
         return;
-    if (ts.kind == TIMER_PERF) {
-        remember_fd(ts.perf_fd, 0);
-        close(ts.perf_fd);
-    } else if (ts.kind == TIMER_POSIX) {
+    int kind = ts.kind;
+    ts.kind = TIMER_NONE;     /* from here a late signal is not taken as ours */
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    if (kind == TIMER_PERF) {
+        remember_fd(ts.perf_fd, 0, 0);
+        close_if_ours(ts.perf_fd, ts.perf_id);
+    } else if (kind == TIMER_POSIX) {
         timer_delete(ts.timer);
     }
-    ts.kind = TIMER_NONE;
     ts.armed = 0;
     sampler_thread_record(THREAD_EXIT);
+    if (ts.scratch) {
+        uint64_t *p = ts.scratch;
+        ts.scratch = NULL;
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        munmap(p, ts.scratch_bytes);
+    }
+    cfi_thread_exit();
 }
+
+/* ---- exec ------------------------------------------------------------------- */
+
+/* The signal mask through the kernel directly: preload.c wraps the
+ * library's sigprocmask. */
+static void raw_mask(int how, const sigset_t *set, sigset_t *old)
+{
+    syscall(SYS_rt_sigprocmask, how, set, old, _NSIG / 8);
+}
+
+int sampler_exec_prepare(struct exec_guard *g)
+{
+    memset(g, 0, sizeof *g);
+    /* A vfork child runs on its parent's thread-local data: the timer is
+     * the parent's, leave it alone. */
+    if (!installed || !sampling || !ts.armed || (int)syscall(SYS_gettid) != ts.owner_tid)
+        return 0;
+    g->active = 1;
+    ts.exec_pending = 1;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    if (ts.kind == TIMER_PERF) {
+        ioctl(ts.perf_fd, PERF_EVENT_IOC_DISABLE, 0);
+    } else if (ts.kind == TIMER_POSIX) {
+        struct itimerspec zero;
+        memset(&zero, 0, sizeof zero);
+        timer_settime(ts.timer, 0, &zero, &g->posix_old);
+    }
+    if (process_kind == TIMER_ITIMER && cur_ring &&
+        !(__atomic_load_n(&cur_ring->hdr->notes, __ATOMIC_RELAXED) & NOTE_TARGET_ITIMER)) {
+        /* ITIMER_PROF survives exec; ours must not. */
+        struct itimerval zero;
+        memset(&zero, 0, sizeof zero);
+        syscall(SYS_setitimer, ITIMER_PROF, &zero, &g->itimer_old);
+        g->itimer_stopped = 1;
+    }
+    /* A signal of ours already queued (our signal blocked at this moment,
+     * e.g. an exec from inside a handler) would survive into the new
+     * image, where nothing handles it: take it out now.  With the timer
+     * stopped no new one can come. */
+    sigset_t ours, old;
+    sigemptyset(&ours);
+    sigaddset(&ours, sampler_signal());
+    raw_mask(SIG_BLOCK, &ours, &old);
+    struct timespec zero_wait = {0, 0};
+    for (int i = 0; i < 64; i++)
+        if (syscall(SYS_rt_sigtimedwait, &ours, NULL, &zero_wait, _NSIG / 8) < 0)
+            break;
+    raw_mask(SIG_SETMASK, &old, NULL);
+    return 1;
+}
+
+void sampler_exec_failed(struct exec_guard *g)
+{
+    if (!g->active)
+        return;
+    if (g->itimer_stopped)
+        syscall(SYS_setitimer, ITIMER_PROF, &g->itimer_old, NULL);
+    if (ts.kind == TIMER_POSIX)
+        timer_settime(ts.timer, 0, &g->posix_old, NULL);
+    ts.exec_pending = 0;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    if (ts.kind == TIMER_PERF)
+        ioctl(ts.perf_fd, PERF_EVENT_IOC_REFRESH, 1);
+}
+
+/* ---- start, fork ------------------------------------------------------------- */
 
 int sampler_install(struct ring *r, const struct sampler_config *c)
 {
@@ -333,22 +560,27 @@ int sampler_install(struct ring *r, const struct sampler_config *c)
         cfg.max_depth = 128;
     cur_ring = r;
     unwind_init();
-
-    /* Pick the process's timer kind by trying it on this thread. */
-    int want = cfg.forced_timer;
     process_kind = TIMER_NONE;
+    r->hdr->timer_kind = TIMER_NONE;
+    if (cfg.hz == 0) {
+        /* CPU samples come from outside (the controller's perf events):
+         * no timer, no handler, nothing of ours in the program's signals. */
+        installed = 1;
+        return 0;
+    }
+
+    /* perf_event only, unless a tick-driven timer is forced: they count
+     * kernel time and so interrupt system calls (EINTR, short writes). */
+    int want = cfg.forced_timer;
     if (want == 0 || want == TIMER_PERF) {
-        int fd = open_task_clock(0);
-        if (fd < 0)
-            fd = open_task_clock(1);
+        int fd = open_task_clock(period_ns());
         if (fd >= 0) {
             close(fd);
             process_kind = TIMER_PERF;
         } else {
             note(NOTE_PERF_FAILED);
         }
-    }
-    if (process_kind == TIMER_NONE && want != TIMER_ITIMER) {
+    } else if (want == TIMER_POSIX) {
         timer_t t;
         struct sigevent sev;
         memset(&sev, 0, sizeof sev);
@@ -357,15 +589,25 @@ int sampler_install(struct ring *r, const struct sampler_config *c)
             timer_delete(t);
             process_kind = TIMER_POSIX;
         }
-    }
-    if (process_kind == TIMER_NONE)
+    } else if (want == TIMER_ITIMER) {
         process_kind = TIMER_ITIMER;
+    }
+    if (process_kind == TIMER_NONE) {
+        note(NOTE_TIMER_FAILED);
+        installed = 1;
+        return 0;
+    }
+    if (process_kind != TIMER_PERF)
+        note(NOTE_TICK_TIMER);
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_signal;
     sa.sa_flags = SA_SIGINFO | SA_RESTART;
-    sigemptyset(&sa.sa_mask);
+    /* Every other signal waits while the handler runs (~2 us): a handler
+     * of the program that ran inside ours and siglongjmp'ed out would leave
+     * ours half done (in_handler set for ever: no more samples). */
+    sigfillset(&sa.sa_mask);
     int sig = sampler_signal();
     struct sigaction prev;
     if (real_sigaction(sig, &sa, &prev) != 0)
@@ -379,6 +621,7 @@ int sampler_install(struct ring *r, const struct sampler_config *c)
     r->hdr->timer_kind = (uint32_t)process_kind;
     r->hdr->signo = (uint32_t)sig;
     installed = 1;
+    sampling = 1;
     if (process_kind == TIMER_ITIMER && arm_itimer() != 0)
         note(NOTE_TIMER_FAILED);
     return 0;
@@ -387,20 +630,22 @@ int sampler_install(struct ring *r, const struct sampler_config *c)
 void sampler_after_fork(struct ring *r)
 {
     /* The child has one thread.  The perf events it inherited count the
-     * parent's threads: close them all; timers are not inherited. */
+     * parent's threads: close them all (those still ours); timers are not
+     * inherited. */
     for (int i = 0; i < MAX_PERF_FDS; i++) {
-        int v = perf_fds[i];
+        int v = perf_fds[i].fd;
         if (v) {
-            close(v - 1);
-            perf_fds[i] = 0;
+            close_if_ours(v - 1, perf_fds[i].id);
+            perf_fds[i].fd = 0;
         }
     }
     ts.armed = 0;
     ts.kind = TIMER_NONE;
     ts.in_handler = 0;
+    ts.exec_pending = 0;
     cur_ring = r;
     r->hdr->timer_kind = (uint32_t)process_kind;
     r->hdr->signo = (uint32_t)sampler_signal();
-    if (process_kind == TIMER_ITIMER)
+    if (process_kind == TIMER_ITIMER && sampling)
         arm_itimer();
 }

@@ -1,81 +1,22 @@
-/* Stack unwinding from a signal context, behind one function with a
- * fallback chain: DWARF (.eh_frame through libgcc's _Unwind_Backtrace) for
- * code built without frame pointers, and a bounds-checked frame-pointer walk
- * that can never fault. */
+/* Stack unwinding behind two functions.  unwind_stack (signal handlers)
+ * uses only cfi.c's walker: cached .eh_frame rules, the frame-pointer chain
+ * where there are none (or only that with --unwind fp), every read
+ * validated.  unwind_caller (heap hooks, ordinary context) falls back to
+ * libgcc's _Unwind_Backtrace when the rules give nothing. */
 #define _GNU_SOURCE
-#include <errno.h>
 #include <signal.h>
 #include <unistd.h>
 #include <unwind.h>
 #include <link.h>
 #include <ucontext.h>
-#include <sys/syscall.h>
 #include "ctprof.h"
 
-/* ---- frame-pointer walk -------------------------------------------------- */
-
-/* Is [addr, addr+16) readable?  Asked of the kernel without touching it:
- * rt_sigprocmask with an invalid `how` copies the new set from `addr` first,
- * so EFAULT means unreadable and EINVAL means readable (gperftools' trick). */
-static int readable(uintptr_t addr)
-{
-    for (uintptr_t p = addr; p < addr + 16; p += 8) {
-        long rc = syscall(SYS_rt_sigprocmask, ~0, (void *)p, (void *)0, 8);
-        if (rc != -1 || errno != EINVAL)
-            return 0;
-    }
-    return 1;
-}
-
-static int fp_walk(uintptr_t pc, uintptr_t fp, uintptr_t sp, const struct stack_bounds *b,
-                   uint64_t *ips, int max, int *truncated)
-{
-    int n = 0;
-    uintptr_t checked_page = 0;
-    ips[n++] = pc;
-    while (1) {
-        /* The next frame must be aligned, above the current one and inside
-         * the thread's stack; otherwise the chain is garbage: stop. */
-        if (fp & 7 || fp < sp)
-            break;
-        if (b->hi) {
-            if (fp < b->lo || fp + 16 > b->hi)
-                break;
-        } else {
-            uintptr_t page = fp & ~(uintptr_t)4095;
-            if (page != checked_page || ((fp + 15) & ~(uintptr_t)4095) != page) {
-                if (!readable(fp))
-                    break;
-                checked_page = page;
-            }
-            if (fp - sp > (uintptr_t)1 << 30)
-                break;
-        }
-        uintptr_t next = ((uintptr_t *)fp)[0];
-        uintptr_t ret = ((uintptr_t *)fp)[1];
-        if (ret < 4096)
-            break;
-        if (n == max) {
-            *truncated = 1;
-            break;
-        }
-        ips[n++] = ret;
-        if (next <= fp)
-            break;
-        sp = fp + 16;
-        fp = next;
-    }
-    return n;
-}
-
-/* ---- DWARF (.eh_frame) walk through libgcc -------------------------------------
- * _Unwind_Backtrace starts in its caller, so leading frames are dropped:
- * up to the interrupted pc (signal handler: the handler's own frames and
- * the trampoline), or while they are in the shim's code (heap hooks). */
+/* ---- DWARF (.eh_frame) walk through libgcc (heap hooks only) ------------------
+ * _Unwind_Backtrace starts in its caller, so leading frames in the shim's
+ * code are dropped. */
 
 struct dwarf_state {
-    uintptr_t until_pc;            /* drop frames before this pc, if set */
-    uintptr_t skip_lo, skip_hi;    /* else drop leading frames in this range */
+    uintptr_t skip_lo, skip_hi;    /* drop leading frames in this range */
     uint64_t *ips;
     int max, n, found, truncated, seen;
 };
@@ -88,7 +29,7 @@ static _Unwind_Reason_Code dwarf_step(struct _Unwind_Context *ctx, void *arg)
     if (++s->seen > s->max + 64)
         return _URC_END_OF_STACK; /* runaway chain */
     if (!s->found) {
-        if (s->until_pc ? ip != s->until_pc : (ip >= s->skip_lo && ip < s->skip_hi))
+        if (ip >= s->skip_lo && ip < s->skip_hi)
             return _URC_NO_REASON;
         s->found = 1;
     }
@@ -155,26 +96,19 @@ int unwind_stack(enum unwind_mode mode, void *ucv, const struct stack_bounds *b,
                  uint64_t *ips, int max, int *truncated)
 {
     ucontext_t *uc = ucv;
-    uintptr_t pc = (uintptr_t)uc->uc_mcontext.gregs[REG_RIP];
-    uintptr_t fp = (uintptr_t)uc->uc_mcontext.gregs[REG_RBP];
-    uintptr_t sp = (uintptr_t)uc->uc_mcontext.gregs[REG_RSP];
+    uint64_t pc = (uint64_t)uc->uc_mcontext.gregs[REG_RIP];
+    uint64_t fp = (uint64_t)uc->uc_mcontext.gregs[REG_RBP];
+    uint64_t sp = (uint64_t)uc->uc_mcontext.gregs[REG_RSP];
     *truncated = 0;
     if (max < 1)
         return 0;
-    if (mode != UNWIND_FP) {
-        /* Cached CFI rules first; libgcc for frames they cannot express. */
-        int n = cfi_unwind(pc, sp, fp, b, ips, max, 0, 0, truncated);
-        if (n > 1)
-            return n;
-        struct dwarf_state s = {pc, 0, 0, ips, max, 0, 0, 0, 0};
-        n = dwarf_walk(&s, truncated);
-        /* A leaf without unwind info ends the DWARF walk at one frame: the
-         * frame-pointer chain may still know the callers. */
-        if (n > 1 || mode == UNWIND_DWARF)
-            return n > 0 ? n : (ips[0] = pc, 1);
-        *truncated = 0;
+    int flags = CFI_ANY_MEMORY | (mode == UNWIND_FP ? 0 : CFI_RULES);
+    int n = cfi_unwind(pc, sp, fp, b, ips, max, 0, 0, flags, truncated);
+    if (n < 1) {
+        ips[0] = pc;
+        n = 1;
     }
-    return fp_walk(pc, fp, sp, b, ips, max, truncated);
+    return n;
 }
 
 __attribute__((noinline)) int unwind_caller(const struct stack_bounds *b, uint64_t *ips, int max, int *truncated)
@@ -182,9 +116,9 @@ __attribute__((noinline)) int unwind_caller(const struct stack_bounds *b, uint64
     uint64_t pc, sp, fp;
     __asm__ volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2" : "=r"(pc), "=r"(sp), "=r"(fp));
     *truncated = 0;
-    int n = cfi_unwind(pc, sp, fp, b, ips, max, shim_lo, shim_hi, truncated);
+    int n = cfi_unwind(pc, sp, fp, b, ips, max, shim_lo, shim_hi, CFI_RULES | CFI_STRICT, truncated);
     if (n > 0)
         return n;
-    struct dwarf_state s = {0, shim_lo, shim_hi, ips, max, 0, 0, 0, 0};
+    struct dwarf_state s = {shim_lo, shim_hi, ips, max, 0, 0, 0, 0};
     return dwarf_walk(&s, truncated);
 }

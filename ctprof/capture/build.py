@@ -19,8 +19,11 @@ from ..errors import BuildError
 # ctprof/_shim is a symlink to the top-level shim/ in the source tree; an
 # installed package carries the files themselves there as package data.
 SHIM_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_shim")
+# -Wl,-z,now: every symbol the shim uses is bound at load time, so the
+# sampling handler never runs the lazy-binding resolver (which needs a few
+# KiB of stack, more than a thread with a 16 KiB stack may have left).
 CFLAGS = ["-O2", "-g", "-fPIC", "-shared", "-pthread", "-fvisibility=hidden",
-          "-ftls-model=initial-exec", "-fno-omit-frame-pointer", "-Wall"]
+          "-ftls-model=initial-exec", "-fno-omit-frame-pointer", "-Wall", "-Wl,-z,now"]
 LIBS = ["-ldl", "-lm"]
 
 
@@ -83,9 +86,6 @@ def shim_key(cc: str, sources: List[str], flags: List[str]) -> str:
     return h.hexdigest()[:20]
 
 
-def shim_path(variant: str = "cpu", cc: Optional[str] = None, extra_flags: Optional[List[str]] = None) -> str:
-    """Path of the compiled shim ``variant``, building it if needed.
-    ``extra_flags`` (e.g. ``-I`` for Python headers) join the cache key."""
 def _is_elf(path: str) -> bool:
     try:
         with open(path, "rb") as f:
@@ -109,6 +109,9 @@ def _build_failure(proc: "Optional[subprocess.CompletedProcess]") -> str:
     return "it wrote no shared library (is it a C compiler? set CC)"
 
 
+def shim_path(variant: str = "cpu", cc: Optional[str] = None, extra_flags: Optional[List[str]] = None) -> str:
+    """Path of the compiled shim ``variant``, building it if needed.
+    ``extra_flags`` (e.g. ``-I`` for Python headers) join the cache key."""
     sources = shim_sources(variant)
     cc = cc or find_compiler()
     flags = CFLAGS + VARIANT_FLAGS[variant] + list(extra_flags or [])
