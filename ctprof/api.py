@@ -224,7 +224,8 @@ def _check_unwind(unwind: object) -> str:
 
 def _finish(session: Session, demangle: bool, lines: bool, threads: Optional[str],
             output: Optional[str]) -> Result:
-    from .capture.stats import build_profile, select_threads
+    from .build import build_profile
+    from .capture.stats import select_threads
     profile = build_profile(session, demangle=demangle, lines=lines, progress=False)
     if threads:
         profile = select_threads(profile, threads)
@@ -338,7 +339,7 @@ class Profiler:
             raise CtprofError("this profiler is not running")
         self._sampler = None
         session, prof = sampler.stop()
-        from .capture.stats import finish_profile
+        from .build import finish_profile
         finish_profile(prof, session)
         prof.metadata["python_frames"] = sampler.python_frames
         result = Result(prof, session)

@@ -2,24 +2,15 @@
 
 Raw addresses and the memory maps they were taken under are kept so a saved
 profile can be re-resolved and re-rendered without re-running the program.
-The saved file is gzip-compressed JSON whose first keys name the format and
-its version; the resolved :class:`~ctprof.profile.Profile` is stored beside
-the raw session.
+How a session and its resolved :class:`~ctprof.profile.Profile` are stored
+on disk is :mod:`ctprof.fileformat`'s (``save``/``load`` here call it).
 """
 from __future__ import annotations
 
-import gzip
-import json
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from .errors import FormatError
-from .files import write_atomic
-from .profile import Frame, Profile
-
-FORMAT_NAME = "ctprof-profile"
-FORMAT_VERSION = 1
+from .profile import Profile
 
 
 @dataclass
@@ -94,85 +85,41 @@ class Session:
         return proc.maps[min(max(gen, 0), len(proc.maps) - 1)]
 
 
-# -- persistence --------------------------------------------------------------
+# -- facts of a session (read by the run summary and the profile's metadata) --
 
-def _profile_to_json(profile: Profile) -> dict:
-    return {
-        "frames": [[f.name, f.module, f.category, f.file, f.line, f.inlined] for f in profile.frames],
-        "stacks": [list(s) for s in profile.stacks],
-        "values": profile.values,
-        "pids": profile.pids,
-        "tids": profile.tids,
-        "metadata": profile.metadata,
-    }
+def cpu_seconds(session: Session) -> float:
+    """CPU time of every sampled thread, in seconds."""
+    return sum(sum(p.thread_cpu_ns.values()) for p in session.processes.values()) / 1e9
 
 
-def _profile_from_json(data: dict) -> Profile:
-    frames = [Frame(n, m, c, f, l, bool(i)) for n, m, c, f, l, i in data["frames"]]
-    profile = Profile(frames=frames, stacks=[tuple(s) for s in data["stacks"]],
-                      values={k: list(v) for k, v in data["values"].items()},
-                      pids=data.get("pids"), tids=data.get("tids"),
-                      metadata=dict(data.get("metadata") or {}))
-    profile._frame_index = {f: i for i, f in enumerate(frames)}
-    return profile
+def achieved_hz(session: Session) -> float:
+    """Samples per CPU-second actually delivered (the timers count CPU time)."""
+    samples = sum(p.samples for p in session.processes.values())
+    cpu = cpu_seconds(session)
+    return samples / cpu if cpu > 0 else 0.0
 
 
-def _session_to_json(session: Session) -> dict:
-    data = asdict(session)
-    data["processes"] = {str(pid): asdict(p) for pid, p in session.processes.items()}
-    for p in data["processes"].values():
-        for key in ("threads", "thread_cpu_ns", "thread_samples"):
-            p[key] = {str(k): v for k, v in p[key].items()}
-    data["stacks"] = [[s.pid, s.tid, s.gen, list(s.ips), s.truncated, s.values] for s in session.stacks]
-    return data
+def session_notes(session: Session) -> List[str]:
+    """The session's notes, then each distinct per-process note once."""
+    return list(session.notes) + sorted({n for p in session.processes.values() for n in p.notes})
 
 
-def _session_from_json(data: dict) -> Session:
-    procs = {}
-    for pid, p in data.pop("processes").items():
-        for key in ("threads", "thread_cpu_ns", "thread_samples"):
-            p[key] = {int(k): v for k, v in p.get(key, {}).items()}
-        procs[int(pid)] = ProcessInfo(**p)
-    stacks = [RawStack(pid, tid, gen, tuple(ips), bool(tr), dict(vals))
-              for pid, tid, gen, ips, tr, vals in data.pop("stacks")]
-    return Session(processes=procs, stacks=stacks, **data)
-
+# -- persistence: the file format is ctprof.fileformat's -------------------------
 
 def save(path: str, profile: Profile, session: Optional[Session] = None) -> None:
-    """Write ``profile`` (and the raw ``session``) to ``path`` atomically."""
-    doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
-           "profile": _profile_to_json(profile),
-           "session": _session_to_json(session) if session else None}
-    def produce(out) -> None:
-        with gzip.open(out, "wt", encoding="utf-8", compresslevel=5) as text:
-            json.dump(doc, text, separators=(",", ":"))
-    write_atomic(path, produce)
-
-
-def is_profile_file(path: str) -> bool:
-    """True if ``path`` starts like a ctprof profile (gzip magic)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(2) == b"\x1f\x8b"
-    except OSError:
-        return False
+    """Write ``profile`` (and the raw ``session``) to ``path``, all or
+    nothing (:func:`ctprof.fileformat.save`)."""
+    from .fileformat import save as save_file
+    save_file(path, profile, session)
 
 
 def load(path: str) -> Tuple[Profile, Optional[Session]]:
-    """Read a profile written by :func:`save`."""
-    try:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, EOFError, ValueError, UnicodeDecodeError) as err:
-        raise FormatError(f"{path}: not a readable ctprof profile ({err})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
-        raise FormatError(f"{path}: not a ctprof profile")
-    if doc.get("version") != FORMAT_VERSION:
-        raise FormatError(f"{path}: profile format version {doc.get('version')} is not supported "
-                          f"(this ctprof reads version {FORMAT_VERSION})")
-    try:
-        profile = _profile_from_json(doc["profile"])
-        session = _session_from_json(doc["session"]) if doc.get("session") else None
-    except (KeyError, TypeError, ValueError) as err:
-        raise FormatError(f"{path}: corrupt ctprof profile ({err})") from None
-    return profile, session
+    """Read and validate a saved profile (:func:`ctprof.fileformat.load`)."""
+    from .fileformat import load as load_file
+    return load_file(path)
+
+
+def is_profile_file(path: str) -> bool:
+    """True if ``path`` starts like a ctprof profile of any format version."""
+    from .fileformat import is_profile_file as is_profile
+    return is_profile(path)

@@ -1,79 +1,18 @@
-"""Run statistics: achieved rate, overhead, per-thread counts, notes.
+"""Run statistics: the lines printed after a run (achieved rate, overhead,
+per-thread counts, notes), and the ``--threads`` selection.
 
-Turns a :class:`~ctprof.session.Session` into the metadata stored with the
-profile and into the lines printed after a run."""
+The metadata stored with a profile is the profile stage's
+(:func:`ctprof.build.run_metadata`); the facts both read about a session
+(CPU time, achieved rate, notes) live with the session."""
 from __future__ import annotations
 
 import fnmatch
 import os
-from typing import Dict, List, Optional
+from typing import List
 
 from ..errors import UsageError
 from ..profile import Profile
-from ..session import Session
-
-
-def cpu_seconds(session: Session) -> float:
-    return sum(sum(p.thread_cpu_ns.values()) for p in session.processes.values()) / 1e9
-
-
-def achieved_hz(session: Session) -> float:
-    """Samples per CPU-second actually delivered (the timers count CPU time)."""
-    samples = sum(p.samples for p in session.processes.values())
-    cpu = cpu_seconds(session)
-    return samples / cpu if cpu > 0 else 0.0
-
-
-def run_metadata(session: Session) -> Dict[str, object]:
-    procs = session.processes.values()
-    threads = {str(tid): name for p in procs for tid, name in p.threads.items()}
-    meta: Dict[str, object] = {
-        "kind": session.kind,
-        "command": list(session.command),
-        "default_metric": "samples",
-        "units": {"samples": "samples"},
-        "hz": session.hz,
-        "hz_requested": session.hz,
-        "hz_achieved": round(achieved_hz(session), 1),
-        "timer": sorted({p.timer for p in procs}),
-        "unwind": session.unwind,
-        "samples": sum(p.samples for p in procs),
-        "dropped": sum(p.dropped for p in procs),
-        "wall_s": round(session.wall_s, 6),
-        "cpu_s": round(cpu_seconds(session), 6),
-        "exit_status": session.exit_status,
-        "processes": {str(p.pid): os.path.basename(p.exe) for p in procs},
-        "threads": threads,
-        "notes": list(session.notes) + sorted({n for p in procs for n in p.notes}),
-    }
-    if session.kind == "memory":
-        from ..memory.model import DETAIL_METRICS, MEMORY_METRICS
-        meta["default_metric"] = "alloc_bytes"
-        meta["units"] = {"samples": "samples", **MEMORY_METRICS, **DETAIL_METRICS}
-        meta["memory"] = session.memory
-        meta["mem_sample"] = session.mem_sample
-    return meta
-
-
-def build_profile(session: Session, *, demangle: bool = True, lines: bool = False,
-                  progress: Optional[bool] = None) -> Profile:
-    """The resolved profile of a session, with its run metadata and every
-    column its kind promises (even when nothing was sampled or allocated)."""
-    from ..symbols import resolve_session
-    profile = resolve_session(session, demangle=demangle, lines=lines, progress=progress)
-    return finish_profile(profile, session)
-
-
-def finish_profile(profile: Profile, session: Session) -> Profile:
-    """Add the run metadata and every column the session's kind promises."""
-    profile.metadata.update(run_metadata(session))
-    columns = ["samples"]
-    if session.kind == "memory":
-        from ..memory.model import DETAIL_METRICS, MEMORY_METRICS
-        columns += list(MEMORY_METRICS) + list(DETAIL_METRICS)
-    for column in columns:
-        profile.values.setdefault(column, [0] * len(profile.stacks))
-    return profile
+from ..session import Session, achieved_hz, session_notes
 
 
 def overhead_lines(session: Session) -> List[str]:
@@ -96,7 +35,7 @@ def overhead_lines(session: Session) -> List[str]:
             cost = f"handler {p.handler_ns / 1e6:.1f} ms = {share:.2f}% of its {p.wall_ns / 1e9:.2f} s wall time"
         lines.append(f"  pid {p.pid} {os.path.basename(p.exe)}: {p.samples} samples, {cost}"
                      + (f"; threads {threads}" if threads else ""))
-    for note in run_metadata(session)["notes"]:
+    for note in session_notes(session):
         lines.append(f"  note: {note}")
     return lines
 

@@ -9,7 +9,8 @@ from typing import List, Optional
 
 from . import Command, register
 from ..capture.launch import CaptureOptions, run_program
-from ..capture.stats import build_profile, overhead_lines, select_threads
+from ..build import build_profile
+from ..capture.stats import overhead_lines, select_threads
 from ..capture.target import check_program
 from ..errors import OutputError, UsageError, printable
 from ..files import check_output, check_outputs, fallback_directories, reserve_new_file

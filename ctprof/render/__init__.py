@@ -39,38 +39,24 @@ def load_any(path: str) -> Profile:
     empty file, :class:`~ctprof.errors.UsageError` for a missing or
     unreadable one."""
     from .. import session
+    from ..fileformat import load_bytes, looks_like_profile
     from ..files import is_stream, open_input
     label = "<stdin>" if path == "-" else path
     source = open_input(path)
     try:
-        head = source.peek(2)[:2]
+        head = source.peek(8)[:8]
         if not head:
             raise FormatError(f"{label}: empty file, neither folded stacks nor a ctprof profile")
-        if head != b"\x1f\x8b":  # not gzip: folded text
+        if not looks_like_profile(head):
             return parse_folded(source, label)
         if not is_stream(source):
             profile, _ = session.load(path)
             return profile
-        return _load_profile_stream(source, label)
+        profile, _ = load_bytes(source.read(), label)
+        return profile
     finally:
         if path != "-":
             source.close()
-
-
-def _load_profile_stream(source, label: str) -> Profile:
-    """A profile arriving through a pipe: the loader wants a file, so the
-    stream is copied once into a private temporary file."""
-    import shutil
-    import tempfile
-    from .. import session
-    with tempfile.NamedTemporaryFile(prefix="ctprof-stream-", suffix=".ctprof") as tmp:
-        shutil.copyfileobj(source, tmp)
-        tmp.flush()
-        try:
-            profile, _ = session.load(tmp.name)
-        except FormatError as err:
-            raise FormatError(str(err).replace(tmp.name, label)) from None
-    return profile
 
 
 @dataclass(frozen=True)
