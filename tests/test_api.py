@@ -70,7 +70,7 @@ def test_run_round_trip(build, tmp_path):
     for name, check in (("p.folded", lambda b: b"hot_leaf" in b),
                         ("p.speedscope.json", lambda b: "shared" in json.loads(b)),
                         ("p.pb.gz", lambda b: len(gzip.decompress(b)) > 0),
-                        ("p.ctprof", lambda b: b[:2] == b"\x1f\x8b")):
+                        ("p.ctprof", lambda b: b[:8] == b"\x89CTPROF\n")):
         path = result.write(str(tmp_path / name))
         with open(path, "rb") as f:
             assert check(f.read()), name
