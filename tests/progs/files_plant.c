@@ -1,0 +1,64 @@
+/* Plants things at its own /tmp/perf-PID.map, names its thread, then burns
+ * CPU in hot_function for about 0.3 s.
+ *   files_plant [MODE [ARG]]
+ *   symlink PATH    /tmp/perf-PID.map -> PATH
+ *   hardlink PATH   /tmp/perf-PID.map a second name of PATH
+ *   fifo            a FIFO nobody writes
+ *   nobody          a regular perf map owned by user nobody
+ *   name NAME       set the thread name (prctl)
+ *   ignore-term     ignore SIGTERM and SIGINT, then work for 1.5 s
+ * Prints the perf map path on stderr so the test can remove it. */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+__attribute__((noinline)) double hot_function(double seconds)
+{
+    struct timespec t0, t;
+    volatile double x = 0;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+    do {
+        for (int i = 0; i < 100000; i++)
+            x += i * 0.5;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    } while ((t.tv_sec - t0.tv_sec) + (t.tv_nsec - t0.tv_nsec) / 1e9 < seconds);
+    return x;
+}
+
+int main(int argc, char **argv)
+{
+    char map[64];
+    const char *mode = argc > 1 ? argv[1] : "";
+    const char *arg = argc > 2 ? argv[2] : "";
+    double seconds = 0.3;
+    snprintf(map, sizeof map, "/tmp/perf-%d.map", (int)getpid());
+    fprintf(stderr, "perf map: %s\n", map);
+    if (!strcmp(mode, "symlink") && symlink(arg, map) != 0)
+        return 10;
+    if (!strcmp(mode, "hardlink") && link(arg, map) != 0)
+        return 10;
+    if (!strcmp(mode, "fifo") && mkfifo(map, 0644) != 0)
+        return 10;
+    if (!strcmp(mode, "nobody")) {
+        FILE *f = fopen(map, "w");
+        if (!f)
+            return 10;
+        fprintf(f, "%lx 100 planted_by_nobody\n", (unsigned long)hot_function);
+        fclose(f);
+        if (chown(map, 65534, 65534) != 0)
+            return 10;
+    }
+    if (!strcmp(mode, "name"))
+        prctl(PR_SET_NAME, arg, 0, 0, 0);
+    if (!strcmp(mode, "ignore-term")) {
+        signal(SIGTERM, SIG_IGN);
+        signal(SIGINT, SIG_IGN);
+        seconds = 1.5;
+    }
+    hot_function(seconds);
+    return 0;
+}
