@@ -299,3 +299,64 @@ def test_stripped_library_is_grouped_by_function(build, tmp_path):
     expected = {f"libstripped.so+{starts[name]:#x}" if name != "lib_work" else "lib_work": value
                 for name, value in named.items()}
     assert grouped == expected
+
+
+# -- the flame graph page in a browser --------------------------------------------------------
+
+def _tall_profile():
+    """About 5 MB of SVG, 140 levels deep: a graph much taller than a window."""
+    import random
+    from ctprof.render import parse_folded
+    rng = random.Random(14)
+    lines = []
+    for _ in range(600):
+        depth = rng.randint(20, 140)
+        lines.append(";".join(["main"] + [f"fn_{rng.randint(0, 40)}_{d % 5}" for d in range(depth)])
+                     + f" {rng.randint(1, 50)}")
+    profile = parse_folded(lines, label="tall")
+    profile.metadata["command"] = ["./tall", "--steps", "9"]
+    return profile
+
+
+@pytest.mark.parametrize("window", [(700, 500), (1400, 900)])
+def test_flame_graph_page_fits_the_window(tmp_path, window):
+    """In headless Chromium: the graph is as wide as the window (and follows
+    it), opens at its base, keeps title, Search, legend, details and
+    "Matched" in view at the base and at the top, and answers a search made
+    while the page is still loading."""
+    from test_browser import _expected_match, _frames, _requirements, _run
+    node = _requirements()
+    from ctprof.render import write_svg
+    profile = _tall_profile()
+    svg = tmp_path / "tall.svg"
+    write_svg(profile, str(svg), minwidth=0)
+    assert svg.stat().st_size > 3_000_000
+    regex = "^fn_1_"
+    w, h = window
+    r = _run(node, "page.js", str(svg), str(w), str(h), regex, str(tmp_path / "page.png"))
+    assert r["errors"] == [] and r["requests"] == []
+    # the search asked for at once, before the viewer had read the frames, was kept
+    assert r["dialogs"] == 1
+    pct = float(r["atLoad"]["matched"]["text"].removeprefix("Matched: ").rstrip("%"))
+    assert pct == pytest.approx(_expected_match(list(_frames(svg)), regex, profile.total()), abs=0.01)
+
+    def in_view(box, state):
+        return (box["left"] >= 0 and box["right"] <= state["innerWidth"] + 0.5
+                and box["top"] >= 0 and box["bottom"] <= state["innerHeight"] + 0.5)
+
+    for state in (r["atLoad"], r["atTop"], r["resized"]):
+        assert state["svgWidth"] == state["innerWidth"]                      # width follows the window
+        for control in ("title", "search", "legend", "matched"):
+            assert in_view(state[control], state), (control, state[control], state)
+    load = r["atLoad"]
+    assert load["svgHeight"] > 2 * h
+    # opened at the base: scrolled to the bottom, the root frame in view
+    assert load["scrollY"] == pytest.approx(load["svgHeight"] - h, abs=1)
+    assert in_view(load["root"], load)
+    assert load["title"]["text"] == "Flame Graph: ./tall --steps 9 (samples)"
+    assert load["legend"]["text"].startswith("colours:")
+    # hovering the root: the details line says so, in view
+    assert r["details"].startswith("all (")
+    assert 0 <= r["detailsBox"]["top"] and r["detailsBox"]["bottom"] <= h
+    assert r["atTop"]["scrollY"] == 0
+    assert r["resized"]["innerWidth"] == int(w * 0.75)

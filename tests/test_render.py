@@ -264,7 +264,7 @@ def test_deep_stack_stays_usable():
     markup = svg_text(folded_profile(f"{line} 5\nshallow 5\n"))
     root, frames = svg_frames(markup)
     assert len(frames) == depth + 2
-    assert int(root.get("height")) == 58 + (depth + 1) * 16 + 34
+    assert int(root.get("height")) == 74 + (depth + 1) * 16 + 34   # title, subtitle and legend above
     assert len(markup) < 400_000
 
 

@@ -13,7 +13,7 @@ import contextlib
 import json
 import re
 from dataclasses import dataclass, replace
-from typing import IO, Callable, Dict, List, Optional, Union
+from typing import IO, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import UsageError
 from ..profile import Frame, Profile
@@ -26,7 +26,8 @@ from .script import SCRIPT
 class SvgOptions:
     """How the graph looks.  Defaults follow flamegraph.pl.
 
-    ``title``: heading (default "Flame Graph", "Icicle Graph" when inverted).
+    ``title``: heading (default: "Flame Graph: COMMAND (METRIC)" when the
+    profile knows its command, else "Flame Graph"; "Icicle Graph" when inverted).
     ``width``: image width in px (1200).  ``minwidth``: boxes narrower than
     this many px are left out (0.1), or a share of the total as a string
     ending in ``%`` (``"0.5%"``).  ``frame_height``: px per level (16).
@@ -55,8 +56,14 @@ class SvgOptions:
 
 
 PAD = 10
-TOP = 58          # title, subtitle, buttons
+TOP = 74          # title and buttons, subtitle, legend
 BOTTOM = 34       # details and "Matched:" line
+LEGEND_Y = 62
+MIN_WIDTH = 300   # the script never fits the graph narrower than this
+
+#: Legend words for the frame categories (see :mod:`.palette`).
+CATEGORY_WORDS = {"program": "program", "library": "libraries", "kernel": "kernel", "jit": "JIT",
+                  "python": "Python", "unknown": "unknown"}
 
 _INVALID_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
@@ -109,7 +116,28 @@ def fit_label(name: str, width_px: float, options: SvgOptions) -> str:
     return name[:chars - 2] + ".."
 
 
-def _header(out: "_Sink", options: SvgOptions, height: int, title: str, subtitle: str) -> None:
+def _legend(options: SvgOptions, legend: List[Tuple[str, str]]) -> str:
+    """Swatches and words explaining the colours, left to right on one line."""
+    if not legend:
+        return ""
+    size = 11
+    char = size * options.font_width
+    parts = [f'<g id="legend"><text x="{PAD}" y="{LEGEND_Y}" font-size="{size}">colours:</text>']
+    x = PAD + 9 * char + 6
+    for fill, word in legend:
+        parts.append(f'<rect x="{x:.1f}" y="{LEGEND_Y - 9}" width="10" height="10" fill="{xml_escape(fill)}"/>'
+                     f'<text x="{x + 14:.1f}" y="{LEGEND_Y}" font-size="{size}">{xml_escape(word)}</text>')
+        x += 14 + len(word) * char + 12
+    parts.append("</g>")
+    return "".join(parts)
+
+
+def _header(out: "_Sink", options: SvgOptions, height: int, title: str, subtitle: str,
+            legend: List[Tuple[str, str]], unit: str) -> None:
+    """Everything before the frames.  The controls come first in the file so
+    they show, and Search answers (:data:`.script.EARLY_SCRIPT`), while a
+    large graph is still loading; the viewer script moves them above the
+    frames once it runs."""
     w = options.width
     out.append('<?xml version="1.0" standalone="no"?>\n'
                '<!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 1.1//EN" "http://www.w3.org/Graphics/SVG/1.1/DTD/svg11.dtd">\n')
@@ -131,23 +159,32 @@ def _header(out: "_Sink", options: SvgOptions, height: int, title: str, subtitle
                '.hide { display: none; }\n'
                '.parent { opacity: 0.5; }\n'
                ']]></style>\n')
-    out.append(f'<rect x="0" y="0" width="{w}" height="{height}" fill="url(#background)"/>\n')
+    out.append(f'<rect class="background" x="0" y="0" width="{w}" height="{height}" fill="url(#background)"/>\n')
+    config = {"width": options.width, "height": height, "minWidth": MIN_WIDTH, "pad": PAD,
+              "frameHeight": options.frame_height,
+              "fontSize": options.font_size, "fontWidth": options.font_width,
+              "inverted": bool(options.inverted), "unit": unit, "highlight": palette.HIGHLIGHT}
+    out.append('<script type="text/ecmascript"><![CDATA[\n')
+    out.append(SCRIPT.replace("CTPROF_CONFIG", script_json(config)))
+    out.append(']]></script>\n')
+    # The controls: elements of the root, as flamegraph.pl writes them.
+    out.append(f'<rect id="controls" class="background" x="0" y="0" width="{w}" height="{TOP - 4}" '
+               f'fill="#eeeeee"/>\n')
     out.append(f'<text id="title" x="{w / 2:g}" y="24">{xml_escape(title)}</text>\n')
     out.append(f'<text id="subtitle" x="{w / 2:g}" y="44">{xml_escape(subtitle)}</text>\n')
     out.append(f'<text id="unzoom" class="hide" x="{PAD}" y="24">Reset Zoom</text>\n')
     out.append(f'<text id="search" x="{w - PAD}" y="24">Search</text>\n')
+    legend_markup = _legend(options, legend)
+    if legend_markup:
+        out.append(legend_markup + "\n")
+    out.append(f'<rect id="footer" class="background" x="0" y="{height - BOTTOM + 4}" width="{w}" '
+               f'height="{BOTTOM - 4}" fill="#eeeeb0"/>\n')
     out.append(f'<text id="details" x="{PAD}" y="{height - 12}"> </text>\n')
     out.append(f'<text id="matched" x="{w - PAD}" y="{height - 12}"> </text>\n')
 
 
-def _footer(out: "_Sink", options: SvgOptions, unit: str) -> None:
-    config = {"width": options.width, "pad": PAD, "frameHeight": options.frame_height,
-              "fontSize": options.font_size, "fontWidth": options.font_width,
-              "inverted": bool(options.inverted), "unit": unit, "highlight": palette.HIGHLIGHT}
-    script = SCRIPT.replace("CTPROF_CONFIG", script_json(config))
-    out.append('<script type="text/ecmascript"><![CDATA[\n')
-    out.append(script)
-    out.append(']]></script>\n</svg>\n')
+def _footer(out: "_Sink") -> None:
+    out.append('</svg>\n')
 
 
 class _Sink:
@@ -171,9 +208,11 @@ class _Sink:
 
 def render(profile: Profile, lay: Layout, options: SvgOptions, unit: str, subtitle: str,
            colour: Callable[[Box], str], describe: Callable[[Box, str], str],
-           write: Optional[Callable[[str], object]] = None) -> str:
+           write: Optional[Callable[[str], object]] = None,
+           legend: Sequence[Tuple[str, str]] = ()) -> str:
     """Markup for a laid-out profile.  ``colour(box)`` gives the fill,
-    ``describe(box, name)`` the title text (must be ``NAME (N ...)``).
+    ``describe(box, name)`` the title text (must be ``NAME (N ...)``),
+    ``legend`` (fill, word) pairs explaining the colours.
     With ``write`` the markup goes there piece by piece and "" is returned."""
     chunks: List[str] = []
     out = _Sink(write or chunks.append)
@@ -181,15 +220,15 @@ def render(profile: Profile, lay: Layout, options: SvgOptions, unit: str, subtit
     fh = options.frame_height
     if lay.total <= 0 or not lay.boxes:
         height = TOP + BOTTOM + 3 * fh
-        _header(out, options, height, title, subtitle)
+        _header(out, options, height, title, subtitle, list(legend), unit)
         out.append(f'<text id="nosamples" x="{options.width / 2:g}" y="{TOP + 2 * fh}">no samples</text>\n')
         out.append('<g id="frames">\n</g>\n')
-        _footer(out, options, unit)
+        _footer(out)
         out.flush()
         return "".join(chunks)
     levels = lay.max_depth + 1
     height = TOP + levels * fh + BOTTOM
-    _header(out, options, height, title, subtitle)
+    _header(out, options, height, title, subtitle, list(legend), unit)
     out.append('<g id="frames">\n')
     scale = (options.width - 2 * PAD) / lay.total
     frames = profile.frames
@@ -209,7 +248,7 @@ def render(profile: Profile, lay: Layout, options: SvgOptions, unit: str, subtit
         append(f'<g><title>{esc_title}</title><rect x="{x:.3f}" y="{y}" width="{w:.3f}" '
                f'height="{fh - 1}" fill="{colour(box)}"/>{text}</g>\n')
     out.append('</g>\n')
-    _footer(out, options, unit)
+    _footer(out)
     out.flush()
     return "".join(chunks)
 
@@ -262,8 +301,28 @@ def svg_text(profile: Profile, options: SvgOptions = SvgOptions(),
     extra = ""
     if lay.pruned:
         extra = f"{lay.pruned:,} frames narrower than {options.minwidth}{'' if str(options.minwidth).endswith('%') else ' px'} not drawn"
+    drawn = {frames[b.frame].category for b in lay.boxes if b.frame >= 0}
+    legend = [(palette.frame_colour(Frame("legend", "", c), memory), CATEGORY_WORDS[c])
+              for c in CATEGORY_WORDS if c in drawn]
+    if not options.title:
+        options = replace(options, title=default_title(profile, metric, options.inverted))
     return render(profile, lay, options, unit, subtitle_for(total, unit, metric, options, extra), colour, describe,
-                  write)
+                  write, legend)
+
+
+def default_title(profile: Profile, metric: str, inverted: bool = False) -> str:
+    """``Flame Graph: ./app --fast (samples)``: what was run and what the
+    widths measure; just ``Flame Graph`` when the command is not known
+    (folded input)."""
+    kind = "Icicle Graph" if inverted else "Flame Graph"
+    command = profile.metadata.get("command")
+    if not command or not isinstance(command, list):
+        return kind
+    import shlex
+    text = " ".join(shlex.quote(str(a)) for a in command)
+    if len(text) > 80:
+        text = text[:78] + ".."
+    return f"{kind}: {text} ({metric})"
 
 
 def write_svg(profile: Profile, path: Union[str, IO[str]], options: Optional[SvgOptions] = None, **kwargs) -> None:
