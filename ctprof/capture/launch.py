@@ -27,7 +27,7 @@ from ..session import ProcessInfo, RawStack, Session
 from ..unwinder import Unwinder
 from . import perf
 from . import ring as ringmod
-from .kernel import KernelSampler, KernelSamplerError, TraceOptions, own_vdso
+from .kernel import REORDER_NS, KernelSampler, KernelSamplerError, TraceOptions, own_vdso
 from .build import shim_path
 from .target import check_program
 
@@ -418,6 +418,7 @@ def _follow_descendants(kernel: KernelSampler, main_pid: int, interrupts: "_Inte
                         say: Optional[Callable[[str], None]]) -> List[str]:
     """After the program exits, keep sampling the processes it left running
     (daemons, background jobs) until they end or Ctrl-C; returns notes."""
+    time.sleep(2 * REORDER_NS / 1e9)           # the last FORK records are drained, not held back
     kernel.drain()
     left = kernel.running(exclude=[main_pid])
     if not left:
@@ -477,7 +478,10 @@ def _finish_kernel(kernel: KernelSampler, main_pid: int, end_ns: int) -> Tuple[D
         # Our event on the program's first thread counts it and, summed in by
         # the kernel, every thread and process it started; those reported
         # their own time at exit (READ records).
-        children = sum(sum(p.thread_cpu_ns.values()) for p in procs.values())
+        # (A READ record now and then names the first thread instead of the
+        # one that ended; the total stays exact either way.)
+        children = sum(ns for p in procs.values() for tid, ns in p.thread_cpu_ns.items()
+                       if (p.pid, tid) != (main_pid, main_pid))
         main.thread_cpu_ns[main_pid] = max(0, counts.get(main_pid, 0) - children)
         main.dropped += kernel.lost
     period = 1.0 / kernel.opts.hz
@@ -487,6 +491,12 @@ def _finish_kernel(kernel: KernelSampler, main_pid: int, end_ns: int) -> Tuple[D
             notes.append(f"pid {p.pid} {os.path.basename(p.exe)}: no samples: it used {cpu * 1e3:.1f} ms of CPU, "
                          f"{'less than one sampling period' if cpu < period else 'yet none was sampled'} "
                          f"({period * 1e3:.1f} ms at {kernel.opts.hz:g} Hz)")
+        unsampled = [ns for tid, ns in p.thread_cpu_ns.items() if ns and not p.thread_samples.get(tid)]
+        if p.samples and unsampled:
+            notes.append(f"pid {p.pid} {os.path.basename(p.exe)}: {len(unsampled)} thread(s) that ran "
+                         f"{sum(unsampled) / 1e6:.1f} ms of CPU in all got no sample (each ran less than a "
+                         f"sampling period, {period * 1e3:.1f} ms; perf record misses them the same way): "
+                         f"a higher --hz reaches them")
     if kernel.exclude_kernel:
         notes.append("not privileged for kernel-mode samples (perf_event_paranoid >= 2): "
                      "time inside system calls is not sampled")
