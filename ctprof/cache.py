@@ -50,17 +50,13 @@ def cache_dir(*parts: str) -> str:
 
 
 def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a private temporary file and rename,
-    so a reader never sees half a file and two writers never collide."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    """Write ``data`` to ``path`` (mode 0600) through the one output writer,
+    :func:`ctprof.files.write_atomic`: a reader never sees half a file and
+    two writers never collide.  Raises ``OSError`` (a cache write may fail
+    quietly: callers catch it)."""
+    from .errors import OutputError
+    from .files import write_atomic as write
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        write(path, lambda f: f.write(data), mode=0o600)
+    except OutputError as err:
+        raise OSError(str(err)) from None
