@@ -191,13 +191,26 @@ def test_stdio_untouched_and_preload_appended(build, tmp_path):
 
 
 def test_own_sigprof_handler_keeps_working(build, tmp_path):
+    """The signal sampler shares the process with the program's own
+    profiling timer, and says so."""
     prog = build("ownprof.c")
-    proc, profile = run_profile(tmp_path, [prog], "--hz", "499")
+    proc, profile = run_profile(tmp_path, [prog], "--hz", "499", "--sampler", "signal")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert b"own ticks" in proc.stdout
     assert "own_work" in {f.name for f in profile.frames}
     assert b"installed its own SIGPROF handler" in proc.stderr
     assert b"armed its own ITIMER_PROF" in proc.stderr
+
+
+def test_own_sigprof_handler_and_the_kernel_sampler(build, tmp_path):
+    """The kernel sampler has no signal or timer in the program: nothing to
+    share, nothing to report."""
+    prog = build("ownprof.c")
+    proc, profile = run_profile(tmp_path, [prog], "--hz", "499")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert b"own ticks" in proc.stdout
+    assert "own_work" in {f.name for f in profile.frames}
+    assert b"SIGPROF" not in proc.stderr
 
 
 def test_max_depth_truncates_at_root(build, tmp_path):
@@ -336,9 +349,15 @@ def test_static_binary(build, tmp_path):
         prog = build("quick.c", "-static", name="quick-static")
     except subprocess.CalledProcessError:
         pytest.fail("cannot link statically: libc6-dev (libc.a) is missing")
-    proc = ctprof(["run", "--", prog], cwd=str(tmp_path))
-    assert proc.returncode == 127
-    assert "statically linked" in one_line_error(proc)
+    # the kernel sampler needs nothing inside the program
+    proc, profile = run_profile(tmp_path, [prog])
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert profile.metadata["processes"]
+    # the shim does, and a static binary cannot load it
+    for option in ("--mem", "--sampler=signal"):
+        proc = ctprof(["run", option, "--", prog], cwd=str(tmp_path))
+        assert proc.returncode == 127
+        assert "statically linked" in one_line_error(proc)
 
 
 def test_setuid_binary(build, tmp_path):
@@ -348,7 +367,7 @@ def test_setuid_binary(build, tmp_path):
     shutil.copy(build("quick.c"), prog)
     os.chown(prog, 65534, 65534)
     os.chmod(prog, 0o4755)
-    proc = ctprof(["run", "--", prog], cwd=str(tmp_path))
+    proc = ctprof(["run", "--sampler", "signal", "--", prog], cwd=str(tmp_path))
     assert proc.returncode == 127
     assert "setuid" in one_line_error(proc)
 

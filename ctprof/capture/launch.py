@@ -314,6 +314,13 @@ def _needs_signal_sampler(opts: CaptureOptions) -> Optional[str]:
     return None
 
 
+def preloads_shim(opts: CaptureOptions) -> bool:
+    """Whether the run loads the shim into the program (``--mem``, the
+    signal sampler) as far as the options decide; ``auto`` still falls back
+    to the signal sampler where perf events are refused."""
+    return opts.memory or opts.sampler == "signal" or (opts.sampler == "auto" and bool(_needs_signal_sampler(opts)))
+
+
 def _kernel_sampler(opts: CaptureOptions) -> Optional[KernelSampler]:
     """The kernel sampler for this run, or None when the signal sampler is
     to be used (asked for, or chosen by ``auto``)."""

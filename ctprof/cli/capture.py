@@ -8,7 +8,7 @@ import time
 from typing import List, Optional
 
 from . import Command, register
-from ..capture.launch import CaptureOptions, run_program
+from ..capture.launch import CaptureOptions, preloads_shim, run_program
 from ..build import build_profile
 from ..capture.stats import overhead_lines, select_threads
 from ..capture.target import check_program
@@ -129,9 +129,12 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
                         help="stack unwinding: auto (DWARF, frame pointers as fallback), fp, dwarf")
     parser.add_argument("--max-depth", type=int, default=128, metavar="N",
                         help="frames kept per sample, leaf end first (default 128)")
-    parser.add_argument("--sampler", choices=("kernel", "signal"), default=None,
-                        help="kernel: the kernel samples, ctprof unwinds outside the program (default); "
-                             "signal: an in-process timer signal (for stacks deeper than 63 KiB)")
+    parser.add_argument("--sampler", choices=("auto", "kernel", "signal"), default="auto",
+                        help="kernel: the kernel samples, ctprof unwinds outside the program; signal: a timer "
+                             "signal in the program unwinds (any depth); auto (default): kernel, unless perf "
+                             "events are refused or --max-depth is above 1024")
+    parser.add_argument("--stack-kb", type=int, default=32, metavar="KB",
+                        help="kernel sampler: KiB of user stack copied per sample (default 32, at most 63)")
     parser.add_argument("--timer", choices=("perf", "posix", "itimer"), help=argparse.SUPPRESS)
     parser.add_argument("--ring-mb", type=int, default=16, help=argparse.SUPPRESS)
 
@@ -222,11 +225,11 @@ class RunCommand(Command):
         if (args.mem_sample or args.timeline) and not args.mem:
             raise UsageError("--mem-sample and --timeline need --mem")
         check_metric(args.metric, args.mem)
-        check_run_options(args, check_program(argv[0]))
         opts = CaptureOptions(hz=hz, unwind=args.unwind, max_depth=args.max_depth, timer=args.timer,
-                              sampler=args.sampler or CaptureOptions.sampler,
+                              sampler=args.sampler, stack_kb=args.stack_kb,
                               ring_mb=args.ring_mb, memory=args.mem, mem_depth=args.mem_depth, mem_sample=args.mem_sample)
         opts.validate()
+        check_run_options(args, check_program(argv[0], preload=preloads_shim(opts)))
         # Named before the run, so snapshots taken during it can be named after it.
         output = args.output or default_output_name(argv)
         snapshots = []
@@ -243,7 +246,7 @@ class RunCommand(Command):
             say(f"snapshot: {path}")
 
         try:
-            session = run_program(argv, opts, on_snapshot=write_snapshot)
+            session = run_program(argv, opts, on_snapshot=write_snapshot, say=say)
         except BaseException:
             if not args.output:  # the reserved default name, still empty
                 _remove_quietly(output)
