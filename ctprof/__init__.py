@@ -8,9 +8,10 @@ Library API (see ``ctprof.api`` and the README)::
     with ctprof.profile(hz=...) as p: ...         profile this Python process
 """
 from .api import Profiler, Result, attach, load, profile, run
-from .errors import AttachError, CtprofError, FormatError, TargetError, UsageError
+from .errors import AttachError, BuildError, CtprofError, FormatError, OutputError, TargetError, UsageError
 from .profile import Frame, Profile
 
 __version__ = "0.1.0"
-__all__ = ["CtprofError", "UsageError", "TargetError", "AttachError", "FormatError", "Frame", "Profile",
+__all__ = ["CtprofError", "UsageError", "TargetError", "AttachError", "FormatError", "BuildError", "OutputError",
+           "Frame", "Profile",
            "Result", "Profiler", "run", "attach", "load", "profile", "__version__"]
