@@ -29,6 +29,7 @@ import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from .errors import CtprofError, UsageError
+from .files import check_outputs
 from .profile import Frame, Profile
 from .session import Session
 
@@ -260,6 +261,7 @@ def run(argv: Sequence[str], *, hz: float = 99.0, memory: bool = False, unwind: 
         raise UsageError("argv must contain only strings")
     options: Dict[str, Any] = dict(hz=_check_hz(hz), unwind=_check_unwind(unwind), max_depth=_check_depth(max_depth))
     options["memory"] = bool(memory)
+    check_outputs({"output": output})  # before the run, not after it
     session = run_program([os.fspath(a) for a in argv], CaptureOptions(**options))
     return _finish(session, demangle, lines, threads, output)
 
@@ -281,6 +283,7 @@ def attach(pid: int, *, duration: Optional[float] = None, hz: float = 99.0, max_
             raise UsageError(f"duration must be a positive number of seconds, not {duration!r}")
     opts = AttachOptions(hz=_check_hz(hz), duration=None if duration is None else float(duration),
                          max_depth=_check_depth(max_depth), stack_kb=stack_kb)
+    check_outputs({"output": output})  # before sampling, not after it
     session = attach_process(pid, opts)
     return _finish(session, demangle, lines, threads, output)
 
