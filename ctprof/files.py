@@ -106,6 +106,14 @@ def atomic_output(path: str, mode: int = 0o644) -> Iterator[BinaryIO]:
         except OSError as err:
             raise OutputError(f"{path}: cannot write: {_describe(err)}") from None
         return
+    try:
+        # A file being replaced keeps any permission its owner took away
+        # (a profile made private stays private).
+        existing = os.lstat(path)
+        if stat.S_ISREG(existing.st_mode):
+            mode &= stat.S_IMODE(existing.st_mode)
+    except OSError:
+        pass
     fd, tmp = _create_temporary(path, mode)
     try:
         with os.fdopen(fd, "wb") as out:

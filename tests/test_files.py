@@ -115,6 +115,9 @@ def test_writer_leaves_nothing_when_producing_fails(tmp_path):
         files.write_atomic(str(dest), fail)
     assert dest.read_bytes() == b"the previous version\n"
     assert listing(tmp_path) == ["out.pb.gz"]
+    os.chmod(dest, 0o600)  # made private by its owner: stays private when replaced
+    files.write_atomic(str(dest), lambda out: out.write(b"new\n"))
+    assert dest.read_bytes() == b"new\n" and stat.S_IMODE(dest.stat().st_mode) == 0o600
     with pytest.raises(OutputError, match="is a directory"):
         files.write_atomic(str(tmp_path), lambda out: out.write(b"x"))
     with pytest.raises(OutputError, match=r"missing/x: cannot write: no such file or directory"):
