@@ -35,25 +35,28 @@ def stack_values(stats: Dict[str, float], scanned: bool) -> Dict[str, int]:
     """The profile columns of one allocation stack.  Without an exit scan
     (the program crashed, was killed or called _exit) everything still
     allocated counts as leaked: "live at death"."""
-    r = lambda k: int(round(stats.get(k, 0.0)))
-    if scanned:
-        definite, indirect = r("definite_bytes"), r("indirect_bytes")
-        leaked, leaked_n = definite + indirect, r("definite_count") + r("indirect_count")
-        reachable, reachable_n = r("reachable_bytes"), r("reachable_count")
-        possible, possible_n = r("possible_bytes"), r("possible_count")
-    else:
-        definite = indirect = possible = possible_n = 0
-        leaked, leaked_n = r("live_bytes"), r("live_count")
-        reachable = reachable_n = 0
-    return {
-        "alloc_bytes": r("alloc_bytes"), "alloc_count": r("alloc_count"),
-        "leaked_bytes": leaked, "reachable_bytes": reachable, "peak_bytes": r("peak_bytes"),
-        "leaked_count": leaked_n, "definite_bytes": definite, "definite_count": r("definite_count") if scanned else 0,
-        "indirect_bytes": indirect, "indirect_count": r("indirect_count") if scanned else 0,
-        "reachable_count": reachable_n, "peak_count": r("peak_count"),
-        "live_bytes": r("live_bytes"), "live_count": r("live_count"),
-        "possibly_lost_bytes": possible, "possibly_lost_count": possible_n,
+    # This runs once for each of 100,000 stacks of a large program: every
+    # figure is read and rounded inline, no Python call per figure.
+    g = stats.get
+    live, live_n = round(g("live_bytes", 0.0)), round(g("live_count", 0.0))
+    values = {
+        "alloc_bytes": round(g("alloc_bytes", 0.0)), "alloc_count": round(g("alloc_count", 0.0)),
+        "leaked_bytes": live, "reachable_bytes": 0, "peak_bytes": round(g("peak_bytes", 0.0)),
+        "leaked_count": live_n, "definite_bytes": 0, "definite_count": 0,
+        "indirect_bytes": 0, "indirect_count": 0, "reachable_count": 0, "peak_count": round(g("peak_count", 0.0)),
+        "live_bytes": live, "live_count": live_n, "possibly_lost_bytes": 0, "possibly_lost_count": 0,
     }
+    if scanned:
+        definite, definite_n = round(g("definite_bytes", 0.0)), round(g("definite_count", 0.0))
+        indirect, indirect_n = round(g("indirect_bytes", 0.0)), round(g("indirect_count", 0.0))
+        values.update({
+            "leaked_bytes": definite + indirect, "leaked_count": definite_n + indirect_n,
+            "definite_bytes": definite, "definite_count": definite_n,
+            "indirect_bytes": indirect, "indirect_count": indirect_n,
+            "reachable_bytes": round(g("reachable_bytes", 0.0)), "reachable_count": round(g("reachable_count", 0.0)),
+            "possibly_lost_bytes": round(g("possible_bytes", 0.0)), "possibly_lost_count": round(g("possible_count", 0.0)),
+        })
+    return values
 
 
 def add_heap_to_session(session: Session, heap: Dict[int, HeapProcess]) -> None:
