@@ -535,11 +535,20 @@ def _open_image(path: str):
         os.close(fd)
 
 
-def _load_vaddr(info: "_elf.ElfFile", file_off: int) -> Optional[int]:
+def _load_vaddr(info: "_elf.ElfFile", file_off: int, size: int = 1) -> Optional[int]:
+    """ELF virtual address of ``file_off``, the start of a mapping of
+    ``size`` bytes.  Where two segments share the page (lld puts the text
+    segment at p_vaddr = p_offset + 0x1000, sharing its first page with the
+    read-only one), the segment covering most of the mapping is the one
+    mapped there."""
+    best, best_overlap = None, 0
     for p_offset, p_vaddr, p_filesz, _memsz in info.loads:
-        if p_offset & ~0xFFF <= file_off < p_offset + max(p_filesz, 1):
-            return file_off - p_offset + p_vaddr
-    return None
+        lo, hi = p_offset & ~0xFFF, p_offset + max(p_filesz, 1)
+        if lo <= file_off < hi:
+            overlap = min(hi, file_off + size) - file_off
+            if overlap > best_overlap:
+                best, best_overlap = file_off - p_offset + p_vaddr, overlap
+    return best
 
 
 class Unwinder:
@@ -549,8 +558,9 @@ class Unwinder:
     where the target's files are seen from (``/proc/PID/root`` so a process
     in another mount namespace still resolves; ``""`` for our own)."""
 
-    def __init__(self, root: str = "", vdso: Optional[bytes] = None) -> None:
+    def __init__(self, root: str = "", vdso: Optional[bytes] = None, map_files: str = "") -> None:
         self.root = root
+        self.map_files = map_files      # /proc/PID/map_files: a deleted file, still mapped
         self.vdso = vdso
         self._mods: Dict[tuple, _Module] = {}
         self._images: Dict[tuple, Optional[CfiTable]] = {}
@@ -567,7 +577,8 @@ class Unwinder:
                     table = CfiTable(self.vdso, _elf.parse(self.vdso))
             elif m.is_file:
                 data = None
-                for cand in ((self.root + m.path) if self.root else None, m.path):
+                by_mapping = f"{self.map_files}/{m.start:x}-{m.end:x}" if self.map_files else None
+                for cand in ((self.root + m.path) if self.root and not m.deleted else None, by_mapping, m.path):
                     if not cand:
                         continue
                     try:
@@ -592,7 +603,7 @@ class Unwinder:
                 if m.path == "[vdso]":
                     bias = m.start
                 else:
-                    va = _load_vaddr(table.info, m.offset)
+                    va = _load_vaddr(table.info, m.offset, m.end - m.start)
                     bias = m.start - va if va is not None else m.start - m.offset
             mod = self._mods[key] = _Module(table, bias)
         return mod
