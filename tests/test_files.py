@@ -276,10 +276,9 @@ def test_run_cleans_up_its_reserved_name_when_the_program_cannot_start(tmp_path)
 
 # -- inputs other users can touch: /tmp/perf-PID.map --------------------------
 
-def _run_planting(build, tmp_path, *mode, timeout=60):
+def _run_planting(build, tmp_path, *mode, sampler="signal", timeout=60):
     prog = build("files_plant.c", "-g")
-    # The in-process sampler's controller reads the perf maps of the run.
-    proc = ctprof(["run", "--sampler", "signal", "--hz", "499", "-o", "p.ctprof", "--", prog, *mode],
+    proc = ctprof(["run", "--sampler", sampler, "--hz", "499", "-o", "p.ctprof", "--", prog, *mode],
                   cwd=str(tmp_path), timeout=timeout)
     err = proc.stderr.decode()
     perf_map = next(l.split(": ", 1)[1] for l in err.splitlines() if l.startswith("perf map: "))
@@ -299,14 +298,14 @@ def _profile_bytes(path) -> bytes:
         return data
 
 
-@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
-def test_perf_map_planted_as_a_link_to_a_private_file_is_not_read(build, tmp_path, kind):
+@pytest.mark.parametrize("kind,sampler", [("symlink", "kernel"), ("symlink", "signal"), ("hardlink", "kernel")])
+def test_perf_map_planted_as_a_link_to_a_private_file_is_not_read(build, tmp_path, kind, sampler):
     """A root-only file, reached through a symbolic or a hard link at
     /tmp/perf-PID.map: its contents never reach the (0644) profile."""
     secret = tmp_path / "secret"
     secret.write_text("ffff0000 10 TOP_SECRET_LINE\n")
     os.chmod(secret, 0o600)
-    proc, err, perf_map = _run_planting(build, tmp_path, kind, str(secret))
+    proc, err, perf_map = _run_planting(build, tmp_path, kind, str(secret), sampler=sampler)
     assert proc.returncode == 0, err
     why = "a symbolic link" if kind == "symlink" else "it has 2 hard links"
     assert f"note: ignored {perf_map}: {why}" in err

@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from ..files import process_uid, read_shared_file
 from ..session import ProcessInfo, RawStack
 from ..symbols.maps import MapTable, Mapping
 from ..unwinder import Unwinder
@@ -412,6 +413,10 @@ class KernelSampler:
             info.threads = dict(p.threads)
             info.thread_samples = dict(p.thread_samples)
             info.thread_cpu_ns = dict(p.thread_cpu_ns)
+            # JIT names; anyone can create files in /tmp: see read_shared_file.
+            info.perf_map, note = read_shared_file(f"/tmp/perf-{pid}.map", process_uid(pid, os.geteuid()))
+            if note:
+                info.notes.append(note)
             infos[pid] = info
             stacks.extend(raw_stacks(pid, p.stacks))
         return infos, stacks
