@@ -345,8 +345,17 @@ def test_perf_map_of_another_user_is_ignored(build, tmp_path):
     assert f"note: ignored {perf_map}: owned by uid {NOBODY}, not by the program's user (uid 0)" in err
     profile, session = load_profile(str(tmp_path / "p.ctprof"))
     assert all(p.perf_map is None for p in session.processes.values())
-    assert b"planted_by_nobody" not in _profile_bytes(tmp_path / "p.ctprof")
+    assert b"jit_nobody_function" not in _profile_bytes(tmp_path / "p.ctprof")
     assert any("hot_function" in f.name for f in profile.frames)
+
+
+@pytest.mark.parametrize("sampler", ["kernel", "signal"])
+def test_perf_map_of_the_program_itself_is_kept(build, tmp_path, sampler):
+    proc, err, perf_map = _run_planting(build, tmp_path, "own", sampler=sampler)
+    assert proc.returncode == 0, err
+    assert "ignored" not in err
+    _, session = load_profile(str(tmp_path / "p.ctprof"))
+    assert [p.perf_map for p in session.processes.values()] == ["7f0000001000 100 jit_own_function\n"]
 
 
 def test_read_shared_file_accepts_only_a_plain_file_of_the_user(tmp_path):

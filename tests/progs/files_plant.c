@@ -5,6 +5,7 @@
  *   hardlink PATH   /tmp/perf-PID.map a second name of PATH
  *   fifo            a FIFO nobody writes
  *   nobody          a regular perf map owned by user nobody
+ *   own             a regular perf map of our own (the one to accept)
  *   name NAME       set the thread name (prctl)
  *   ignore-term     ignore SIGTERM and SIGINT, then work for 1.5 s
  * Prints the perf map path on stderr so the test can remove it. */
@@ -43,13 +44,13 @@ int main(int argc, char **argv)
         return 10;
     if (!strcmp(mode, "fifo") && mkfifo(map, 0644) != 0)
         return 10;
-    if (!strcmp(mode, "nobody")) {
+    if (!strcmp(mode, "nobody") || !strcmp(mode, "own")) {
         FILE *f = fopen(map, "w");
         if (!f)
             return 10;
-        fprintf(f, "%lx 100 planted_by_nobody\n", (unsigned long)hot_function);
+        fprintf(f, "7f0000001000 100 jit_%s_function\n", mode);
         fclose(f);
-        if (chown(map, 65534, 65534) != 0)
+        if (!strcmp(mode, "nobody") && chown(map, 65534, 65534) != 0)
             return 10;
     }
     if (!strcmp(mode, "name"))
