@@ -132,7 +132,7 @@ def _output(args: argparse.Namespace, input_path: str, suffix: str, default: str
 
 def _said(path: str, what: str) -> None:
     if path != "-":
-        print(f"ctprof: wrote {what} to {path}", file=sys.stderr)
+        print(f"ctprof: wrote {what} to {printable(path)}", file=sys.stderr)
 
 
 @register
