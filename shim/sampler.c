@@ -52,7 +52,7 @@ struct thread_state {
     size_t scratch_bytes;
     struct stack_bounds bounds;
     int in_handler;
-    int warmup;                   /* the first overflow only sets the regular period */
+    int first_period;             /* the random first period is running */
     int exec_pending;             /* an exec is under way: take nothing, re-arm nothing */
     unsigned samples;
     uint64_t last_handler_ns;     /* CPU time of the last timed handler run */
@@ -178,14 +178,13 @@ static void on_signal(int sig, siginfo_t *si, void *uc)
     int saved_errno = errno;
     if (sampler_owns(sig, si)) {
         if (!ts.exec_pending) {
-            if (ts.warmup) {
-                /* The random first half-period has passed: from now on the
-                 * regular period (see arm_perf). */
+            take_sample(uc);
+            if (ts.first_period) {
+                /* The random first period has passed: the regular one from
+                 * now on (the ioctl also clears the timer's remainder). */
                 uint64_t p = period_ns();
                 ioctl(ts.perf_fd, PERF_EVENT_IOC_PERIOD, &p);
-                ts.warmup = 0;
-            } else {
-                take_sample(uc);
+                ts.first_period = 0;
             }
             /* Re-arm for one more overflow only now: a handler slower than
              * the period can never pile up queued signals (an overflowing
@@ -331,14 +330,11 @@ static uint64_t random_upto(uint64_t n)
 
 static int arm_perf(void)
 {
-    /* A thread's first sample comes after a random part of the period, so
-     * a thread that runs less than one period is still sampled with the
-     * right probability.  The first overflow comes after half the random
-     * offset and the second after the other half: the kernel forwards its
-     * timer by the period in force at an overflow, so the first
-     * overflow only switches to the regular period (ts.warmup). */
-    uint64_t first = random_upto(period_ns());
-    int fd = open_task_clock(first / 2 ? first / 2 : 1);
+    /* A thread's first sample comes after a random part of the period
+     * (uniform), so a thread that runs less than one period is still
+     * sampled with the right probability; the handler then sets the
+     * regular period. */
+    int fd = open_task_clock(random_upto(period_ns()));
     if (fd < 0)
         return -1;
     /* Move first: the signal's si_fd is the number O_ASYNC was set on. */
@@ -352,7 +348,7 @@ static int arm_perf(void)
     }
     ts.perf_fd = fd;
     ts.perf_id = id;
-    ts.warmup = 1;
+    ts.first_period = 1;
     ts.kind = TIMER_PERF;
     remember_fd(fd, id, 1);
     if (ioctl(fd, PERF_EVENT_IOC_REFRESH, 1) != 0) {
