@@ -9,6 +9,15 @@ have planted.  Everything here follows from that:
   there in advance), then is renamed onto the destination.  A rename replaces
   a symbolic link planted at the destination instead of writing through it,
   and a reader never sees half a file; on any error the temporary is removed.
+* :func:`check_outputs` refuses, before a program runs, every output that
+  could only fail after it; :func:`reserve_new_file` takes a default name
+  atomically; :func:`fallback_directories` is where a profile goes if its own
+  path fails anyway.
+* :func:`read_shared_file` reads what sits in ``/tmp`` (perf maps) without
+  following links or blocking, only from the program's own user.
+* :func:`open_input` opens an input once, so pipes and FIFOs are streams.
+* :func:`private_session_dir` names session directories after their
+  controller and removes those of controllers that are gone.
 """
 from __future__ import annotations
 
