@@ -194,12 +194,22 @@ def test_stripped_program_keeps_library_names(compile_prog, tmp_path):
         a = p.addrs
         ips = [a["sym_leaf"], a["ra_leaf"], a["ra_mid"]]
         sess = session_for(p.pid, p.maps(), [(0, ips), (0, [a["getpid"]])], exe=exe)
-        r = Resolver(sess)
+        r = Resolver(sess, group_functions=False)
         chain = r.frames(p.pid, 0, ips)
         libc = r.frames(p.pid, 0, [a["getpid"]])
+        grouped = Resolver(sess).frames(p.pid, 0, ips)
     bias = a["sym_leaf"] - nm_addr(full, "sym_leaf")
     # Program frames: module + ELF virtual address of the ip (what addr2line -e takes).
     assert names(chain) == [f"sym_stripped+{ip - bias:#x}" for ip in reversed(ips)]
+    # Grouped (the default): module + the start of the function holding the
+    # address (return addresses at ip - 1), as the unstripped file's symbols say.
+    out = subprocess.run(["nm", "--defined-only", full], capture_output=True, text=True, check=True).stdout
+    starts = sorted(int(l.split()[0], 16) for l in out.splitlines() if l.split()[1] in "tT")
+    expected = []
+    for k, ip in enumerate(ips):
+        look = ip - bias - (1 if k else 0)
+        expected.append(f"sym_stripped+{max(s for s in starts if s <= look):#x}")
+    assert names(grouped) == expected[::-1]
     assert all(f.category == "program" for f in chain)
     assert names(libc) == ["getpid"]
     assert any("sym_stripped" in w and "no symbols" in w for w in r.warnings)
