@@ -9,6 +9,7 @@ stay roots).
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Pattern, Tuple, Union
@@ -188,7 +189,6 @@ def source_positions(profile: Profile, by_line: bool = False) -> Profile:
     names already carry ``file.py:LINE``) are left as they are.  Stacks
     that become identical are not summed here: every renderer merges them.
     """
-    import os
     frames: List[Frame] = []
     index: Dict[Frame, int] = {}
     remap: List[int] = []
