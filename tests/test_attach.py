@@ -42,11 +42,12 @@ def attach(tmp_path, pid, *options, timeout=60):
 @pytest.mark.parametrize("flags", [(), ("-fno-omit-frame-pointer",)], ids=["O2", "O2-frame-pointers"])
 def test_attach_finds_complete_chains_and_new_threads(build, tmp_path, flags):
     prog = build("attach_work.c", *flags)
-    # The worker thread starts 1.0 s in, while ctprof is attached.
-    target = start(prog, 3.0, 0, 1.0)
+    # The worker thread starts 2.0 s in, while ctprof is attached (its own
+    # start-up takes well under that, even on a loaded machine).
+    target = start(prog, 6.0, 0, 2.0)
     try:
         time.sleep(0.2)
-        proc, profile = attach(tmp_path, target.pid, "--duration", "1.6", "--hz", "499")
+        proc, profile = attach(tmp_path, target.pid, "--duration", "3.0", "--hz", "499")
         assert proc.returncode == 0, proc.stderr.decode()
         assert b"Traceback" not in proc.stderr
     finally:
@@ -67,9 +68,10 @@ def test_attach_finds_complete_chains_and_new_threads(build, tmp_path, flags):
 
 def test_detach_leaves_the_process_as_it_was(build, tmp_path):
     prog = build("attach_work.c")
-    plain = start(prog, 1.5, 3, 0.3)
+    # long enough to outlive the attach on a loaded machine
+    plain = start(prog, 4.0, 3, 0.3)
     plain_out, plain_err = plain.communicate(timeout=30)
-    target = start(prog, 1.5, 3, 0.3)
+    target = start(prog, 4.0, 3, 0.3)
     time.sleep(0.1)
     proc, profile = attach(tmp_path, target.pid, "--duration", "0.8", "--hz", "999")
     assert proc.returncode == 0, proc.stderr.decode()
@@ -83,7 +85,7 @@ def test_detach_leaves_the_process_as_it_was(build, tmp_path):
 
 def test_process_exiting_during_attach_keeps_samples(build, tmp_path):
     prog = build("attach_work.c")
-    target = start(prog, 0.9, 5)
+    target = start(prog, 2.5, 5)
     time.sleep(0.1)
     t0 = time.monotonic()
     proc, profile = attach(tmp_path, target.pid, "--duration", "20", "--hz", "499")
@@ -141,8 +143,12 @@ def test_attach_to_another_users_process(build, tmp_path):
     try:
         python = _system_python()
         env = {"PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+        # a directory nobody may write in, so the output is not what fails
+        scratch = tempfile.mkdtemp(prefix="ctprof-nobody-")
+        os.chmod(scratch, 0o1777)
         proc = subprocess.run([python, "-m", "ctprof", "attach", str(target.pid), "--duration", "1"],
-                              cwd="/", env=env, preexec_fn=_as_nobody, capture_output=True, timeout=60)
+                              cwd=scratch, env=env, preexec_fn=_as_nobody, capture_output=True, timeout=60)
+        shutil.rmtree(scratch, ignore_errors=True)
         err = proc.stderr.decode()
         assert proc.returncode != 0
         assert err.count("\n") == 1 and "Traceback" not in err, err

@@ -1,14 +1,16 @@
 """Attach to a running process: sample it from outside with perf events.
 
-Design (README "How attach works"): nothing is injected.  For every thread
-of the target (``/proc/PID/task``, polled so threads started during the
-attach are picked up) a ``perf_event_open`` software task-clock event samples
-the user registers and the top of the user stack every ``1/hz`` seconds of
-that thread's CPU time; the kernel writes the samples into per-thread ring
-buffers that this controller drains and unwinds offline from ``.eh_frame``
-(:mod:`ctprof.unwinder`) against ``/proc/PID/maps`` snapshots.  Detaching is
-closing the events, so the process keeps running exactly as before: no
-ptrace stop, no signal, no timer, no code or memory of ours in it.
+Design (README "How attach works"): nothing is injected.  The kernel
+sampler (:mod:`ctprof.capture.kernel`, the same one ``ctprof run`` uses)
+opens an inherited task-clock event on every thread the process has (on
+every CPU); threads and processes those threads start later are followed
+by the kernel itself, however short-lived, and their mappings, names and
+ends arrive as records in the same rings.  What the process had mapped
+before the attach comes from ``/proc/PID/maps``.  Its files are read
+through ``/proc/PID/root`` (another mount namespace) and, for a deleted
+binary, ``/proc/PID/map_files``.  Detaching is closing the events, so the
+process keeps running exactly as before: no ptrace stop, no signal, no
+timer, no code or memory of ours in it.
 
 The result is the same :class:`~ctprof.session.Session` that ``ctprof run``
 produces (raw return addresses + maps), so symbols, saving and every
@@ -23,19 +25,17 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 from ..errors import AttachError, UsageError
 from ..session import ProcessInfo, Session
-from ..symbols.maps import MapTable
+from ..symbols.maps import parse_maps
 from ..unwinder import Unwinder
 from . import perf
-from .kernel import own_vdso
-from .ring import raw_stacks
+from .kernel import KernelSampler, KernelSamplerError, TraceOptions, own_vdso
 
 POLL_SECONDS = 0.02
-THREAD_POLL_SECONDS = 0.05
-MAPS_POLL_SECONDS = 0.25
+ALIVE_POLL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -169,133 +169,72 @@ def explain_permission(pid: int, what: str) -> str:
 
 # -- the attach ------------------------------------------------------------------
 
-class _Target:
-    """Events, maps and unwinding state of the attached process."""
+def _thread_cpu_ns(pid: int, tid: int) -> Optional[int]:
+    """CPU time of a thread so far (``schedstat``: ns on a CPU)."""
+    text = _read(f"/proc/{pid}/task/{tid}/schedstat")
+    try:
+        return int(text.split()[0]) if text else None
+    except (ValueError, IndexError):
+        return None
 
-    def __init__(self, pid: int, opts: AttachOptions) -> None:
-        self.pid = pid
-        self.opts = opts
-        self.period_ns = int(1e9 / opts.hz)
-        self.stack_bytes = opts.stack_kb * 1024
-        self.pages = max(8, opts.ring_kb * 1024 // perf.mmap.PAGESIZE)
-        self.exclude_kernel = False
-        self.rings: Dict[int, perf.ThreadRing] = {}
-        self.closed: Dict[int, Tuple[int, int]] = {}      # tid -> (cpu_ns, lost)
-        self.names: Dict[int, str] = {}
-        self.refused: Dict[int, int] = {}
-        self.maps: List[str] = []
-        self.table: Optional[MapTable] = None
-        self.last_maps = 0.0
-        self.stacks: Dict[tuple, int] = {}
-        self.thread_samples: Dict[int, int] = {}
-        self.samples = 0
-        self.unwind_ns = 0
-        self.unwinder = Unwinder(root=f"/proc/{pid}/root", vdso=own_vdso())
 
-    # maps --------------------------------------------------------------------
-    def read_maps(self, first: bool = False) -> bool:
-        """Snapshot /proc/PID/maps; a new generation if it changed.  False
-        if it could not be read."""
-        try:
-            with open(f"/proc/{self.pid}/maps", encoding="utf-8", errors="replace") as f:
-                text = f.read()
-        except PermissionError:
-            if first:
-                raise AttachError(explain_permission(self.pid, "reading its memory map")) from None
-            return False
-        except OSError:
-            return False
-        if first and not text.strip():
-            raise AttachError(f"process {self.pid} has no user memory (a kernel thread?): nothing to sample")
-        self.last_maps = time.monotonic()
-        if not self.maps or self.maps[-1] != text:
-            self.maps.append(text)
-            self.table = MapTable(text)
-        return True
+def _open_all_threads(sampler: KernelSampler, pid: int, start_ticks: Optional[int]) -> Dict[int, int]:
+    """Follow every thread of ``pid``; threads started meanwhile by a thread
+    not yet followed are picked up by listing again until nothing is new.
+    Returns tid -> its CPU time when it was followed."""
+    followed: Dict[int, int] = {}
+    refused = 0
+    while True:
+        new = [t for t in perf.thread_ids(pid) if t not in followed]
+        if not new:
+            break
+        for tid in new:
+            cpu0 = _thread_cpu_ns(pid, tid)
+            try:
+                sampler.follow(tid)
+            except KernelSamplerError as err:
+                if err.errno == errno.ESRCH:
+                    followed[tid] = 0                  # it ended meanwhile
+                    continue
+                if not followed:
+                    _raise_open(pid, err)
+                refused += 1
+                followed[tid] = -1
+                continue
+            followed[tid] = cpu0 or 0
+            sampler.process(pid).threads[tid] = (_read(f"/proc/{pid}/task/{tid}/comm") or "").strip()
+    if refused:
+        sampler.refused = refused  # type: ignore[attr-defined]
+    return {t: c for t, c in followed.items() if c >= 0}
 
-    # threads -------------------------------------------------------------------
-    def open_thread(self, tid: int, first: bool = False) -> None:
-        try:
-            fd = perf.open_sampler(tid, self.period_ns, self.stack_bytes, self.exclude_kernel)
-        except OSError as err:
-            if err.errno in (errno.EACCES, errno.EPERM) and not self.exclude_kernel:
-                # Unprivileged (perf_event_paranoid >= 2): user-mode samples only.
-                self.exclude_kernel = True
-                return self.open_thread(tid, first)
-            if err.errno == errno.ESRCH:
-                return                                     # the thread ended meanwhile
-            self.refused[tid] = err.errno
-            if first:
-                self._raise_open(err)
-            return
-        try:
-            ring = perf.map_ring(tid, fd, self.pages)
-        except OSError as err:
-            os.close(fd)
-            self.refused[tid] = err.errno
-            if first:
-                raise AttachError(f"cannot map the perf ring buffer for process {self.pid}: {err.strerror} "
-                                  f"(locked-memory limit: kernel.perf_event_mlock_kb, ulimit -l)") from None
-            return
-        self.rings[tid] = ring
-        self.names[tid] = (_read(f"/proc/{self.pid}/task/{tid}/comm") or "").strip()
 
-    def _raise_open(self, err: OSError) -> None:
-        if err.errno in (errno.EACCES, errno.EPERM):
-            raise AttachError(explain_permission(self.pid, "perf_event_open")) from None
-        if err.errno in (errno.ENOSYS, errno.ENOENT, errno.EOPNOTSUPP):
-            raise AttachError(f"perf events are not available here ({err.strerror}): the kernel lacks "
-                              f"CONFIG_PERF_EVENTS, or a container's seccomp profile blocks perf_event_open")
-        if err.errno == errno.EMFILE:
-            raise AttachError("too many open files: raise ulimit -n (one perf event per thread)")
-        raise AttachError(f"cannot attach to process {self.pid}: perf_event_open: {err.strerror}")
+def _raise_open(pid: int, err: OSError) -> None:
+    if err.errno in (errno.EACCES, errno.EPERM):
+        raise AttachError(explain_permission(pid, "perf_event_open")) from None
+    if err.errno in (errno.ENOSYS, errno.ENOENT, errno.EOPNOTSUPP):
+        raise AttachError(f"perf events are not available here ({err.strerror}): the kernel lacks "
+                          f"CONFIG_PERF_EVENTS, or a container's seccomp profile blocks perf_event_open")
+    if err.errno == errno.EMFILE:
+        raise AttachError("too many open files: raise ulimit -n (one perf event per thread and CPU)")
+    raise AttachError(f"cannot attach to process {pid}: perf_event_open: {err.strerror}")
 
-    def poll_threads(self) -> None:
-        live = perf.thread_ids(self.pid)
-        for tid in live:
-            if tid not in self.rings and tid not in self.closed and tid not in self.refused:
-                self.open_thread(tid)
-        live_set = set(live)
-        for tid in list(self.rings):
-            if tid not in live_set:
-                self.drain_one(self.rings[tid])
-                self.close_thread(tid)
-            elif not self.names.get(tid):
-                self.names[tid] = (_read(f"/proc/{self.pid}/task/{tid}/comm") or "").strip()
 
-    def close_thread(self, tid: int) -> None:
-        ring = self.rings.pop(tid)
-        self.closed[tid] = (ring.cpu_ns(), ring.lost)
-        ring.close()
-
-    # samples --------------------------------------------------------------------
-    def drain(self) -> None:
-        for ring in list(self.rings.values()):
-            self.drain_one(ring)
-
-    def drain_one(self, ring: perf.ThreadRing) -> None:
-        t0 = time.thread_time_ns()
-        for s in ring.read():
-            self.add_sample(s)
-        self.unwind_ns += time.thread_time_ns() - t0
-
-    def add_sample(self, s: perf.Sample) -> None:
-        table = self.table
-        pc = s.regs.get(16, 0)
-        if table is None:
-            return
-        if table.find(pc) is None and time.monotonic() - self.last_maps > 0.05:
-            self.read_maps()                  # a library mapped since the last snapshot
-            table = self.table
-        ips, truncated = self.unwinder.unwind(table, s.regs, s.stack, s.stack_base, self.opts.max_depth)
-        key = (s.tid, len(self.maps) - 1, tuple(ips), truncated)
-        self.stacks[key] = self.stacks.get(key, 0) + 1
-        self.thread_samples[s.tid] = self.thread_samples.get(s.tid, 0) + 1
-        self.samples += 1
-
-    def close_all(self) -> None:
-        for tid in list(self.rings):
-            self.close_thread(tid)
+def _initial_maps(sampler: KernelSampler, pid: int) -> None:
+    """What the process mapped before we came: from /proc/PID/maps (the
+    kernel reports only mappings made while the events are open)."""
+    try:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except PermissionError:
+        raise AttachError(explain_permission(pid, "reading its memory map")) from None
+    except OSError:
+        raise AttachError(f"no such process: {pid} (it has exited)") from None
+    if not text.strip():
+        raise AttachError(f"process {pid} has no user memory (a kernel thread?): nothing to sample")
+    proc = sampler.process(pid)
+    for m in parse_maps(text):
+        if m.executable:
+            proc.add_mapping(m)
 
 
 def attach_process(pid: int, opts: AttachOptions,
@@ -317,28 +256,31 @@ def attach_process(pid: int, opts: AttachOptions,
     if start_ticks is None or not _alive(pid, start_ticks):
         raise AttachError(f"no such process: {pid} (it has exited)")
     stat = _stat_fields(pid) or []
-    target = _Target(pid, opts)
-    target.read_maps(first=True)
-    cmdline = (_read(f"/proc/{pid}/cmdline") or "").split("\0")
-    cmdline = [c for c in cmdline if c] or [(_read(f"/proc/{pid}/comm") or str(pid)).strip()]
+    ppid = int(stat[1]) if len(stat) > 1 else 0
+    cmdline = [c for c in (_read(f"/proc/{pid}/cmdline") or "").split("\0") if c] \
+        or [(_read(f"/proc/{pid}/comm") or str(pid)).strip()]
     try:
         exe = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         exe = cmdline[0]
-    ppid = int(stat[1]) if len(stat) > 1 else 0
+    if exe.endswith(" (deleted)"):
+        exe = exe[:-len(" (deleted)")]
 
-    tids = perf.thread_ids(pid)
-    if not tids:
-        raise AttachError(f"no such process: {pid} (it has exited)")
+    trace = TraceOptions(hz=opts.hz, stack_bytes=opts.stack_kb * 1024, max_depth=opts.max_depth,
+                         ring_pages=max(8, opts.ring_kb * 1024 // perf.mmap.PAGESIZE))
+    sampler = KernelSampler(trace, Unwinder(root=f"/proc/{pid}/root", vdso=own_vdso(),
+                                            map_files=f"/proc/{pid}/map_files"))
+    target = sampler.process(pid, ppid)
+    target.comm = (_read(f"/proc/{pid}/comm") or "").strip()
+    _initial_maps(sampler, pid)
+    target.exe = exe
     try:
-        target.open_thread(pid if pid in tids else tids[0], first=True)
-        for tid in tids:
-            if tid not in target.rings:
-                target.open_thread(tid)
+        cpu_at_start = _open_all_threads(sampler, pid, start_ticks)
     except BaseException:
-        target.close_all()
+        sampler.close()
         raise
-    if not target.rings:
+    if not sampler.fds:
+        sampler.close()
         if not _alive(pid, start_ticks):
             raise AttachError(f"no such process: {pid} (it exited while ctprof attached)")
         raise AttachError(f"cannot attach to process {pid}: no thread could be sampled")
@@ -355,13 +297,14 @@ def attach_process(pid: int, opts: AttachOptions,
                 pass
 
     if on_start is not None:
-        on_start(len(target.rings))
+        on_start(len(cpu_at_start))
     wall_start = time.time()
     t0 = time.monotonic()
     t0_ns = time.monotonic_ns()
     cpu0 = time.process_time()
     exited_at: Optional[float] = None
-    last_threads = t0
+    last_alive = t0
+    cpu_at_end: Dict[int, int] = {}
     try:
         while True:
             now = time.monotonic()
@@ -369,36 +312,43 @@ def attach_process(pid: int, opts: AttachOptions,
                 break
             if stop["signal"] or (should_stop is not None and should_stop()):
                 break
-            target.drain()
-            if now - last_threads >= THREAD_POLL_SECONDS:
-                last_threads = now
+            sampler.drain()
+            if now - last_alive >= ALIVE_POLL_SECONDS:
+                last_alive = now
                 if not _alive(pid, start_ticks):
                     exited_at = now - t0
                     break
-                target.poll_threads()
-                if now - target.last_maps >= MAPS_POLL_SECONDS:
-                    target.read_maps()
             time.sleep(POLL_SECONDS)
-        target.drain()
+        for tid in cpu_at_start:
+            ns = _thread_cpu_ns(pid, tid)
+            if ns is not None:
+                cpu_at_end[tid] = ns
+        sampler.drain(final=True)
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-        target.close_all()
+        sampler.close()
     end_ns = time.monotonic_ns()
     ctprof_cpu = time.process_time() - cpu0
 
-    info = ProcessInfo(pid=pid, ppid=ppid, exe=exe, maps=list(target.maps), timer="perf_event task-clock (attach)")
-    for tid, (cpu_ns, lost) in target.closed.items():
-        info.thread_cpu_ns[tid] = cpu_ns
-        info.dropped += lost
-    info.threads = dict(target.names)
-    info.thread_samples = dict(target.thread_samples)
-    info.samples = target.samples
+    processes, stacks = sampler.process_infos(end_ns)
+    info = processes.get(pid) or ProcessInfo(pid=pid, ppid=ppid, exe=exe)
+    processes[pid] = info
+    info.exe = exe
+    info.timer = "perf_event task-clock (kernel sampler, attach)"
     info.wall_ns = end_ns - t0_ns
-    stacks = raw_stacks(pid, target.stacks)
+    info.dropped += sampler.lost
+    # Threads that were there when we came: their CPU time while attached,
+    # from the kernel's own account; threads born since reported theirs at
+    # exit (READ records) or are still running (read now).
+    for tid, start in cpu_at_start.items():
+        if tid in cpu_at_end:
+            info.thread_cpu_ns[tid] = max(0, cpu_at_end[tid] - start)
+    for p in processes.values():
+        p.timer = info.timer
     session = Session(kind="cpu", command=cmdline, hz=float(opts.hz), unwind="dwarf", max_depth=opts.max_depth,
                       start_time=wall_start, wall_s=(end_ns - t0_ns) / 1e9, exit_status=None,
-                      processes={pid: info}, stacks=stacks)
+                      processes=processes, stacks=stacks)
     session.notes.append(f"attached to running process {pid} for {(end_ns - t0_ns) / 1e9:.2f} s; samples taken by "
                          f"the kernel (no code in the target), unwound offline from .eh_frame: ctprof used "
                          f"{ctprof_cpu:.2f} s of its own CPU")
@@ -407,14 +357,18 @@ def attach_process(pid: int, opts: AttachOptions,
                              f"everything sampled until then is kept")
     if stop["signal"]:
         session.notes.append("interrupted: detached on Ctrl-C/SIGTERM; the process keeps running")
-    if target.exclude_kernel:
+    if sampler.exclude_kernel:
         session.notes.append("not privileged for kernel-mode samples (perf_event_paranoid >= 2): "
                              "time inside system calls is not sampled")
-    if target.refused:
-        session.notes.append(f"{len(target.refused)} thread(s) could not be sampled "
-                             f"({', '.join(os.strerror(e) for e in sorted(set(target.refused.values())))})")
-    stats = target.unwinder.stats
-    session.notes.append(f"unwound {target.samples} samples offline in {target.unwind_ns / 1e9:.2f} s "
+    refused = getattr(sampler, "refused", 0)
+    if refused:
+        session.notes.append(f"{refused} thread(s) could not be sampled")
+    if any(m.deleted for m in target.mappings):
+        session.notes.append("the program's files were deleted or replaced since it started: they were read "
+                             "through /proc/PID/map_files while it ran")
+    stats = sampler.unwinder.stats
+    samples = sum(p.samples for p in processes.values())
+    session.notes.append(f"unwound {samples} samples offline in {sampler.unwind_ns / 1e9:.2f} s "
                          f"({stats['frames']} frames, {stats['fp']} by frame pointer)")
     session.exited = exited_at is not None  # type: ignore[attr-defined]
     return session

@@ -42,6 +42,33 @@ def _dev_matches(maps_dev: str, st_dev: int) -> Optional[bool]:
 _vdso_cache: Dict[str, object] = {}
 
 
+def _file_of(m: Mapping, pid: int) -> Tuple[Optional[str], str]:
+    """A path through which the file mapped at ``m`` can be read now, or
+    None and why not.  Its own path first, else as the process sees it
+    (``/proc/PID/root``: another mount namespace), else the mapping itself
+    (``/proc/PID/map_files``: a deleted or replaced file, while the process
+    lives).  Only a regular file with the mapped inode is taken (a device
+    or FIFO could block; a path reused by another file gives wrong names)."""
+    candidates = [] if m.deleted else [m.path, f"/proc/{pid}/root{m.path}"]
+    candidates.append(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}")
+    why = "file deleted since it was mapped" if m.deleted else ""
+    for path in candidates:
+        try:
+            st = os.stat(path)
+        except OSError as err:
+            if path == m.path:
+                why = f"cannot read ({err.strerror or err})"
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            why = why or "not a regular file"
+            continue
+        if m.inode and st.st_ino != m.inode and _dev_matches(m.dev, st.st_dev):
+            why = why or "file replaced since it was mapped (inode changed)"
+            continue
+        return path, ""
+    return None, why or "cannot read"
+
+
 def _own_vdso() -> Optional[Tuple[int, bytes]]:
     """(size, image) of this process's vdso.  The kernel gives every process
     of one ABI the same vdso image, so ours can name a target's [vdso]
@@ -271,34 +298,27 @@ class Resolver:
         return None, g
 
     # -- modules ----------------------------------------------------------------
-    def _module(self, m: Mapping) -> Optional[elf.ModuleSymbols]:
+    def _module(self, m: Mapping, pid: int) -> Optional[elf.ModuleSymbols]:
         key = (m.path, m.dev, m.inode, m.deleted)
         if key in self._modules:
             return self._modules[key]
         mod = None
         name = m.module
-        if m.deleted:
-            self.warn(m.path, f"{name}: file deleted since it was mapped; its frames show as {name}+0x...")
-        else:
-            try:
-                st = os.stat(m.path)
-                if not stat.S_ISREG(st.st_mode):
-                    # a device or FIFO: opening it could block or have effects
-                    raise elf.ElfError("not a regular file")
-                same_dev = _dev_matches(m.dev, st.st_dev)
-                if m.inode and st.st_ino != m.inode and same_dev:
-                    raise elf.ElfError("file replaced since it was mapped (inode changed)")
-                mod, cached = symcache.load(m.path, self.debug_dirs, use_disk=self.use_cache)
-                self.stats["modules"] += 1
-                self.stats["modules_cached"] += int(cached)
-                if len(mod.table) == 0:
-                    self.warn(m.path, f"{name}: no symbols (stripped); its frames show as {name}+0x...")
-            except elf.ElfError as err:
-                self.warn(m.path, f"{name}: {err}; its frames show as {name}+0x...")
-                mod = None
-            except OSError as err:
-                self.warn(m.path, f"{name}: cannot read ({err.strerror or err}); its frames show as {name}+0x...")
-                mod = None
+        try:
+            path, why = _file_of(m, pid)
+            if path is None:
+                raise elf.ElfError(why)
+            mod, cached = symcache.load(path, self.debug_dirs, use_disk=self.use_cache)
+            self.stats["modules"] += 1
+            self.stats["modules_cached"] += int(cached)
+            if len(mod.table) == 0:
+                self.warn(m.path, f"{name}: no symbols (stripped); its frames show as {name}+0x...")
+        except elf.ElfError as err:
+            self.warn(m.path, f"{name}: {err}; its frames show as {name}+0x...")
+            mod = None
+        except OSError as err:
+            self.warn(m.path, f"{name}: cannot read ({err.strerror or err}); its frames show as {name}+0x...")
+            mod = None
         self._modules[key] = mod
         return mod
 
@@ -381,7 +401,7 @@ class Resolver:
             ctx = ("memfd" if m.path.startswith("/memfd:") else "anon", label, "unknown", None)
         else:
             category = "program" if m.path == self._main_exe(pid, g) else "library"
-            ctx = ("file", module, category, self._module(m))
+            ctx = ("file", module, category, self._module(m, pid))
         self._contexts[id(m)] = ctx
         self._context_keep.append(m)
         return ctx
