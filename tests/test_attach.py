@@ -181,3 +181,61 @@ def test_attach_to_init_is_refused_for_users(tmp_path):
     proc = ctprof(["attach", "1", "--duration", "1"], cwd=str(tmp_path))
     err = proc.stderr.decode()
     assert proc.returncode != 0 and "permission denied" in err and err.count("\n") == 1, err
+
+
+def test_attach_follows_short_threads(build, tmp_path):
+    """Threads that live 3 ms each are followed by the kernel from the
+    thread that starts them (no polling of /proc/PID/task to miss them):
+    nearly all the CPU they use is in the profile, under their function."""
+    prog = build("attach_short.c")
+    target = start(prog, 6.0)
+    try:
+        time.sleep(0.2)
+        proc, profile = attach(tmp_path, target.pid, "--duration", "2.0", "--hz", "999")
+        assert proc.returncode == 0, proc.stderr.decode()
+    finally:
+        target.kill()
+        target.wait()
+    assert profile.total("samples") > 500
+    assert share(profile, lambda n: any(f.startswith("short_thread_work") for f in n)) > 0.8
+    assert len(set(profile.tids)) > 50
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="a mount namespace needs root and unshare")
+def test_attach_to_another_mount_namespace(build, tmp_path):
+    """The program's binary exists only inside its own mount namespace: it
+    is read through /proc/PID/root, so the stacks are whole and named."""
+    prog = build("attach_work.c")
+    private = tmp_path / "private"
+    private.mkdir()
+    script = f"mount -t tmpfs tmpfs {private} && cp {prog} {private}/prog && exec {private}/prog 6.0"
+    target = start("unshare", "-m", "--propagation", "private", "sh", "-c", script)
+    try:
+        time.sleep(0.5)
+        assert not os.path.exists(private / "prog")      # not visible from here
+        proc, profile = attach(tmp_path, target.pid, "--duration", "1.0", "--hz", "499")
+        assert proc.returncode == 0, proc.stderr.decode()
+    finally:
+        target.kill()
+        target.wait()
+    assert share(profile, lambda n: has_chain(n, CHAIN)) > 0.5
+    assert b"cannot read" not in proc.stderr
+
+
+def test_attach_to_a_deleted_binary(build, tmp_path):
+    """A program whose file was deleted (an upgrade replaced it) is unwound
+    and named through /proc/PID/map_files while it runs."""
+    copy = str(tmp_path / "doomed")
+    shutil.copy(build("attach_work.c"), copy)
+    target = start(copy, 6.0)
+    try:
+        time.sleep(0.2)
+        os.unlink(copy)
+        proc, profile = attach(tmp_path, target.pid, "--duration", "1.0", "--hz", "499")
+        assert proc.returncode == 0, proc.stderr.decode()
+    finally:
+        target.kill()
+        target.wait()
+    assert complete_share(profile) >= 0.95
+    assert share(profile, lambda n: has_chain(n, CHAIN)) > 0.5
+    assert b"deleted" in proc.stderr                     # and the user is told
