@@ -134,10 +134,10 @@ def _legend(options: SvgOptions, legend: List[Tuple[str, str]]) -> str:
 
 def _header(out: "_Sink", options: SvgOptions, height: int, title: str, subtitle: str,
             legend: List[Tuple[str, str]], unit: str) -> None:
-    """Everything before the frames.  The controls come first in the file so
-    they show, and Search answers (:data:`.script.EARLY_SCRIPT`), while a
-    large graph is still loading; the viewer script moves them above the
-    frames once it runs."""
+    """Everything before the frames: the viewer script (:data:`.script.SCRIPT`)
+    and the controls come first in the file, so they show, and Search
+    answers, while a large graph is still loading; once the document is
+    complete the script moves the controls above the frames."""
     w = options.width
     out.append('<?xml version="1.0" standalone="no"?>\n'
                '<!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 1.1//EN" "http://www.w3.org/Graphics/SVG/1.1/DTD/svg11.dtd">\n')
