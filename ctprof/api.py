@@ -240,7 +240,7 @@ def _finish(session: Session, demangle: bool, lines: bool, threads: Optional[str
 
 def run(argv: Sequence[str], *, hz: float = 99.0, memory: bool = False, unwind: str = "auto",
         max_depth: int = 128, threads: Optional[str] = None, demangle: bool = True, lines: bool = False,
-        output: Optional[str] = None) -> Result:
+        output: Optional[str] = None, sampler: str = "auto") -> Result:
     """Run the command ``argv`` (a list: program and arguments) under the
     sampling profiler until it exits, and return its profile.
 
@@ -251,6 +251,8 @@ def run(argv: Sequence[str], *, hz: float = 99.0, memory: bool = False, unwind: 
     ``threads``: keep only these threads (ids, name globs, ``main``).
     ``demangle``/``lines``: symbol options as on the command line.
     ``output``: also save the profile there (format from the extension).
+    ``sampler``: ``auto`` (default), ``kernel`` (the kernel samples, ctprof
+    unwinds outside the program) or ``signal`` (in-process, any depth).
     ``result.exit_status`` is the program's exit status.
     """
     from .capture.launch import CaptureOptions, run_program
@@ -261,6 +263,9 @@ def run(argv: Sequence[str], *, hz: float = 99.0, memory: bool = False, unwind: 
         raise UsageError("argv must contain only strings")
     options: Dict[str, Any] = dict(hz=_check_hz(hz), unwind=_check_unwind(unwind), max_depth=_check_depth(max_depth))
     options["memory"] = bool(memory)
+    if sampler not in ("auto", "kernel", "signal"):
+        raise UsageError(f"sampler must be 'auto', 'kernel' or 'signal', not {sampler!r}")
+    options["sampler"] = sampler
     check_outputs({"output": output})  # before the run, not after it
     session = run_program([os.fspath(a) for a in argv], CaptureOptions(**options))
     return _finish(session, demangle, lines, threads, output)
