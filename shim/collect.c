@@ -654,7 +654,7 @@ CTPROF_API int ctprof_heap_stack(struct consumer *c, uint32_t id, uint64_t *ips,
  *                    cannot know);
  *   indirectly lost  pointed to only by lost blocks;
  *   definitely lost  no pointer to it from anything reachable.
- * A "start pointer" points into a block's first 16 bytes: layouts with a
+ * A "start pointer" points at most 16 bytes into a block: layouts with a
  * header word before the data (C++ new[] with its count, glibc's DTV whose
  * thread pointer holds &dtv[1]) are as reachable as valgrind's heuristics
  * make them. */
@@ -662,7 +662,7 @@ CTPROF_API int ctprof_heap_stack(struct consumer *c, uint32_t id, uint64_t *ips,
 enum { UNREACHED = 0, REACHABLE = 1, POSSIBLE = 2, INDIRECT = 3 };
 /* kinds of root range handed in by the Python side */
 enum { RANGE_ROOT = 0, RANGE_HEAP = 1, RANGE_ARENA_LIKE = 2 };
-#define START_SLACK 16
+#define START_SLACK 16 /* a pointer at most this far in is a start pointer */
 
 struct block {
     uint64_t lo, hi;
@@ -741,7 +741,7 @@ static void scan_words(struct scan *s, const unsigned char *p, uint64_t addr, si
         if (source == INDIRECT) {
             if (st == UNREACHED)
                 mark(s, b, INDIRECT);
-        } else if (source == REACHABLE && v - s->blocks[b].lo < START_SLACK) {
+        } else if (source == REACHABLE && v - s->blocks[b].lo <= START_SLACK) {
             if (st == UNREACHED || st == POSSIBLE)
                 mark(s, b, REACHABLE);
         } else if (st == UNREACHED) {

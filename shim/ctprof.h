@@ -183,6 +183,7 @@ struct heap_shared {
     uint64_t exit_tls_lo;     /* the exiting thread's static TLS blocks */
     uint64_t exit_tls_hi;
     uint64_t ring_peak;       /* most ring bytes ever in flight (written, not yet read) */
+    uint64_t own_lo, own_hi;  /* the sampled-block set: addresses, but no roots */
 };
 
 /* ---- heap.c (target side, only in the "mem" build) -------------------------

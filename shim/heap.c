@@ -41,8 +41,9 @@ int heap_enabled; /* read inline by the hooks: tracking is on in this process */
 /* The event ring is the only heap metadata in the program.  Its pages are
  * resident only between the writers and the controller, which punches out
  * what it has read (collect.c), so its size bounds bursts, not memory:
- * CTPROF_MEM_RING_KB, default 1024. */
-static uint64_t ring_kb = 1024; /* KiB */
+ * CTPROF_MEM_RING_KB, default 256 (a full-speed allocation loop fills any
+ * size: the controller sets the pace, so a bigger ring only adds memory). */
+static uint64_t ring_kb = 256; /* KiB */
 
 static __thread uint64_t rng_state CTPROF_TLS;
 
@@ -425,6 +426,10 @@ int heap_init(const char *dir)
     }
     if (open_heap_ring() != 0)
         return -1;
+    if (sset) {
+        hs->own_lo = (uint64_t)(uintptr_t)sset;
+        hs->own_hi = hs->own_lo + sizeof(struct sset_stripe) * SSET_STRIPES + FILTER_SIZE;
+    }
     active = 1;
     return 0;
 }
