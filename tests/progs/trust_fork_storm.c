@@ -7,11 +7,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+void *volatile sink; /* the blocks escape: the compiler may not elide them */
+
 __attribute__((noinline)) void child_work(void)
 {
     void *p[7];
     for (int i = 0; i < 7; i++)
-        p[i] = malloc(100);
+        sink = p[i] = malloc(100);
     for (int i = 0; i < 7; i++)
         free(p[i]);
 }
@@ -20,7 +22,7 @@ __attribute__((noinline)) void parent_work(void)
 {
     void *p[3];
     for (int i = 0; i < 3; i++)
-        p[i] = malloc(200);
+        sink = p[i] = malloc(200);
     for (int i = 0; i < 3; i++)
         free(p[i]);
 }
