@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
-"""CPU sampling overhead: ctprof against the plain run and `perf record -g`.
+"""CPU sampling cost: ctprof's two samplers against the plain run and perf.
 
-(a) the target's own slowdown: the program times its own work and prints
-    it, so start-up and post-processing do not count;
-(b) end-to-end wall time of `ctprof run` (start-up, symbol resolution,
-    writing) and its fixed cost on a program that does nothing.
-Runs are interleaved (plain, ctprof, perf, plain, ...) and medians reported.
+The target times its own work (CPU seconds of the process, user + kernel:
+the sampling interrupts, the kernel's stack copies and any signal handler
+are charged there) and prints it, so start-up and post-processing do not
+count.  For each tool the cost per sample is the slope of the work's CPU
+time against the number of samples over 0, 100, 1000 and 4000 Hz (least
+squares), in microseconds; the profiler's own CPU (the controller's, for
+ctprof the unwinding done outside the program) is reported beside it.
+Runs are interleaved (plain, ctprof kernel, ctprof signal, perf -g, perf
+--call-graph dwarf, plain, ...) and medians reported.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -20,6 +25,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+RATES = (100, 1000, 4000)
 
 
 def compile_prog(tmp: str, name: str) -> str:
@@ -28,74 +34,99 @@ def compile_prog(tmp: str, name: str) -> str:
     return out
 
 
-def timed(cmd, env=None, cwd=None):
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def measured(cmd, env=None, cwd=None):
+    """(work CPU s, whole wall s, CPU of everything but the target process,
+    work wall s)."""
+    before = children_cpu()
     start = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     wall = time.monotonic() - start
+    spent = children_cpu() - before
     if proc.returncode != 0:
         raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{proc.stderr[-500:]}")
-    work = None
-    for line in proc.stdout.splitlines():
-        if line.startswith("work_seconds"):
-            work = float(line.split()[1])
-    return work, wall
+    values = dict(line.split()[:2] for line in proc.stdout.splitlines() if line.count(" ") == 1)
+    work = float(values["work_cpu_seconds"])
+    tool_cpu = max(0.0, spent - float(values["process_cpu_seconds"]))
+    return work, wall, tool_cpu, float(values["work_seconds"])
+
+
+def slope_us(points) -> float:
+    """Least-squares slope of (samples, cpu s) points, in us per sample."""
+    xs = [x for x, _ in points]
+    ys = [y for _, y in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return 1e6 * sum((x - mx) * (y - my) for x, y in points) / den if den else float("nan")
+
+
+def tools(tmp: str, env, have_perf: bool):
+    out = os.path.join(tmp, "b.ctprof")
+    ctprof = [sys.executable, "-m", "ctprof", "run", "-q", "-o", out]
+    perf_data = os.path.join(tmp, "perf.data")
+    found = {
+        "ctprof (kernel sampler)": lambda hz, cmd: ctprof + ["--sampler", "kernel", "--hz", str(hz), "--"] + cmd,
+        "ctprof --sampler signal": lambda hz, cmd: ctprof + ["--sampler", "signal", "--hz", str(hz), "--"] + cmd,
+    }
+    if have_perf:
+        found["perf record -g"] = lambda hz, cmd: ["perf", "record", "-q", "-g", "-F", str(hz), "-o", perf_data, "--"] + cmd
+        found["perf record --call-graph dwarf"] = lambda hz, cmd: [
+            "perf", "record", "-q", "--call-graph", "dwarf", "-F", str(hz), "-o", perf_data, "--"] + cmd
+    return found
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--quick", action="store_true", help="smaller workload")
+    ap.add_argument("--quick", action="store_true", help="smaller workload, 3 runs")
     args = ap.parse_args()
+    runs = 3 if args.quick else args.runs
     env = dict(os.environ, PYTHONPATH=ROOT)
     have_perf = shutil.which("perf") is not None and subprocess.run(
         ["perf", "record", "-q", "-o", "/dev/null", "--", "true"], capture_output=True).returncode == 0
     tmp = tempfile.mkdtemp(prefix="ctprof-bench-")
     try:
         prog = compile_prog(tmp, "cpu_work")
-        iters = "200000000" if args.quick else "600000000"
-        ctprof = [sys.executable, "-m", "ctprof", "run", "-q", "-o", os.path.join(tmp, "b.ctprof")]
-        # warm the shim and symbol caches
-        timed(ctprof + ["--", prog, "1", "1000"], env=env, cwd=tmp)
-        print(f"## CPU sampling overhead (medians of {args.runs} interleaved runs; "
-              f"'work' = the target's own timing of its work)\n")
-        print("| workload | rate | plain work s | ctprof work s | slowdown | perf -g work s | perf slowdown | ctprof end-to-end s | perf end-to-end s |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for threads in (1, 2):
-            for hz in (100, 1000):
-                plain, mine, perf, mine_wall, perf_wall = [], [], [], [], []
-                cmd = [prog, str(threads), iters]
-                for _ in range(args.runs):
-                    plain.append(timed(cmd)[0])
-                    w, wall = timed(ctprof + ["--hz", str(hz), "--"] + cmd, env=env, cwd=tmp)
-                    mine.append(w)
-                    mine_wall.append(wall)
-                    if have_perf:
-                        w, wall = timed(["perf", "record", "-q", "-g", "-F", str(hz), "-o",
-                                         os.path.join(tmp, "perf.data"), "--"] + cmd)
-                        perf.append(w)
-                        perf_wall.append(wall)
-                p = statistics.median(plain)
-                m = statistics.median(mine)
-                row = [f"{threads} thread{'s' if threads > 1 else ''}", f"{hz} Hz", f"{p:.3f}", f"{m:.3f}",
-                       f"{100 * (m / p - 1):+.1f}%"]
-                if perf:
-                    q = statistics.median(perf)
-                    row += [f"{q:.3f}", f"{100 * (q / p - 1):+.1f}%", f"{statistics.median(mine_wall):.3f}",
-                            f"{statistics.median(perf_wall):.3f}"]
-                else:
-                    row += ["n/a", "n/a", f"{statistics.median(mine_wall):.3f}", "n/a"]
-                print("| " + " | ".join(row) + " |")
-        # fixed cost: a program that does (almost) nothing
-        quick = compile_prog(tmp, "cpu_work")
-        plain_w, mine_w = [], []
-        for _ in range(args.runs):
-            plain_w.append(timed([quick, "1", "1"])[1])
-            mine_w.append(timed(ctprof + ["--", quick, "1", "1"], env=env, cwd=tmp)[1])
-        print(f"\nfixed cost of `ctprof run` (warm caches, near-empty program): "
-              f"{statistics.median(mine_w) - statistics.median(plain_w):.3f} s "
-              f"(ctprof {statistics.median(mine_w):.3f} s vs plain {statistics.median(plain_w):.3f} s)")
+        iters = "300000000" if args.quick else "600000000"
+        cmd = [prog, "1", iters]
+        table = tools(tmp, env, have_perf)
+        for make in table.values():                      # warm the shim and symbol caches
+            measured(make(100, [prog, "1", "1000"]), env=env, cwd=tmp)
+        plain, plain_wall = [], []
+        results = {(name, hz): [] for name in table for hz in RATES}
+        for _ in range(runs):
+            work, _wall, _tool, work_wall = measured(cmd)
+            plain.append(work)
+            plain_wall.append(work_wall)
+            for hz in RATES:
+                for name, make in table.items():
+                    results[(name, hz)].append(measured(make(hz, cmd), env=env, cwd=tmp))
+        base = statistics.median(plain)
+        base_wall = statistics.median(plain_wall)
+        print(f"## CPU sampling cost (one thread, medians of {runs} interleaved runs; "
+              f"plain work: {base:.3f} s of CPU, {base_wall:.3f} s of wall time)\n")
+        print("| tool | rate | work CPU s | slowdown | work wall s | wall slowdown | tool's own CPU s | whole run wall s |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name in table:
+            points = [(0.0, base)]
+            wall_points = [(0.0, base_wall)]
+            for hz in RATES:
+                rows = results[(name, hz)]
+                work = statistics.median(r[0] for r in rows)
+                work_wall = statistics.median(r[3] for r in rows)
+                points.append((hz * base, work))
+                wall_points.append((hz * base, work_wall))
+                print(f"| {name} | {hz} Hz | {work:.3f} | {100 * (work / base - 1):+.1f}% | {work_wall:.3f} | "
+                      f"{100 * (work_wall / base_wall - 1):+.1f}% | {statistics.median(r[2] for r in rows):.3f} | "
+                      f"{statistics.median(r[1] for r in rows):.3f} |")
+            print(f"| {name} | **per sample** | **{slope_us(points):.1f} us** | | **{slope_us(wall_points):.1f} us** "
+                  f"| | | |")
         if not have_perf:
-            print("\nperf record is not usable here: its columns are n/a")
+            print("\nperf record is not usable here: its rows are missing")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
