@@ -71,6 +71,10 @@ def finish_profile(profile: Profile, session: Session) -> Profile:
     """Add the run metadata and every column the session's kind promises."""
     profile.metadata.update(run_metadata(session))
     columns = list(memory_columns()) if session.kind == "memory" else ["samples"]
-    for column in columns:
-        profile.values.setdefault(column, [0] * len(profile.stacks))
+    # Promised columns in their documented order (raw stacks carry only
+    # their non-zero values, so first appearance is no order), then others.
+    values = profile.values
+    empty = [0] * len(profile.stacks)
+    profile.values = {m: values[m] if m in values else list(empty) for m in columns}
+    profile.values.update((m, v) for m, v in values.items() if m not in profile.values)
     return profile

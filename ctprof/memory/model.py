@@ -60,18 +60,31 @@ def stack_values(stats: Dict[str, float], scanned: bool) -> Dict[str, int]:
 
 
 def add_heap_to_session(session: Session, heap: Dict[int, HeapProcess]) -> None:
+    """Add the heap's stacks (as raw stacks) and figures to ``session``.
+
+    Each process's ``stacks`` list is consumed (emptied) as it is converted:
+    a large program leaves 100,000 stacks, and its statistics need not stay
+    in memory beside the raw stacks made from them.  Raw stacks keep only
+    their non-zero values (a missing metric is 0), and every address is one
+    shared int object (a few thousand distinct addresses fill millions of
+    frames)."""
+    addresses: Dict[int, int] = {}
+    canonical = addresses.setdefault
     for pid, info in heap.items():
         proc = session.processes.get(pid)
         gen = max(0, len(proc.maps) - 1) if proc else 0
-        for ips, stats in info.stacks:
+        pending, info.stacks = info.stacks, []
+        pending.reverse()
+        while pending:
+            ips, stats = pending.pop()
             if not ips:
+                continue
+            values = {k: v for k, v in stack_values(stats, info.scanned).items() if v}
+            if not values:
                 continue
             # Every address is a return address; the resolver treats the
             # first one as exact, so hand it the call instruction itself.
-            adjusted = (ips[0] - 1,) + tuple(ips[1:])
-            values = stack_values(stats, info.scanned)
-            if not any(values.values()):
-                continue
+            adjusted = (canonical(ips[0] - 1, ips[0] - 1),) + tuple(map(canonical, ips[1:], ips[1:]))
             session.stacks.append(RawStack(pid, 0, gen, adjusted, bool(stats.get("truncated")), values))
         h = info.header
         timed = h.get("timed_calls", 0)

@@ -38,9 +38,8 @@ def load_any(path: str) -> Profile:
     Raises :class:`~ctprof.errors.FormatError` for a malformed, binary or
     empty file, :class:`~ctprof.errors.UsageError` for a missing or
     unreadable one."""
-    from .. import session
     from ..fileformat import load_bytes, looks_like_profile
-    from ..files import is_stream, open_input
+    from ..files import open_input
     label = "<stdin>" if path == "-" else path
     source = open_input(path)
     try:
@@ -49,10 +48,10 @@ def load_any(path: str) -> Profile:
             raise FormatError(f"{label}: empty file, neither folded stacks nor a ctprof profile")
         if not looks_like_profile(head):
             return parse_folded(source, label)
-        if not is_stream(source):
-            profile, _ = session.load(path)
-            return profile
-        profile, _ = load_bytes(source.read(), label)
+        # Read from the input already opened, file or stream alike.
+        # Renderers need no raw session: the file is validated whole, but
+        # its raw stacks are not built.
+        profile, _ = load_bytes(source.read(), label, with_session=False)
         return profile
     finally:
         if path != "-":
