@@ -2,11 +2,16 @@
 """Heap profiling cost: ctprof exact and sampled against the plain run,
 heaptrack and valgrind massif (where installed), side by side.
 
-The target times its own allocation loop, so start-up and post-processing
-do not blur the figures; the cost per allocation is
-(profiled work time - plain work time) / allocation calls.  Medians of
-interleaved runs.  The last lines cross-check ctprof's allocation count and
-peak against heaptrack's.
+1. The target times its own allocation loop (1, 4 and 8 threads), so
+   start-up and post-processing do not blur the figures; the cost per
+   allocation is (profiled work time - plain work time) / allocation calls,
+   and ctprof's own report says how long the program waited for it.
+   Medians of interleaved runs.
+2. Metadata measured from outside: the program's peak RSS (wait4's
+   ru_maxrss through /usr/bin/time) with and without ``--mem``.
+3. End to end on programs no one here wrote: sqlite3 building a
+   300,000-row table and a g++ compile, plain, ctprof --mem and heaptrack.
+4. A cross-check of ctprof's allocation count and peak against heaptrack's.
 """
 from __future__ import annotations
 
@@ -51,6 +56,78 @@ def true_window_peak(per_thread: int) -> int:
     return peak
 
 
+def max_rss_kb(cmd, env=None, cwd=None, wrap=lambda c: c) -> int:
+    """Peak RSS of the program in ``cmd`` (KiB, as wait4 reports it), run
+    inside ``wrap`` (a profiler), measured by /usr/bin/time around the
+    program itself (so the profiler's own process is not counted)."""
+    out = subprocess.run(wrap(["/usr/bin/time", "-f", "maxrss_kb %M"] + cmd), capture_output=True, text=True,
+                         env=env, cwd=cwd)
+    m = re.findall(r"maxrss_kb (\d+)", out.stderr)
+    if out.returncode != 0 or not m:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{out.stderr[-800:]}")
+    return int(m[-1])
+
+
+def metadata_table(tools, tmp, env, runs: int) -> None:
+    """Peak RSS with and without --mem, from outside the program."""
+    rss_prog = os.path.join(tmp, "trust_rss")
+    subprocess.run(["cc", "-O2", "-o", rss_prog, os.path.join(ROOT, "tests", "progs", "trust_rss.c")], check=True)
+    sql = os.path.join(tmp, "rows.sql")
+    with open(sql, "w") as f:
+        f.write("create table t(a integer primary key, b text, c real);\nbegin;\n")
+        for i in range(300000):
+            f.write(f"insert into t values({i}, 'row {i} {i * 7919 % 100003}', {i * 0.5});\n")
+        f.write("commit;\nselect count(*), sum(length(b)) from t;\n")
+    programs = [(f"allocation window {w // 1024} MiB", [rss_prog, str(w), "1000000"]) for w in (2048, 8192, 24576)]
+    if shutil.which("sqlite3"):
+        programs.append(("sqlite3, 300,000 rows", ["sh", "-c", f"sqlite3 {tmp}/db.sqlite < {sql} && rm {tmp}/db.sqlite"]))
+    print("\n## Metadata measured from outside (peak RSS of the program, /usr/bin/time)\n")
+    print("| program | plain KiB | ctprof --mem KiB | added | share | heaptrack KiB |")
+    print("|---|---|---|---|---|---|")
+    for name, cmd in programs:
+        plain = min(max_rss_kb(cmd, cwd=tmp) for _ in range(runs))
+        mem = min(max_rss_kb(cmd, env=env, cwd=tmp, wrap=tools["ctprof exact"]) for _ in range(runs))
+        ht = max_rss_kb(cmd, cwd=tmp, wrap=tools["heaptrack"]) if "heaptrack" in tools else 0
+        print(f"| {name} | {plain:,} | {mem:,} | {mem - plain:+,} | {100.0 * (mem - plain) / plain:.1f}% | "
+              f"{ht:,} |" if ht else f"| {name} | {plain:,} | {mem:,} | {mem - plain:+,} | "
+              f"{100.0 * (mem - plain) / plain:.1f}% | - |")
+
+
+def end_to_end_table(tools, tmp, env) -> None:
+    """Wall time of whole real programs under each tool."""
+    sql = os.path.join(tmp, "rows.sql")
+    cxx = os.path.join(ROOT, "tests", "progs", "sym_cxx.cpp")
+    programs = []
+    if shutil.which("sqlite3"):
+        programs.append(("sqlite3, 300,000 rows", ["sh", "-c", f"sqlite3 {tmp}/e2e.sqlite < {sql}; rm -f {tmp}/e2e.sqlite"]))
+    if shutil.which("g++"):
+        programs.append(("g++ -O2 -c sym_cxx.cpp", ["g++", "-O2", "-c", "-o", os.path.join(tmp, "x.o"), cxx]))
+    print("\n## End to end (wall seconds, median of 3)\n")
+    names = [n for n in ("plain", "ctprof exact", "heaptrack") if n in tools]
+    print("| program | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for name, cmd in programs:
+        cells = []
+        for tool in names:
+            walls = []
+            for _ in range(3):
+                start = time.monotonic()
+                proc = subprocess.run(tools[tool](cmd), capture_output=True, env=env, cwd=tmp)
+                walls.append(time.monotonic() - start)
+                if proc.returncode != 0:
+                    raise SystemExit(f"failed: {tool} {name}\n{proc.stderr[-800:]!r}")
+            cells.append(f"{statistics.median(walls):.2f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def waited_ms(path: str) -> float:
+    """How long the program waited for ctprof to drain (its own report)."""
+    sys.path.insert(0, ROOT)
+    from ctprof.session import load
+    prof, _ = load(path)
+    return sum(m.get("wait_ns", 0) for m in prof.metadata["memory"].values()) / 1e6
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=5)
@@ -76,12 +153,13 @@ def main() -> int:
                                                   f"--massif-out-file={os.path.join(tmp, 'massif.out')}"] + c
         run(tools["ctprof exact"]([prog, "1", "1000"]), env=env, cwd=tmp)  # warm caches
         print(f"## Heap profiling cost (medians of {args.runs} interleaved runs; work = the target's own timing)\n")
-        print("| threads | tool | work s | slowdown | extra us per allocation | end-to-end s |")
-        print("|---|---|---|---|---|---|")
-        for threads in (1, 4):
-            cmd = [prog, str(threads), per]
+        print("| threads | tool | work s | slowdown | extra us per allocation | end-to-end s | waited for ctprof s |")
+        print("|---|---|---|---|---|---|---|")
+        for threads in (1, 4, 8):
+            cmd = [prog, str(threads), per if threads < 8 else str(int(per) // 4)]
             times = {name: [] for name in tools}
             walls = {name: [] for name in tools}
+            waits = {name: [] for name in tools}
             allocs = 0
             for r in range(args.runs):
                 for name, wrap in tools.items():
@@ -90,13 +168,18 @@ def main() -> int:
                     w, wall, n, _ = run(wrap(cmd), env=env, cwd=tmp)
                     times[name].append(w)
                     walls[name].append(wall)
+                    if name.startswith("ctprof"):
+                        waits[name].append(waited_ms(out) / 1000)
                     allocs = n or allocs
             base = statistics.median(times["plain"])
             for name in tools:
                 w = statistics.median(times[name])
                 per_alloc = (w - base) / allocs * 1e6 if allocs else float("nan")
+                waited = f"{statistics.median(waits[name]):.3f}" if waits[name] else "-"
                 print(f"| {threads} | {name} | {w:.3f} | {w / base:.2f}x | {per_alloc:.3f} | "
-                      f"{statistics.median(walls[name]):.2f} |")
+                      f"{statistics.median(walls[name]):.2f} | {waited} |")
+        metadata_table(tools, tmp, env, 1 if args.quick else 3)
+        end_to_end_table(tools, tmp, env)
         # cross-check on one single-threaded (so deterministic) run: ctprof,
         # heaptrack, and the true peak computed from the program's own
         # generator (window of 256 blocks, same LCG, same size rule)
@@ -107,7 +190,8 @@ def main() -> int:
         prof, _ = load(out)
         mem = next(iter(prof.metadata["memory"].values()))
         print(f"\nctprof: {int(mem['totals']['alloc_count']):,} allocations, peak {int(mem['totals']['peak_bytes']):,} bytes; "
-              f"metadata in the program {mem['ring_bytes'] / 2**20:.1f} MiB vs peak RSS {mem['peak_rss'] / 2**20:.1f} MiB")
+              f"metadata it reports: event ring {mem['ring_bytes'] / 2**10:.0f} KiB + unwind cache "
+              f"{mem['unwind_cache_bytes'] / 2**10:.0f} KiB vs peak RSS {mem['peak_rss'] / 2**20:.1f} MiB")
         if "heaptrack" in tools:
             for f in glob.glob(os.path.join(tmp, "ht*")):
                 os.unlink(f)
