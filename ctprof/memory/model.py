@@ -92,7 +92,8 @@ def add_heap_to_session(session: Session, heap: Dict[int, HeapProcess]) -> None:
             "totals": {k: round(v, 1) for k, v in info.totals.items()},
             "scanned": info.scanned,
             "scan_error": info.scan_error,
-            "timeline": [[t, v] for t, v in info.timeline],
+            # float sums of sampled weights can end a hair below zero
+            "timeline": [[t, max(0, round(v))] for t, v in info.timeline],
             "peak_time": info.peak_time,
             "peak_rss": info.peak_rss,
             "ring_bytes": info.ring_bytes_used,
