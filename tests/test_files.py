@@ -274,6 +274,14 @@ def test_run_cleans_up_its_reserved_name_when_the_program_cannot_start(tmp_path)
     assert listing(tmp_path) == []
 
 
+@pytest.mark.parametrize("sampler", ["kernel", "signal"])
+def test_an_executable_fifo_as_the_program_is_refused_not_waited_on(tmp_path, sampler):
+    os.mkfifo(tmp_path / "prog", 0o755)
+    proc = ctprof(["run", "--sampler", sampler, "--", "./prog"], cwd=str(tmp_path), timeout=30)
+    assert proc.returncode == 127
+    assert "cannot run ./prog: not a regular file" in one_error_line(proc)
+
+
 # -- inputs other users can touch: /tmp/perf-PID.map --------------------------
 
 def _run_planting(build, tmp_path, *mode, sampler="signal", timeout=60):

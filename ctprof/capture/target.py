@@ -63,6 +63,8 @@ def check_program(name: str, preload: bool = True) -> str:
         raise TargetError(f"cannot run {name}: {err.strerror}") from None
     if stat.S_ISDIR(st.st_mode):
         raise TargetError(f"cannot run {name}: it is a directory")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would hang the ELF check below
+        raise TargetError(f"cannot run {name}: not a regular file")
     if not os.access(path, os.X_OK) or not st.st_mode & 0o111:
         raise TargetError(f"cannot run {name}: not executable (try chmod +x {name})")
     if not preload:
