@@ -412,3 +412,15 @@ def is_stream(fileobj: BinaryIO) -> bool:
         return not stat.S_ISREG(os.fstat(fileobj.fileno()).st_mode)
     except (OSError, ValueError, AttributeError):
         return True
+
+
+def open_regular(path: str) -> int:
+    """A read-only descriptor of ``path`` if it is a regular file, else
+    ``OSError``.  For files named by others (the paths of a process's
+    mappings, which may have been replaced since): opened ``O_NONBLOCK`` so
+    a FIFO put there is refused instead of waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    return fd

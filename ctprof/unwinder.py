@@ -524,7 +524,7 @@ class _Module:
 
 
 def _open_image(path: str):
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: refused, not waited on
     try:
         st = os.fstat(fd)
         import stat as _stat

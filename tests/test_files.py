@@ -401,6 +401,19 @@ def test_stale_session_directories_are_removed_by_a_new_run(build, tmp_path):
         shutil.rmtree(live, ignore_errors=True)
 
 
+@pytest.mark.parametrize("sampler", ["kernel", "signal"])
+def test_a_fifo_in_place_of_a_mapped_file_does_not_hang_symbols(build, tmp_path, sampler):
+    """The program's file is replaced by a FIFO before ctprof reads its
+    symbols: the run ends, the samples are kept (named by address)."""
+    shutil.copy(build("files_plant.c", "-g"), tmp_path / "prog")
+    proc = ctprof(["run", "--sampler", sampler, "--hz", "499", "-o", "p.ctprof", "--", "./prog", "replace-self"],
+                  cwd=str(tmp_path), timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "prog").st_mode)
+    profile, _ = load_profile(str(tmp_path / "p.ctprof"))
+    assert profile.total("samples") > 0
+
+
 # -- input streams ----------------------------------------------------------------
 
 def test_report_reads_a_fifo_once(tmp_path):

@@ -376,8 +376,10 @@ class ModuleSymbols:
 
 
 def open_bytes(path: str):
-    """Read-only mmap of ``path`` (bytes for empty or unmappable files)."""
-    with open(path, "rb") as f:
+    """Read-only mmap of ``path`` (bytes for empty or unmappable files);
+    ``OSError`` for anything but a regular file (never waits on a FIFO)."""
+    from ..files import open_regular
+    with os.fdopen(open_regular(path), "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             return b""

@@ -46,7 +46,8 @@ class LineInfo:
 
     def __init__(self, path: str) -> None:
         from elftools.elf.elffile import ELFFile
-        self._fh = open(path, "rb")
+        from ..files import open_regular
+        self._fh = os.fdopen(open_regular(path), "rb")  # a regular file, never a FIFO
         try:
             self._elf = ELFFile(self._fh)
             self._dwarf = self._elf.get_dwarf_info(relocate_dwarf_sections=False)

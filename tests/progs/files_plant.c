@@ -8,6 +8,8 @@
  *   own             a regular perf map of our own (the one to accept)
  *   name NAME       set the thread name (prctl)
  *   ignore-term     ignore SIGTERM and SIGINT, then work for 1.5 s
+ *   replace-self    after the work, move the executable away and leave a
+ *                   FIFO at its path (what a later reader of the path finds)
  * Prints the perf map path on stderr so the test can remove it. */
 #include <signal.h>
 #include <stdio.h>
@@ -61,5 +63,15 @@ int main(int argc, char **argv)
         seconds = 1.5;
     }
     hot_function(seconds);
+    if (!strcmp(mode, "replace-self")) {
+        char self[4096], moved[4200];
+        ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+        if (n <= 0)
+            return 10;
+        self[n] = 0;
+        snprintf(moved, sizeof moved, "%s.moved", self);
+        if (rename(self, moved) != 0 || mkfifo(self, 0755) != 0)
+            return 10;
+    }
     return 0;
 }
