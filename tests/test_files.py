@@ -404,7 +404,8 @@ def test_stale_session_directories_are_removed_by_a_new_run(build, tmp_path):
 @pytest.mark.parametrize("sampler", ["kernel", "signal"])
 def test_a_fifo_in_place_of_a_mapped_file_does_not_hang_symbols(build, tmp_path, sampler):
     """The program's file is replaced by a FIFO before ctprof reads its
-    symbols: the run ends, the samples are kept (named by address)."""
+    symbols: the run ends and the samples are kept.  (The resolver's stat
+    and the non-blocking open of files.open_regular both guard this.)"""
     shutil.copy(build("files_plant.c", "-g"), tmp_path / "prog")
     proc = ctprof(["run", "--sampler", sampler, "--hz", "499", "-o", "p.ctprof", "--", "./prog", "replace-self"],
                   cwd=str(tmp_path), timeout=60)
