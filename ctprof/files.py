@@ -180,32 +180,42 @@ def check_output(path: str, what: str = "output") -> None:
     if os.path.isdir(path):
         raise OutputError(f"{what} {path}: is a directory")
     parent = _parent(path)
-    try:
-        parent_st = os.stat(parent)
-    except FileNotFoundError:
-        raise OutputError(f"{what} {path}: directory {parent} does not exist") from None
-    except NotADirectoryError:
-        raise OutputError(f"{what} {path}: {parent} is not a directory") from None
-    except OSError as err:
-        raise OutputError(f"{what} {path}: {_describe(err)}") from None
-    if not stat.S_ISDIR(parent_st.st_mode):
-        raise OutputError(f"{what} {path}: {parent} is not a directory")
-    # The honest test of "can we write there": create a temporary as the
-    # writer will (root passes every permission check but a read-only mount).
-    tmp = _temporary_name(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as err:
-        raise OutputError(f"{what} {path}: cannot write in {parent}: {_describe(err)}") from None
-    os.close(fd)
-    os.unlink(tmp)
+    why = directory_unwritable(parent)
+    if why:
+        raise OutputError(f"{what} {path}: {why}")
     try:
         existing = os.lstat(path)
+        parent_st = os.stat(parent)
     except OSError:
         return
     shared = parent_st.st_mode & stat.S_ISVTX
     if shared and os.geteuid() != 0 and existing.st_uid not in (os.geteuid(), parent_st.st_uid):
         raise OutputError(f"{what} {path}: belongs to another user in a shared directory")
+
+
+def directory_unwritable(directory: str) -> Optional[str]:
+    """Why files cannot be created in ``directory`` (``directory x does not
+    exist``, ``cannot write in x: permission denied``...), or None."""
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        return f"directory {directory} does not exist"
+    except NotADirectoryError:
+        return f"{directory} is not a directory"
+    except OSError as err:
+        return f"{directory}: {_describe(err)}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{directory} is not a directory"
+    # The honest test: create a file as the writer will (root passes every
+    # permission check, but not a read-only mount).
+    tmp = os.path.join(directory, f".ctprof-probe.{secrets.token_hex(8)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        return f"cannot write in {directory}: {_describe(err)}"
+    os.close(fd)
+    os.unlink(tmp)
+    return None
 
 
 def _identity(path: str) -> "tuple[int, int, str]":

@@ -225,7 +225,11 @@ def test_run_refuses_a_read_only_directory_before_the_program_runs(public_dir):
     assert not os.path.exists(os.path.join(work, "marker"))
     proc = ctprof_as_nobody(["run", "--svg", "g.svg", "--", "touch", os.path.join(work, "marker")], cwd=readonly)
     assert proc.returncode == 2
-    assert "cannot write in .: permission denied" in one_error_line(proc)
+    assert "--svg g.svg: cannot write in .: permission denied" in one_error_line(proc)
+    proc = ctprof_as_nobody(["run", "--", "touch", os.path.join(work, "marker")], cwd=readonly)
+    assert proc.returncode == 2
+    assert one_error_line(proc) == ("ctprof: error: the profile cannot be saved in the current directory: "
+                                    "cannot write in .: permission denied (use -o)")
     assert not os.path.exists(os.path.join(work, "marker"))
     assert os.listdir(readonly) == [] and os.listdir(work) == []
 

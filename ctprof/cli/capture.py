@@ -13,7 +13,7 @@ from ..build import build_profile
 from ..capture.stats import overhead_lines, select_threads
 from ..capture.target import check_program
 from ..errors import OutputError, UsageError, printable
-from ..files import check_output, check_outputs, fallback_directories, reserve_new_file
+from ..files import check_outputs, directory_unwritable, fallback_directories, reserve_new_file
 from ..profile import Profile
 from ..session import Session, save
 
@@ -67,8 +67,9 @@ def check_run_options(args: argparse.Namespace, program: Optional[str] = None) -
         raise UsageError("--threads needs a thread id, a name pattern or 'main'")
     check_outputs({"-o": args.output, "--svg": args.svg, "--folded": args.folded,
                    "--timeline": getattr(args, "timeline", None)}, program)
-    if not args.output:
-        check_output("ctprof-default.ctprof", "profile (default name in the current directory; use -o)")
+    why = None if args.output else directory_unwritable(".")
+    if why:
+        raise OutputError(f"the profile cannot be saved in the current directory: {why} (use -o)")
 
 
 def save_profile(output: str, profile: Profile, session: Session) -> str:
