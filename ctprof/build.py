@@ -18,6 +18,10 @@ from .profile import Profile
 from .session import Session, achieved_hz, cpu_seconds, session_notes
 
 
+#: The columns of an off-CPU profile (``--off-cpu``) beside ``samples``.
+OFF_CPU_UNITS = {"wall": "microseconds", "offcpu": "microseconds"}
+
+
 def memory_columns() -> Dict[str, str]:
     """Every column of a memory profile with its unit (``samples`` too:
     CPU sampling continues under ``--mem``)."""
@@ -48,9 +52,12 @@ def run_metadata(session: Session) -> Dict[str, object]:
         "threads": threads,
         "notes": session_notes(session),
     }
+    if any("wall" in st.values for st in session.stacks):
+        # --off-cpu: wall and off-CPU time, in microseconds
+        meta["units"] = {**meta["units"], **OFF_CPU_UNITS}
     if session.kind == "memory":
         meta["default_metric"] = "alloc_bytes"
-        meta["units"] = memory_columns()
+        meta["units"] = {**memory_columns(), **{k: v for k, v in meta["units"].items() if k in OFF_CPU_UNITS}}
         meta["memory"] = session.memory
         meta["mem_sample"] = session.mem_sample
     return meta

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 #: Frame categories, used for colouring and reports.
-CATEGORIES = ("program", "library", "kernel", "jit", "python", "unknown")
+CATEGORIES = ("program", "library", "kernel", "jit", "python", "offcpu", "unknown")
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,9 @@ class AttachOptions:
     max_depth: frames kept per sample, leaf end first (default 128).
     stack_kb: KiB of user stack copied per sample (default 32, at most 63);
         frames whose return address lies deeper are not reached.
-    ring_kb: per-thread ring buffer in KiB (default 2048; halved while the
+    ring_kb: per-CPU ring buffer in KiB (default 2048; halved while the
         locked-memory limit refuses it).
+    off_cpu: also record where threads wait (blocked or preempted).
     """
 
     hz: float = 99.0
@@ -57,6 +58,7 @@ class AttachOptions:
     max_depth: int = 128
     stack_kb: int = 32
     ring_kb: int = 2048
+    off_cpu: bool = False
 
     def validate(self) -> None:
         if not (self.hz > 0) or self.hz != self.hz or self.hz > 100000:
@@ -267,7 +269,7 @@ def attach_process(pid: int, opts: AttachOptions,
         exe = exe[:-len(" (deleted)")]
 
     trace = TraceOptions(hz=opts.hz, stack_bytes=opts.stack_kb * 1024, max_depth=opts.max_depth,
-                         ring_pages=max(8, opts.ring_kb * 1024 // perf.mmap.PAGESIZE))
+                         ring_pages=max(8, opts.ring_kb * 1024 // perf.mmap.PAGESIZE), off_cpu=opts.off_cpu)
     sampler = KernelSampler(trace, Unwinder(root=f"/proc/{pid}/root", vdso=own_vdso(),
                                             map_files=f"/proc/{pid}/map_files"))
     target = sampler.process(pid, ppid)
@@ -357,6 +359,8 @@ def attach_process(pid: int, opts: AttachOptions,
                              f"everything sampled until then is kept")
     if stop["signal"]:
         session.notes.append("interrupted: detached on Ctrl-C/SIGTERM; the process keeps running")
+    if sampler.off_cpu_refused:
+        session.notes.append(sampler.off_cpu_refused)
     if sampler.exclude_kernel:
         session.notes.append("not privileged for kernel-mode samples (perf_event_paranoid >= 2): "
                              "time inside system calls is not sampled")

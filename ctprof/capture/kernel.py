@@ -39,6 +39,10 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from ..files import process_uid, read_shared_file
 from ..session import ProcessInfo, RawStack
 from ..symbols.maps import MapTable, Mapping
+# The leaf of an off-CPU raw stack says why the thread left the CPU: not
+# addresses (no user mapping lies there); the symbolizer turns them into a
+# ``[off-cpu: REASON]`` frame.
+from ..symbols.offcpu import OFF_CPU_BLOCKED, OFF_CPU_PREEMPTED
 from ..unwinder import Unwinder
 from . import perf
 
@@ -53,6 +57,8 @@ _U64 = struct.Struct("<Q")
 _MMAP2 = struct.Struct("<IIQQQIIQQII")      # pid tid addr len pgoff maj min ino ino_gen prot flags
 _SAMPLE_ID = struct.Struct("<IIQ")           # the trailer of every other record: pid tid time
 _PROT_READ, _PROT_WRITE, _PROT_EXEC, _MAP_SHARED = 1, 2, 4, 1
+#: A sample of the switch event (our own tag: it shares nothing with perf's types).
+_SWITCH_OUT_SAMPLE = -1
 
 
 class KernelSamplerError(OSError):
@@ -68,7 +74,10 @@ class TraceOptions:
     ring_pages: data pages of each CPU's ring (halved while the locked
     memory limit refuses).  inherit: follow threads and processes the
     target starts.  enable_on_exec: start counting at the target's exec
-    (``run``: the controller opens the events between fork and exec)."""
+    (``run``: the controller opens the events between fork and exec).
+    off_cpu: also record every interval a thread spends off the CPU, with
+    its user stack when it left (a context-switch event sampled at every
+    switch-out, and the kernel's switch records for when it came back)."""
 
     hz: float = 99.0
     stack_bytes: int = 32 * 1024
@@ -76,14 +85,18 @@ class TraceOptions:
     ring_pages: int = 1024
     inherit: bool = True
     enable_on_exec: bool = False
+    off_cpu: bool = False
 
 
-def _sampling_attr(opts: TraceOptions, exclude_kernel: bool) -> perf.PerfEventAttr:
+def _sampling_attr(opts: TraceOptions, exclude_kernel: bool, switches: bool = False) -> perf.PerfEventAttr:
+    """The task-clock sampling event, or with ``switches`` the event sampled
+    at every switch-out of a thread (its stack when it left the CPU) that
+    also asks for the kernel's switch records (when it came back)."""
     a = perf.PerfEventAttr()
     a.type = perf.PERF_TYPE_SOFTWARE
     a.size = ctypes.sizeof(a)
-    a.config = perf.PERF_COUNT_SW_TASK_CLOCK
-    a.sample_period = max(10000, int(1e9 / opts.hz))
+    a.config = perf.PERF_COUNT_SW_CONTEXT_SWITCHES if switches else perf.PERF_COUNT_SW_TASK_CLOCK
+    a.sample_period = 1 if switches else max(10000, int(1e9 / opts.hz))
     a.sample_type = (perf.PERF_SAMPLE_TID | perf.PERF_SAMPLE_TIME
                      | perf.PERF_SAMPLE_REGS_USER | perf.PERF_SAMPLE_STACK_USER)
     flags = (perf._EXCLUDE_HV | perf._MMAP | perf._COMM | perf._TASK | perf._SAMPLE_ID_ALL
@@ -94,6 +107,10 @@ def _sampling_attr(opts: TraceOptions, exclude_kernel: bool) -> perf.PerfEventAt
         flags |= perf._DISABLED | perf._ENABLE_ON_EXEC
     if exclude_kernel:
         flags |= perf._EXCLUDE_KERNEL
+    if switches:
+        # side-band (mmap, comm, task) comes once, with the task-clock event
+        flags = (flags & ~(perf._MMAP | perf._COMM | perf._TASK | perf._MMAP2 | perf._COMM_EXEC
+                           | perf._INHERIT_STAT)) | perf._CONTEXT_SWITCH
     a.flags = flags
     a.clockid = perf.CLOCK_MONOTONIC
     a.sample_regs_user = perf.REGS_MASK
@@ -126,6 +143,8 @@ class TracedProcess:
     thread_samples: Dict[int, int] = field(default_factory=dict)
     thread_cpu_ns: Dict[int, int] = field(default_factory=dict)
     stacks: Dict[tuple, int] = field(default_factory=dict)
+    off_cpu_us: Dict[tuple, int] = field(default_factory=dict)
+    thread_off_cpu_us: Dict[int, int] = field(default_factory=dict)
     samples: int = 0
     start_ns: int = 0
     end_ns: int = 0
@@ -191,6 +210,12 @@ class KernelSampler:
         self.unwinder = unwinder
         self.cpus = perf.online_cpus()
         self.rings: Dict[int, perf.ThreadRing] = {}          # cpu -> ring
+        self.switch_rings: Dict[int, perf.ThreadRing] = {}   # cpu -> ring of the switch event
+        self.off_cpu = opts.off_cpu
+        self.off_cpu_refused = ""                            # why off-CPU recording is off
+        self.leaving: Dict[int, tuple] = {}                  # tid -> (pid, stack key, time) at switch-out
+        self.preempted: Dict[int, bool] = {}                 # tid -> its last switch-out was a preemption
+        self.period_us = max(10000, int(1e9 / opts.hz)) // 1000
         self.fds: List[Tuple[int, int]] = []                 # (cpu, fd) of every event we opened
         self.top_tids: Dict[int, int] = {}                   # fd -> tid it was opened on
         self.exclude_kernel = False
@@ -221,29 +246,70 @@ class KernelSampler:
 
     def follow(self, tid: int) -> None:
         """Open the events of thread ``tid`` on every CPU; their records go
-        to that CPU's ring."""
+        to that CPU's rings."""
         opened: List[Tuple[int, int]] = []
         try:
             for cpu in self.cpus:
                 fd = self._open(tid, cpu)
                 opened.append((cpu, fd))
-                ring = self.rings.get(cpu)
-                if ring is None:
-                    self.rings[cpu] = self._map(fd)
-                else:
-                    perf.ioctl(fd, perf.PERF_EVENT_IOC_SET_OUTPUT, ring.fd)
+                self._attach_ring(self.rings, cpu, fd)
         except OSError as err:
-            for cpu, fd in opened:
-                if self.rings.get(cpu) is not None and self.rings[cpu].fd == fd:
-                    self.rings.pop(cpu).close()
-                else:
-                    os.close(fd)
+            self._close_opened(opened)
             if isinstance(err, KernelSamplerError):
                 raise
             raise KernelSamplerError(err.errno, err.strerror) from None
         for cpu, fd in opened:
             self.fds.append((cpu, fd))
             self.top_tids[fd] = tid
+        if self.off_cpu:
+            self._follow_switches(tid)
+
+    def _follow_switches(self, tid: int) -> None:
+        """The off-CPU events of ``tid``.  Their samples are taken in the
+        kernel (at the switch), so a user-mode-only (unprivileged) event
+        gets none: then off-CPU recording is off, and says why."""
+        if self.exclude_kernel:
+            self._refuse_off_cpu()
+            return
+        opened: List[Tuple[int, int]] = []
+        try:
+            for cpu in self.cpus:
+                fd = perf.open_event(_sampling_attr(self.opts, False, switches=True), tid, cpu)
+                opened.append((cpu, fd))
+                self._attach_ring(self.switch_rings, cpu, fd)
+        except OSError as err:
+            self._close_opened(opened)
+            if err.errno in (errno.EACCES, errno.EPERM):
+                self._refuse_off_cpu()
+                return
+            raise KernelSamplerError(err.errno, err.strerror) from None
+        self.fds.extend(opened)
+
+    def _refuse_off_cpu(self) -> None:
+        self.off_cpu = False
+        level = perf.read_sysctl("/proc/sys/kernel/perf_event_paranoid")
+        self.off_cpu_refused = (f"--off-cpu needs kernel-mode samples, which kernel.perf_event_paranoid={level} "
+                                f"refuses to unprivileged users: run 'sysctl -w kernel.perf_event_paranoid=1' "
+                                f"as root (or give ctprof CAP_PERFMON); this profile has on-CPU samples only")
+
+    def _attach_ring(self, rings: Dict[int, perf.ThreadRing], cpu: int, fd: int) -> None:
+        ring = rings.get(cpu)
+        if ring is None:
+            rings[cpu] = self._map(fd)
+        else:
+            perf.ioctl(fd, perf.PERF_EVENT_IOC_SET_OUTPUT, ring.fd)
+
+    def _close_opened(self, opened: List[Tuple[int, int]]) -> None:
+        ring_fds = {r.fd: (rings, cpu) for rings in (self.rings, self.switch_rings) for cpu, r in rings.items()}
+        for _cpu, fd in opened:
+            if fd in ring_fds:
+                rings, cpu = ring_fds[fd]
+                rings.pop(cpu).close()
+            else:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     def _map(self, fd: int) -> perf.ThreadRing:
         try:
@@ -257,19 +323,19 @@ class KernelSampler:
         """Task-clock ns counted by our own events per thread they were
         opened on (children's counts included, as the kernel sums them)."""
         out: Dict[int, int] = {}
-        for _cpu, fd in self.fds:
+        for fd, tid in self.top_tids.items():
             try:
                 data = os.read(fd, 8)
             except OSError:
                 continue
             if len(data) == 8:
-                tid = self.top_tids[fd]
                 out[tid] = out.get(tid, 0) + _U64.unpack(data)[0]
         return out
 
     def close(self) -> None:
-        rings = {r.fd for r in self.rings.values()}
-        for ring in self.rings.values():
+        all_rings = list(self.rings.values()) + list(self.switch_rings.values())
+        rings = {r.fd for r in all_rings}
+        for ring in all_rings:
             ring.close()
         for _cpu, fd in self.fds:
             if fd not in rings:
@@ -278,6 +344,7 @@ class KernelSampler:
                 except OSError:
                     pass
         self.rings.clear()
+        self.switch_rings.clear()
         self.fds.clear()
 
     # -- records -----------------------------------------------------------------
@@ -287,15 +354,18 @@ class KernelSampler:
         cut = time.monotonic_ns() - REORDER_NS
         batch = self.pending
         seq = len(batch)
-        for ring in self.rings.values():
-            chunk = ring.chunk()
-            for rtype, misc, off, size in perf.records(chunk):
-                if rtype == perf.PERF_RECORD_SAMPLE:
-                    stamp = _U64.unpack_from(chunk, off + 16)[0]
-                else:
-                    stamp = _U64.unpack_from(chunk, off + size - 8)[0] if size >= 24 else 0
-                batch.append((stamp, seq, rtype, misc, chunk, off, size))
-                seq += 1
+        for switches, rings in ((False, self.rings), (True, self.switch_rings)):
+            for ring in rings.values():
+                chunk = ring.chunk()
+                for rtype, misc, off, size in perf.records(chunk):
+                    if rtype == perf.PERF_RECORD_SAMPLE:
+                        stamp = _U64.unpack_from(chunk, off + 16)[0]
+                        if switches:
+                            rtype = _SWITCH_OUT_SAMPLE
+                    else:
+                        stamp = _U64.unpack_from(chunk, off + size - 8)[0] if size >= 24 else 0
+                    batch.append((stamp, seq, rtype, misc, chunk, off, size))
+                    seq += 1
         batch.sort(key=lambda r: (r[0], r[1]))
         if final:
             ready, self.pending = batch, []
@@ -312,6 +382,14 @@ class KernelSampler:
         body = off + 8
         if rtype == perf.PERF_RECORD_SAMPLE:
             self._sample(buf, body)
+        elif rtype == _SWITCH_OUT_SAMPLE:
+            self._switch_out(buf, body)
+        elif rtype == perf.PERF_RECORD_SWITCH:
+            pid, tid, _time = _SAMPLE_ID.unpack_from(buf, off + size - _SAMPLE_ID.size)
+            if misc & perf.PERF_RECORD_MISC_SWITCH_OUT:
+                self.preempted[tid] = bool(misc & perf.PERF_RECORD_MISC_SWITCH_OUT_PREEMPT)
+            else:
+                self._switch_in(pid, tid, stamp)
         elif rtype == perf.PERF_RECORD_MMAP2:
             self._mmap2(buf, body, off + size)
         elif rtype == perf.PERF_RECORD_COMM:
@@ -378,17 +456,47 @@ class KernelSampler:
         self.process(pid).add_mapping(
             Mapping(addr, addr + length, perms, pgoff, f"{maj:02x}:{mnr:02x}", ino, path, deleted))
 
-    def _sample(self, buf: bytes, body: int) -> None:
+    def _unwound(self, buf: bytes, body: int):
+        """(sample, process, stack key) of a sample record, or None for a
+        sample without user context (a kernel thread)."""
         s = perf.decode_sample(buf, body)
         if s is None:
-            return                             # no user context (a kernel thread)
+            return None
         proc = self.process(s.pid)
         table, gen = proc.current()
         ips, truncated = self.unwinder.unwind(table, s.regs, s.stack, s.stack_base, self.opts.max_depth)
-        key = (s.tid, gen, tuple(ips), truncated)
+        return s, proc, (s.tid, gen, tuple(ips), truncated)
+
+    def _sample(self, buf: bytes, body: int) -> None:
+        got = self._unwound(buf, body)
+        if got is None:
+            return
+        s, proc, key = got
         proc.stacks[key] = proc.stacks.get(key, 0) + 1
         proc.thread_samples[s.tid] = proc.thread_samples.get(s.tid, 0) + 1
         proc.samples += 1
+
+    def _switch_out(self, buf: bytes, body: int) -> None:
+        """A thread leaves the CPU: keep its stack until it comes back."""
+        got = self._unwound(buf, body)
+        if got is not None:
+            s, proc, key = got
+            self.leaving[s.tid] = (proc, key, s.time)
+
+    def _switch_in(self, pid: int, tid: int, stamp: int) -> None:
+        """A thread is back on a CPU: the interval since it left is charged
+        to the stack it left with, under the reason it left for."""
+        left = self.leaving.pop(tid, None)
+        if left is None:
+            return
+        proc, (ktid, gen, ips, truncated), t_out = left
+        us = max(0, stamp - t_out) // 1000
+        if not us or not ips:
+            return
+        marker = OFF_CPU_PREEMPTED if self.preempted.pop(tid, False) else OFF_CPU_BLOCKED
+        key = (ktid, gen, (marker,) + ips, truncated)
+        proc.off_cpu_us[key] = proc.off_cpu_us.get(key, 0) + us
+        proc.thread_off_cpu_us[tid] = proc.thread_off_cpu_us.get(tid, 0) + us
 
     # -- the tree --------------------------------------------------------------------
     def running(self, exclude: Iterable[int] = ()) -> List[TracedProcess]:
@@ -418,8 +526,21 @@ class KernelSampler:
             if note:
                 info.notes.append(note)
             infos[pid] = info
-            stacks.extend(raw_stacks(pid, p.stacks))
+            if self.opts.off_cpu:
+                stacks.extend(self._wall_stacks(pid, p))
+            else:
+                stacks.extend(raw_stacks(pid, p.stacks))
         return infos, stacks
+
+    def _wall_stacks(self, pid: int, p: TracedProcess) -> List[RawStack]:
+        """With off-CPU recording: on-CPU stacks weigh ``period`` of wall
+        time per sample, off-CPU stacks their measured time (``wall`` and
+        ``offcpu`` in microseconds); ``samples`` stays the CPU profile."""
+        out = [RawStack(pid, tid, gen, ips, truncated, {"samples": n, "wall": n * self.period_us, "offcpu": 0})
+               for (tid, gen, ips, truncated), n in p.stacks.items()]
+        out += [RawStack(pid, tid, gen, ips, truncated, {"samples": 0, "wall": us, "offcpu": us})
+                for (tid, gen, ips, truncated), us in p.off_cpu_us.items()]
+        return out
 
 
 def _alive(pid: int) -> bool:

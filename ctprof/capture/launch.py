@@ -62,6 +62,7 @@ class CaptureOptions:
         ``max_depth`` is above 1024).
     stack_kb: KiB of user stack the kernel copies per sample (1 to 63,
         default 32); frames deeper than that end the chain.
+    off_cpu: also record where threads wait (kernel sampler only).
     """
 
     hz: float = 99.0
@@ -74,6 +75,7 @@ class CaptureOptions:
     mem_sample: int = 0
     sampler: str = "auto"
     stack_kb: int = 32
+    off_cpu: bool = False
 
     def validate(self) -> None:
         if not (self.hz > 0) or self.hz != self.hz:
@@ -88,6 +90,8 @@ class CaptureOptions:
             raise UsageError(f"--sampler must be auto, kernel or signal, not {self.sampler!r}")
         if not 1 <= self.stack_kb <= 63:
             raise UsageError("--stack-kb must be between 1 and 63")
+        if self.off_cpu and self.sampler == "signal":
+            raise UsageError("--off-cpu needs the kernel sampler (not --sampler signal)")
         if self.timer not in (None, "perf", "posix", "itimer"):
             raise UsageError(f"unknown timer {self.timer!r}")
         if self.ring_mb < 1 or self.ring_mb & (self.ring_mb - 1) or self.ring_mb > 1024:
@@ -333,7 +337,7 @@ def _kernel_sampler(opts: CaptureOptions) -> Optional[KernelSampler]:
     while pages < want and pages < 16384:
         pages *= 2
     trace = TraceOptions(hz=opts.hz, stack_bytes=stack_bytes, max_depth=opts.max_depth, ring_pages=pages,
-                         enable_on_exec=True)
+                         enable_on_exec=True, off_cpu=opts.off_cpu)
     sampler = KernelSampler(trace, Unwinder(vdso=own_vdso()))
     try:
         sampler.probe()
@@ -524,6 +528,9 @@ def run_program(argv: List[str], opts: CaptureOptions,
     if not argv:
         raise UsageError("no program given (usage: ctprof run [options] -- PROGRAM ARGS...)")
     kernel = _kernel_sampler(opts)
+    if kernel is None and opts.off_cpu:
+        raise TargetError(f"--off-cpu needs the kernel sampler, which this run cannot use "
+                          f"({_needs_signal_sampler(opts) or 'perf events refused: ' + perf_refusal_advice(errno.EACCES)})")
     preload = opts.memory or kernel is None
     program = check_program(argv[0], preload=preload)
     session_dir = make_session_dir() if preload else None
@@ -547,6 +554,8 @@ def run_program(argv: List[str], opts: CaptureOptions,
             heap = HeapCollector(session_dir, shim, time.monotonic())
             heap.start_thread()
         proc = _start_under([program] + list(argv[1:]), program, env, kernel)
+        if kernel is not None and kernel.off_cpu_refused:
+            notes.append(kernel.off_cpu_refused)        # printed once, with the notes
         poll = KERNEL_POLL_SECONDS if kernel else POLL_SECONDS
         with _Interrupts(proc) as interrupts:
             while proc.poll() is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from . import Command, register
-from .capture import WARN_HZ, add_output_options, check_metric, check_run_options, finish_capture, parse_hz, say
+from .capture import WARN_HZ, add_off_cpu_option, add_output_options, check_metric, check_run_options, finish_capture, parse_hz, say
 from ..capture.attach import AttachOptions, attach_process
 from ..errors import UsageError
 
@@ -43,17 +43,19 @@ class AttachCommand(Command):
                             help="frames kept per sample, leaf end first (default 128)")
         parser.add_argument("--stack-kb", type=int, default=32, metavar="KB",
                             help="KiB of user stack copied per sample for unwinding (default 32, max 63)")
+        add_off_cpu_option(parser)
         add_output_options(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         pid = parse_pid(args.pid)
         hz = parse_hz(args.hz)
         duration = parse_duration(args.duration) if args.duration is not None else None
-        check_metric(args.metric, memory=False)
+        check_metric(args.metric, memory=False, off_cpu=args.off_cpu)
         check_run_options(args)
         if hz > WARN_HZ:
             say(f"warning: {hz:g} Hz is above {WARN_HZ:g} Hz; ctprof may fall behind and the kernel drop samples")
-        opts = AttachOptions(hz=hz, duration=duration, max_depth=args.max_depth, stack_kb=args.stack_kb)
+        opts = AttachOptions(hz=hz, duration=duration, max_depth=args.max_depth, stack_kb=args.stack_kb,
+                             off_cpu=args.off_cpu)
 
         def started(threads: int) -> None:
             if not args.quiet:

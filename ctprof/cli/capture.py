@@ -32,14 +32,17 @@ def parse_hz(text: str) -> float:
     return hz
 
 
-def check_metric(metric, memory: bool) -> None:
+def check_metric(metric, memory: bool, off_cpu: bool = False) -> None:
     """Refuse an unknown --metric before the program runs, not after."""
     if metric is None:
         return
+    from ..build import OFF_CPU_UNITS
     from ..memory.model import DETAIL_METRICS, MEMORY_METRICS
-    known = ["samples"] + (list(MEMORY_METRICS) + list(DETAIL_METRICS) if memory else [])
+    known = ["samples"] + (list(MEMORY_METRICS) + list(DETAIL_METRICS) if memory else []) \
+        + (list(OFF_CPU_UNITS) if off_cpu else [])
     if metric not in known:
-        hint = "" if memory or metric not in MEMORY_METRICS else " (memory metrics need --mem)"
+        hint = ("" if memory or metric not in MEMORY_METRICS else " (memory metrics need --mem)") \
+            + (" (wall and offcpu need --off-cpu)" if metric in OFF_CPU_UNITS and not off_cpu else "")
         raise UsageError(f"--metric {metric}: not one of {', '.join(known)}{hint}")
 
 
@@ -124,6 +127,12 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="print only where the files went")
 
 
+def add_off_cpu_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--off-cpu", action="store_true",
+                        help="also record where threads wait (blocked or preempted), with the reason: "
+                             "metrics wall (on- and off-CPU time) and offcpu; needs perf_event_paranoid <= 1 or root")
+
+
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hz", default="99", help="samples per CPU-second per thread (default 99)")
     parser.add_argument("--unwind", choices=("auto", "fp", "dwarf"), default="auto",
@@ -136,6 +145,7 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
                              "events are refused or --max-depth is above 1024")
     parser.add_argument("--stack-kb", type=int, default=32, metavar="KB",
                         help="kernel sampler: KiB of user stack copied per sample (default 32, at most 63)")
+    add_off_cpu_option(parser)
     parser.add_argument("--timer", choices=("perf", "posix", "itimer"), help=argparse.SUPPRESS)
     parser.add_argument("--ring-mb", type=int, default=16, help=argparse.SUPPRESS)
 
@@ -189,6 +199,8 @@ def finish_capture(session: Session, args: argparse.Namespace, output: Optional[
         if session.kind == "memory":
             from ..memory.report import memory_report
             print(printable(memory_report(profile, args.top), keep_newlines=True), file=sys.stderr, end="")
+        from ..render.top import off_cpu_text
+        print(printable(off_cpu_text(view, min(args.top, 5)), keep_newlines=True), file=sys.stderr, end="")
         if profile.total("samples"):
             print(top_text(view, "samples", args.top), file=sys.stderr)
         elif session.kind != "memory":
@@ -225,9 +237,9 @@ class RunCommand(Command):
             say(f"warning: {hz:g} Hz is above {WARN_HZ:g} Hz; expect the sampling itself to slow the program")
         if (args.mem_sample or args.timeline) and not args.mem:
             raise UsageError("--mem-sample and --timeline need --mem")
-        check_metric(args.metric, args.mem)
+        check_metric(args.metric, args.mem, args.off_cpu)
         opts = CaptureOptions(hz=hz, unwind=args.unwind, max_depth=args.max_depth, timer=args.timer,
-                              sampler=args.sampler, stack_kb=args.stack_kb,
+                              sampler=args.sampler, stack_kb=args.stack_kb, off_cpu=args.off_cpu,
                               ring_mb=args.ring_mb, memory=args.mem, mem_depth=args.mem_depth, mem_sample=args.mem_sample)
         opts.validate()
         check_run_options(args, check_program(argv[0], preload=preloads_shim(opts)))

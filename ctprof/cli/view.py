@@ -192,7 +192,7 @@ class ReportCommand(Command):
     def run(self, args):
         from ..processors import source_positions
         from ..render import top_text
-        from ..render.top import neighbours_text
+        from ..render.top import neighbours_text, off_cpu_text
         if args.top < 1:
             raise UsageError(f"--top {args.top}: must be at least 1")
         # The leak and site tables name file:line themselves, from the frames'
@@ -209,6 +209,7 @@ class ReportCommand(Command):
         if profile.metadata.get("memory"):
             from ..memory.report import memory_report
             sys.stdout.write(printable(memory_report(profile, args.top), keep_newlines=True) + "\n")
+        sys.stdout.write(printable(off_cpu_text(view, args.top), keep_newlines=True))
         sys.stdout.write(top_text(view, args.metric, args.top))
         sys.stdout.flush()
         return 0

@@ -3,7 +3,7 @@
 The same name gets the same colour in every run and every graph (no random
 numbers).  CPU graphs: the program's own code warm (red/orange/yellow),
 shared libraries cool (blue/aqua), kernel purple, JIT green, Python yellow,
-unknown grey.  Memory graphs use their own greens and teals so a heap graph
+off-CPU waits deep blue, unknown grey.  Memory graphs use their own greens and teals so a heap graph
 is never mistaken for a CPU graph.  Differential graphs: red grew, blue
 shrank, white unchanged.
 """
@@ -24,6 +24,7 @@ _CPU = {
     "kernel": ((150, 90, 200), (50, 50, 55)),       # purples
     "jit": ((50, 190, 50), (60, 60, 60)),           # greens
     "python": ((200, 190, 40), (55, 60, 60)),       # yellows
+    "offcpu": ((20, 40, 170), (40, 60, 60)),        # deep blues: off-CPU flame graphs' cold palette
     "unknown": ((150, 150, 150), (50, 0, 0)),       # greys (r range copied to g, b)
     "root": ((210, 210, 210), (0, 0, 0)),
 }

@@ -20,6 +20,7 @@ from ..profile import Frame, Profile
 from . import palette
 from .layout import Box, Layout, layout
 from .script import SCRIPT
+from .top import amount
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ MIN_WIDTH = 300   # the script never fits the graph narrower than this
 
 #: Legend words for the frame categories (see :mod:`.palette`).
 CATEGORY_WORDS = {"program": "program", "library": "libraries", "kernel": "kernel", "jit": "JIT",
-                  "python": "Python", "unknown": "unknown"}
+                  "python": "Python", "offcpu": "off-CPU (waiting)", "unknown": "unknown"}
 
 _INVALID_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
@@ -258,7 +259,8 @@ def _percent(value: int, total: int) -> str:
 
 
 def subtitle_for(total: int, unit: str, metric: str, options: SvgOptions, extra: str = "") -> str:
-    what = f"{total:,} {unit}" + (f" of {metric}" if metric not in (unit, "samples") else "")
+    what = (amount(total, unit) if unit == "microseconds" else f"{total:,} {unit}") \
+        + (f" of {metric}" if metric not in (unit, "samples") else "")
     text = f"Width is each frame's share of {what}, not time; frames sorted by name within each level"
     if options.inverted:
         text += "; inverted: leaf functions at the top, callers below"
@@ -296,7 +298,8 @@ def svg_text(profile: Profile, options: SvgOptions = SvgOptions(),
         return c
 
     def describe(box: Box, name: str) -> str:
-        return f"{name} ({box.value:,} {unit}, {_percent(box.value, lay.total)})"
+        value = amount(box.value, unit) if unit == "microseconds" else f"{box.value:,} {unit}"
+        return f"{name} ({value}, {_percent(box.value, lay.total)})"
 
     extra = ""
     if lay.pruned:

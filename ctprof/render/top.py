@@ -26,6 +26,8 @@ def human(value: int, unit: str) -> str:
             if abs(size) < 1024 or suffix == "TiB":
                 return f"{int(size)} B" if suffix == "B" else f"{size:.1f} {suffix}"
             size /= 1024
+    if unit == "microseconds":                 # wall and off-CPU time
+        return f"{value / 1e6:.3f} s"
     return f"{value:,}"
 
 
@@ -34,6 +36,8 @@ def amount(value: int, unit: str) -> str:
     rounded when that differs), ``1,033 allocations``, ``10 samples``."""
     if unit == "bytes":
         return f"{value:,} bytes" + (f" = {human(value, unit)}" if abs(value) >= 1024 else "")
+    if unit == "microseconds":
+        return human(value, unit)
     return f"{value:,} {unit}"
 
 
@@ -205,3 +209,33 @@ def neighbours_text(profile: Profile, pattern: str, callers: bool, metric: Optio
         lines.append(f"{len(found) - n} more functions match {pattern!r} (--top N shows more)")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def off_cpu_text(profile: Profile, n: int = 5) -> str:
+    """For a profile with off-CPU time (``--off-cpu``): each thread's
+    on-CPU and off-CPU seconds, then the ``n`` stacks that waited longest
+    (the frames nearest the wait, and why).  Empty for other profiles."""
+    if "offcpu" not in profile.values or "wall" not in profile.values or profile.tids is None:
+        return ""
+    wall, off = profile.values["wall"], profile.values["offcpu"]
+    if not sum(off):
+        return ""
+    names = profile.metadata.get("threads") or {}
+    per_thread: Dict[Tuple[int, int], List[int]] = {}
+    for pid, tid, w, o in zip(profile.pids or [0] * len(wall), profile.tids, wall, off):
+        cell = per_thread.setdefault((pid, tid), [0, 0])
+        cell[0] += w - o
+        cell[1] += o
+    lines = ["Time per thread (on CPU: samples x period; off CPU: measured waits):",
+             f"{'thread':<24} {'on-CPU':>10} {'off-CPU':>10}"]
+    for (pid, tid), (on, wait) in sorted(per_thread.items(), key=lambda kv: -(kv[1][0] + kv[1][1])):
+        label = f"{tid}/{names.get(str(tid), '')}".rstrip("/")
+        lines.append(f"{label:<24} {on / 1e6:>9.3f}s {wait / 1e6:>9.3f}s")
+    waits = sorted((v, i) for i, v in enumerate(off) if v)[::-1][:n]
+    lines.append("")
+    lines.append(f"Top {len(waits)} waits (off-CPU time by stack, the wait first, then its callers):")
+    for value, i in waits:
+        frames = [profile.frames[f].name for f in profile.stacks[i]]
+        shown = " <- ".join(reversed(frames[-5:]))
+        lines.append(f"{value / 1e6:>9.3f}s  {shown}")
+    return "\n".join(lines) + "\n\n"

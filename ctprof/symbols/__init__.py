@@ -18,6 +18,7 @@ from typing import Optional
 
 from ..profile import Profile
 from ..session import Session
+from . import offcpu
 from .resolve import TRUNCATED, Resolver
 
 __all__ = ["resolve_session", "Resolver", "TRUNCATED"]
@@ -64,12 +65,18 @@ def resolve_session(session: Session, *, demangle: bool = True, lines: bool = Fa
                 if truncated_id is None:
                     truncated_id = intern(TRUNCATED)
                 parts.append(truncated_id)
+            marker = ips[0] if ips and ips[0] in offcpu.MARKERS else None
+            if marker is not None:             # an off-CPU stack: its reason is the leaf
+                ips = ips[1:]
             for i in range(len(ips) - 1, -1, -1):
                 key = (pid, gen, ips[i], i > 0)
                 ids = addr_ids.get(key)
                 if ids is None:
                     ids = addr_ids[key] = tuple(intern(f) for f in resolve(pid, gen, ips[i], i > 0))
                 parts.extend(ids)
+            if marker is not None:
+                leaf = profile.frames[parts[-1]] if parts else None
+                parts.append(intern(offcpu.off_cpu_frame(marker, leaf)))
             rkey = (tuple(parts), pid, s.tid)
             row = rows.get(rkey)
             if row is None:

@@ -17,6 +17,7 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..profile import Frame
+from . import offcpu
 from ..session import Session
 from . import demangle as _dm
 from . import elf, symcache
@@ -465,7 +466,12 @@ class Resolver:
     def frames(self, pid: int, gen: int, ips: Sequence[int]) -> List[Frame]:
         """Frames root first for one stack, ``ips`` leaf first (``ips[0]``
         the interrupted instruction, the rest return addresses)."""
+        marker = ips[0] if ips and ips[0] in offcpu.MARKERS else None
+        if marker is not None:                 # an off-CPU stack: its reason is the leaf
+            ips = ips[1:]
         out: List[Frame] = []
         for i in range(len(ips) - 1, -1, -1):
             out.extend(self.resolve(pid, gen, ips[i], i > 0))
+        if marker is not None:
+            out.append(offcpu.off_cpu_frame(marker, out[-1] if out else None))
         return out
