@@ -331,10 +331,10 @@ def _kernel_sampler(opts: CaptureOptions) -> Optional[KernelSampler]:
     if opts.sampler == "signal" or (opts.sampler == "auto" and _needs_signal_sampler(opts)):
         return None
     stack_bytes = min(opts.stack_kb * 1024, 65528)
-    # Room for half a second of samples per CPU between two drains.
-    want = opts.hz * (stack_bytes + 512) / 2 / mmap.PAGESIZE
+    # Room for a quarter of a second of samples per CPU (a dozen drains).
+    want = opts.hz * (stack_bytes + 512) / 4 / mmap.PAGESIZE
     pages = 256
-    while pages < want and pages < 16384:
+    while pages < want and pages < 4096:
         pages *= 2
     trace = TraceOptions(hz=opts.hz, stack_bytes=stack_bytes, max_depth=opts.max_depth, ring_pages=pages,
                          enable_on_exec=True, off_cpu=opts.off_cpu)
