@@ -63,7 +63,7 @@ def test_cache_owned_by_someone_else_refused(tmp_path):
     cache.mkdir(mode=0o700)
     os.chown(cache, 65534, 65534)
     out = str(tmp_path / "o.ctprof")
-    proc = ctprof(["run", "-o", out, "--", "true"], cwd=str(tmp_path), env={"CTPROF_CACHE_DIR": str(cache)})
+    proc = ctprof(["run", "--mem", "-o", out, "--", "true"], cwd=str(tmp_path), env={"CTPROF_CACHE_DIR": str(cache)})
     assert proc.returncode == 2
     err = proc.stderr.decode().strip()
     assert err.startswith("ctprof: error: cache directory") and "owned by uid 65534" in err
@@ -71,12 +71,17 @@ def test_cache_owned_by_someone_else_refused(tmp_path):
 
 
 def test_no_compiler_is_one_clear_line(tmp_path):
-    proc = ctprof(["run", "--", "true"], cwd=str(tmp_path),
-                  env={"CC": "no-such-cc", "CTPROF_CACHE_DIR": str(tmp_path / "c")})
-    assert proc.returncode == 2
-    err = proc.stderr.decode().strip()
-    assert len(err.splitlines()) == 1
-    assert "no C compiler found" in err and "apt-get install gcc" in err
+    """The shim (``--mem``, ``--sampler signal``) needs a compiler at first
+    use; without one: one line.  The kernel sampler needs none."""
+    env = {"CC": "no-such-cc", "CTPROF_CACHE_DIR": str(tmp_path / "c")}
+    for option in ("--mem", "--sampler=signal"):
+        proc = ctprof(["run", option, "--", "true"], cwd=str(tmp_path), env=env)
+        assert proc.returncode == 2
+        err = proc.stderr.decode().strip()
+        assert len(err.splitlines()) == 1
+        assert "no C compiler found" in err and "apt-get install gcc" in err
+    proc = ctprof(["run", "-q", "-o", str(tmp_path / "k.ctprof"), "--", "true"], cwd=str(tmp_path), env=env)
+    assert proc.returncode == 0, proc.stderr.decode()
 
 
 def test_pip_install_into_fresh_venv(tmp_path, build):
