@@ -30,6 +30,7 @@ parser; :func:`demangle_v0` itself returns None for it.
 """
 from __future__ import annotations
 
+import re
 from typing import List, Optional, Tuple
 
 #: Basic type tags (RFC 2603).
@@ -49,7 +50,8 @@ MAX_DEPTH = 200
 #: exponentially, and a profile should not hold megabyte-long names.
 MAX_OUTPUT = 1 << 16
 
-_B62 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_B62_VALUE = {c: i for i, c in enumerate("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")}
+_DECIMAL = re.compile(r"0|[1-9][0-9]*")
 
 
 class _Invalid(ValueError):
@@ -62,7 +64,8 @@ class _Printer:
     but not printed (impl paths, the instantiating crate)."""
 
     def __init__(self, sym: str, verbose: bool) -> None:
-        self.sym = sym
+        self.sym = sym + "\0"     # a sentinel: reading past the end finds "\0", never IndexError
+        self.end = len(sym)
         self.pos = 0
         self.depth = 0
         self.verbose = verbose
@@ -72,48 +75,47 @@ class _Printer:
 
     # -- reading ------------------------------------------------------------
     def peek(self) -> str:
-        return self.sym[self.pos] if self.pos < len(self.sym) else ""
+        return self.sym[self.pos]
 
     def eat(self, c: str) -> bool:
-        if self.peek() == c:
+        if self.sym[self.pos] == c:
             self.pos += 1
             return True
         return False
 
     def next(self) -> str:
-        c = self.peek()
-        if not c:
+        c = self.sym[self.pos]
+        if self.pos >= self.end:
             raise _Invalid("unexpected end")
         self.pos += 1
         return c
 
     def base62(self) -> int:
         """``_`` is 0; digits then ``_`` are the base-62 value plus one."""
-        if self.eat("_"):
+        stop = self.sym.find("_", self.pos, self.end)
+        if stop < 0:
+            raise _Invalid("unterminated number")
+        digits = self.sym[self.pos:stop]
+        self.pos = stop + 1
+        if not digits:
             return 0
         value = 0
-        while True:
-            c = self.next()
-            if c == "_":
-                return value + 1
-            d = _B62.find(c)
-            if d < 0:
+        for c in digits:
+            d = _B62_VALUE.get(c)
+            if d is None:
                 raise _Invalid("bad base-62 digit")
             value = value * 62 + d
+        return value + 1
 
     def opt_base62(self, tag: str) -> int:
         return self.base62() + 1 if self.eat(tag) else 0
 
     def decimal(self) -> int:
-        start = self.pos
-        if self.peek() == "0":
-            self.pos += 1
-            return 0
-        while self.peek().isdigit() and self.peek().isascii():
-            self.pos += 1
-        if self.pos == start:
+        m = _DECIMAL.match(self.sym, self.pos, self.end)
+        if m is None:
             raise _Invalid("expected a decimal number")
-        return int(self.sym[start:self.pos])
+        self.pos = m.end()
+        return int(m.group())
 
     def hex_nibbles(self) -> str:
         start = self.pos
@@ -130,7 +132,7 @@ class _Printer:
         length = self.decimal()
         self.eat("_")
         end = self.pos + length
-        if end > len(self.sym):
+        if end > self.end:
             raise _Invalid("identifier runs past the end")
         text = self.sym[self.pos:end]
         self.pos = end
