@@ -7,7 +7,7 @@ import os
 from typing import Dict, List, Optional, Tuple
 
 from ..profile import Frame, Profile
-from ..render.top import human
+from ..render.top import amount, human
 
 SITE_FRAMES = 4
 
@@ -107,7 +107,7 @@ def memory_report(profile: Profile, top: int = 10) -> str:
 
     out.extend(_site_table(profile, "Top allocation sites by bytes allocated:", "alloc_bytes", "alloc_count",
                            "allocs", top))
-    out.extend(_site_table(profile, f"Sites holding memory at the peak ({sized(int(total('peak_bytes')))} live):",
+    out.extend(_site_table(profile, f"Sites holding memory at the peak ({amount(int(total('peak_bytes')), 'bytes')} live):",
                            "peak_bytes", "peak_count", "blocks", top))
 
     scanned = all(p.get("scanned") for p in per_pid.values())
