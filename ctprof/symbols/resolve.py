@@ -194,7 +194,7 @@ class Resolver:
         self.demangle = demangle
         self.lines = lines
         self.group_functions = group_functions
-        self._cfi: Dict[str, object] = {}       # path -> unwinder.CfiTable or None
+        self._cfi: Dict[tuple, object] = {}     # (path, dev, inode) -> unwinder.CfiTable or None
         self._cfi_data: List[object] = []       # their mmaps, closed by close()
         self.debug_dirs = tuple(debug_dirs)
         self.use_cache = use_cache
@@ -231,12 +231,14 @@ class Resolver:
                 data.close()
         self._cfi_data.clear()
 
-    def _function_start(self, path: str, vaddr: int) -> Optional[int]:
-        """Start of the function holding ``vaddr`` in ``path`` by its
-        ``.eh_frame`` FDE (present in stripped files: unwinding needs it),
-        or None.  The FDE search table is read once per file; an FDE is
+    def _function_start(self, m: Mapping, vaddr: int) -> Optional[int]:
+        """Start of the function holding ``vaddr`` in the file of ``m`` by
+        its ``.eh_frame`` FDE (present in stripped files: unwinding needs
+        it), or None.  The FDE search table is read once per file; an FDE is
         parsed only when an address needs it."""
-        table = self._cfi.get(path, 0)
+        path = m.path
+        key = (path, m.dev, m.inode)
+        table = self._cfi.get(key, 0)
         if table == 0:
             from ..unwinder import CfiError, CfiTable
             table = None
@@ -249,7 +251,7 @@ class Resolver:
                     self.warn("cfi:" + path, f"{os.path.basename(path)}: cannot group unnamed code by "
                                              f"function ({err})")
                 table = None
-            self._cfi[path] = table
+            self._cfi[key] = table
         if table is None:
             return None
         found = table.function_range(vaddr)  # type: ignore[attr-defined]
@@ -456,7 +458,7 @@ class Resolver:
                 # Stripped code: the function's start from its FDE, so all its
                 # addresses are one frame.  Either way an ELF virtual address
                 # (what objdump/addr2line -e take), not the file offset.
-                start = self._function_start(m.path, va) if self.group_functions else None
+                start = self._function_start(m, va) if self.group_functions else None
                 if start is not None:
                     return (Frame(f"{module}+{start:#x}", module, category),)
                 return (Frame(f"{module}+{va + (ip - look):#x}", module, category),)
