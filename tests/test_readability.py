@@ -181,6 +181,14 @@ def test_report_lines_resolves_a_profile_saved_without_them(build, tmp_path):
     rep = ctprof(["report", "plain.ctprof", "--lines"], cwd=str(tmp_path))
     assert rep.returncode == 0, rep.stderr.decode()
     assert re.search(r"leaf_work \(callgraph\.c\)\s+\[", rep.stdout.decode()), rep.stdout.decode()
+    # pprof keeps plain function names and puts the file in its own table
+    exp = ctprof(["export", "plain.ctprof", "--format", "pprof", "--lines", "-o", "p.pb.gz"], cwd=str(tmp_path))
+    assert exp.returncode == 0, exp.stderr.decode()
+    import gzip
+    from test_render import decode_pprof
+    decoded = decode_pprof(gzip.decompress((tmp_path / "p.pb.gz").read_bytes()))
+    assert any(s.endswith("callgraph.c") for s in decoded["strings"])
+    assert any("leaf_work" in names for names, _ in decoded["samples"])
 
 
 # -- callers and callees ----------------------------------------------------------------------

@@ -233,7 +233,9 @@ class ExportCommand(Command):
     def run(self, args):
         from ..render import RENDERERS, export
         renderer = RENDERERS[args.format]
-        profile = _processed(args, args.profile)
+        # pprof has a line table of its own (go tool pprof -lines): its frames
+        # keep plain names and their file and line rather than "f (x.c)".
+        profile = _processed(args, args.profile, positions=args.format != "pprof")
         out = _output(args, args.profile, renderer.extension)
         export(profile, out, args.format, args.metric)
         _said(out, args.format)
