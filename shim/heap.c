@@ -13,6 +13,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <link.h>
 #include <signal.h>
 #include <math.h>
@@ -156,10 +157,12 @@ static int64_t next_sample_distance(void)
  * A full ring means the controller is behind: wait for it, because a lost
  * event would make every later figure wrong.  But never without bound: the
  * controller is judged gone, once for the whole process, when its process is
- * dead, when it has shown no sign of life (heartbeat) for STALE_NS, or when
- * the ring has not moved for STALL_NS although it shows life (stuck on
- * something).  From then on the hooks forward only (heap_enabled = 0). */
-#define STALE_NS 2000000000ull
+ * dead (or a zombie), when it has been stopped (SIGSTOP, a debugger) for
+ * STOPPED_NS, or when the ring has not moved for STALL_NS (stuck on
+ * something).  Its heartbeat is not trusted alone: a busy interpreter may
+ * not run the draining thread for a while.  From then on the hooks forward
+ * only (heap_enabled = 0). */
+#define STOPPED_NS 2000000000ull
 #define STALL_NS 10000000000ull
 #define PID_CHECK_NS 10000000ull
 
@@ -171,32 +174,53 @@ static void detach(uint32_t why)
     __atomic_store_n(&heap_enabled, 0, __ATOMIC_RELAXED);
 }
 
-/* Has the controller's process exited?  (A pid we may not signal is alive;
- * a reused pid looks alive and is caught by the heartbeat instead.) */
-static int controller_dead(void)
+/* The controller's process state from /proc: 'D'ead (gone or a zombie),
+ * 'T' stopped, 'R' anything else (also when it cannot be read: a pid we may
+ * not look at is alive).  Only syscalls, no allocation. */
+static char controller_state(void)
 {
     pid_t pid = (pid_t)__atomic_load_n(&hs->controller_pid, __ATOMIC_RELAXED);
-    return pid > 0 && kill(pid, 0) != 0 && errno == ESRCH;
+    if (pid <= 0)
+        return 'R';
+    if (kill(pid, 0) != 0 && errno == ESRCH)
+        return 'D';
+    char path[48] = "/proc/", buf[256];
+    size_t n = 6 + fmt_u64(path + 6, (uint64_t)pid);
+    memcpy(path + n, "/stat", 6);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 'R';
+    ssize_t got = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (got <= 0)
+        return 'R';
+    buf[got] = 0;
+    const char *p = strrchr(buf, ')');
+    if (!p || p[1] != ' ')
+        return 'R';
+    char st = p[2];
+    return st == 'Z' || st == 'X' ? 'D' : st == 'T' || st == 't' ? 'T' : 'R';
 }
 
 /* Should a writer that has waited since `since` for a ring last seen moving
- * at `moved` give up?  Decides (and records) the detach. */
-static int give_up(uint64_t t, uint64_t since, uint64_t moved, uint64_t *pid_checked)
+ * at `moved` give up?  Decides (and records) the detach.  *stopped_since:
+ * when the controller was first seen stopped (0: not stopped). */
+static int give_up(uint64_t t, uint64_t moved, uint64_t *checked, uint64_t *stopped_since)
 {
     if (__atomic_load_n(&hs->detached, __ATOMIC_ACQUIRE)) {
         __atomic_store_n(&heap_enabled, 0, __ATOMIC_RELAXED);
         return 1;
     }
-    if (t - *pid_checked >= PID_CHECK_NS) {
-        *pid_checked = t;
-        if (controller_dead()) {
+    if (t - *checked >= PID_CHECK_NS) {
+        *checked = t;
+        char st = controller_state();
+        if (st == 'D') {
             detach(DETACH_CONTROLLER_DEAD);
             return 1;
         }
+        *stopped_since = st == 'T' ? (*stopped_since ? *stopped_since : t) : 0;
     }
-    uint64_t beat = __atomic_load_n(&hs->heartbeat_ns, __ATOMIC_RELAXED);
-    uint64_t alive = beat > since ? beat : since;
-    if (t - alive > STALE_NS || t - moved > STALL_NS) {
+    if ((*stopped_since && t - *stopped_since > STOPPED_NS) || t - moved > STALL_NS) {
         detach(DETACH_CONTROLLER_STALLED);
         return 1;
     }
@@ -208,7 +232,7 @@ static int give_up(uint64_t t, uint64_t since, uint64_t moved, uint64_t *pid_che
 static void *reserve(uint32_t size, uint64_t *pos)
 {
     struct ring_header *h = heap_ring.hdr;
-    uint64_t cap = h->data_size, since = 0, moved = 0, pid_checked = 0, last_rd = 0;
+    uint64_t cap = h->data_size, since = 0, moved = 0, checked = 0, stopped = 0, last_rd = 0;
     int spins = 0;
     if (__atomic_load_n(&hs->detached, __ATOMIC_RELAXED)) {
         __atomic_store_n(&heap_enabled, 0, __ATOMIC_RELAXED);
@@ -237,13 +261,13 @@ static void *reserve(uint32_t size, uint64_t *pos)
         }
         uint64_t t = now_ns();
         if (!since) {
-            since = moved = pid_checked = t;
+            since = moved = checked = t;
             last_rd = rd;
         } else if (rd != last_rd) {
             last_rd = rd;
             moved = t;
         }
-        if (give_up(t, since, moved, &pid_checked))
+        if (give_up(t, moved, &checked, &stopped))
             goto lose;
         if (++spins < 64) {
             __builtin_ia32_pause();
@@ -484,12 +508,13 @@ void heap_at_exit(void)
     __atomic_store_n(&hs->exit_state, EXIT_WAITING, __ATOMIC_RELEASE);
     /* The controller drains the ring, scans our memory for pointers to
      * classify what is still allocated, then lets us go.  It heartbeats
-     * while it works; a dead or silent controller is not waited for, and
-     * nothing is waited for beyond ten minutes. */
-    uint64_t start = now_ns(), pid_checked = start;
+     * while it works; a dead, stopped or silent (10 s) controller is not
+     * waited for, and nothing is waited for beyond ten minutes. */
+    uint64_t start = now_ns(), checked = start, stopped = 0;
     while (__atomic_load_n(&hs->exit_state, __ATOMIC_ACQUIRE) == EXIT_WAITING) {
-        uint64_t t = now_ns();
-        if (t - start > 600000000000ull || give_up(t, start, t, &pid_checked))
+        uint64_t t = now_ns(), beat = __atomic_load_n(&hs->heartbeat_ns, __ATOMIC_RELAXED);
+        /* "moving" here is the controller's heartbeat: the scan beats as it reads */
+        if (t - start > 600000000000ull || give_up(t, beat > start ? beat : start, &checked, &stopped))
             break;
         struct timespec ts = {0, 500000};
         nanosleep(&ts, NULL);
