@@ -33,7 +33,8 @@
 enum { REG_RBP_DW = 6, REG_RSP_DW = 7, REG_RA_DW = 16 };
 /* RULE_SIGNAL: a sigreturn trampoline; the interrupted registers are in
  * the ucontext_t at the CFA. */
-enum { RULE_OK = 1, RULE_END = 2, RULE_COMPLEX = 3, RULE_SIGNAL = 4 };
+/* RULE_PLT: a lazy-binding PLT entry (see plt_threshold). */
+enum { RULE_OK = 1, RULE_END = 2, RULE_COMPLEX = 3, RULE_SIGNAL = 4, RULE_PLT = 5 };
 #define NO_OFFSET (-32768)
 
 struct rule {
@@ -135,6 +136,8 @@ struct rules {
     int ra_kind;                    /* 0 unset, 1 offset, 2 undefined, 3 complex */
     int64_t ra_off;
     int complex_cfa;
+    const uint8_t *cfa_expr;        /* DW_CFA_def_cfa_expression, if complex_cfa */
+    uint64_t cfa_expr_len;
 };
 
 static void set_reg(struct rules *r, uint64_t reg, int kind, int64_t off)
@@ -191,7 +194,7 @@ static int run_cfa(const uint8_t *p, const uint8_t *end, uint64_t loc, uint64_t 
             case 0x0c: r->cfa_reg = (uint8_t)uleb(&p, end); r->cfa_off = (int64_t)uleb(&p, end); r->complex_cfa = 0; continue;
             case 0x0d: r->cfa_reg = (uint8_t)uleb(&p, end); r->complex_cfa = 0; continue;
             case 0x0e: r->cfa_off = (int64_t)uleb(&p, end); continue;
-            case 0x0f: { uint64_t n = uleb(&p, end); p += n; r->complex_cfa = 1; continue; }
+            case 0x0f: { uint64_t n = uleb(&p, end); r->cfa_expr = p; r->cfa_expr_len = n; p += n; r->complex_cfa = 1; continue; }
             case 0x10: case 0x16: { reg = uleb(&p, end); uint64_t n = uleb(&p, end); p += n; set_reg(r, reg, 2, 0); continue; }
             case 0x11: reg = uleb(&p, end); set_reg(r, reg, 1, sleb(&p, end) * data_align); continue;
             case 0x12: r->cfa_reg = (uint8_t)uleb(&p, end); r->cfa_off = sleb(&p, end) * data_align; r->complex_cfa = 0; continue;
@@ -244,6 +247,26 @@ static const uint8_t *find_fde(uint64_t pc, uint64_t *func)
     return hdr + table[2 * lo + 1];
 }
 
+/* The one DWARF expression that matters for sampling: every call to a
+ * shared library goes through a PLT entry, whose FDE (written by the
+ * linker) says CFA = rsp + off + ((rip & 15) >= K ? 8 : 0), as
+ *   DW_OP_breg7 off; DW_OP_breg16 0; DW_OP_lit15; DW_OP_and; DW_OP_litK;
+ *   DW_OP_ge; DW_OP_lit3; DW_OP_shl; DW_OP_plus.
+ * Returns K (and *off), or -1 for any other expression. */
+static int plt_threshold(const uint8_t *e, uint64_t n, int64_t *off)
+{
+    const uint8_t *end = e + n;
+    if (n < 11 || e[0] != 0x77)
+        return -1;
+    const uint8_t *p = e + 1;
+    *off = sleb(&p, end);
+    static const uint8_t mid[] = {0x80, 0x00, 0x3f, 0x1a};
+    static const uint8_t tail[] = {0x2a, 0x33, 0x24, 0x22};
+    if (end - p != 9 || memcmp(p, mid, 4) != 0 || p[4] < 0x30 || p[4] > 0x4f || memcmp(p + 5, tail, 4) != 0)
+        return -1;
+    return p[4] - 0x30;
+}
+
 /* The rule for `pc` (already adjusted: pc-1 for return addresses). */
 static struct rule compute_rule(uint64_t pc)
 {
@@ -282,7 +305,11 @@ static struct rule compute_rule(uint64_t pc)
     if (aug[0] == 'z') {
         uint64_t n = uleb(&p, cie_end);
         const uint8_t *aug_end = p + n;
-        for (size_t i = 1; i < auglen && p < aug_end; i++) {
+        /* Letters without data ('S') may follow the data's end: walk
+         * every letter, checking the data bounds per letter. */
+        for (size_t i = 1; i < auglen; i++) {
+            if (aug[i] != 'S' && p >= aug_end)
+                return out;
             switch (aug[i]) {
             case 'R': fde_enc = *p++; break;
             case 'L': p++; break;
@@ -318,6 +345,15 @@ static struct rule compute_rule(uint64_t pc)
         return out;
     if (r.ra_kind == 2) {
         out.kind = RULE_END;              /* return address undefined: outermost frame */
+        return out;
+    }
+    int64_t plt_off;
+    int k;
+    if (r.complex_cfa && r.ra_kind == 1 && r.ra_off == -8 && r.rbp_kind == 0 &&
+        (k = plt_threshold(r.cfa_expr, r.cfa_expr_len, &plt_off)) >= 0 && plt_off > 0 && plt_off < 4096) {
+        out.kind = RULE_PLT;
+        out.cfa_off = (int32_t)plt_off;
+        out.ra_off = (int16_t)k;           /* the threshold, for RULE_PLT */
         return out;
     }
     if (r.complex_cfa || r.ra_kind != 1 || r.rbp_kind == 2 ||
@@ -485,6 +521,14 @@ int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds 
             r = lookup(exact ? pc : pc - 1);
             if (r.kind == RULE_COMPLEX && !exact)
                 r = lookup(pc);   /* a sigreturn trampoline's FDE may start at pc itself */
+            if (r.kind == RULE_PLT) {
+                /* only ever a leaf: turn it into an ordinary rsp-based rule */
+                r.kind = RULE_OK;
+                r.cfa_rbp = 0;
+                r.cfa_off += (int64_t)(pc & 15) >= r.ra_off ? 8 : 0;
+                r.ra_off = -8;
+                r.rbp_off = NO_OFFSET;
+            }
             if (r.kind != RULE_SIGNAL && r.kind != RULE_END && r.kind != RULE_OK)
                 r.kind = RULE_COMPLEX;
         }

@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/time.h>
+#include <sys/syscall.h>
 #include "ctprof.h"
 
 static char session_dir[2048];
@@ -213,14 +214,26 @@ static void *next_symbol(void **cache, const char *name)
 #define NEXT(type, name) ((type)next_symbol(&next_##name, #name))
 static void *next_execve, *next_execv, *next_execvp, *next_execvpe, *next_fexecve;
 
-/* Run one exec call `call` between prepare and, on failure, restore. */
+static void mask_ours(int how);
+static int ours(void);
+
+/* Run one exec call `call` between prepare and, on failure, restore.  The
+ * new image inherits the signal mask the program believes it has: our
+ * signal blocked if it asked for that (the timer is stopped by then), and
+ * the new image's shim unblocks it again (ctprof_start). */
 #define GUARDED_EXEC(call)                                   \
     do {                                                     \
         struct exec_guard guard;                             \
-        if (active)                                          \
-            sampler_exec_prepare(&guard);                    \
+        int block_ = 0;                                      \
+        if (active && sampler_exec_prepare(&guard) &&        \
+            program_blocks_ours && ours()) {                 \
+            block_ = 1;                                      \
+            mask_ours(SIG_BLOCK);                            \
+        }                                                    \
         int rc_ = (call);                                    \
         int errno_ = errno;                                  \
+        if (block_)                                          \
+            mask_ours(SIG_UNBLOCK);                          \
         if (active)                                          \
             sampler_exec_failed(&guard);                     \
         errno = errno_;                                      \
@@ -250,6 +263,13 @@ CTPROF_API int execvpe(const char *file, char *const argv[], char *const envp[])
 CTPROF_API int fexecve(int fd, char *const argv[], char *const envp[])
 {
     GUARDED_EXEC(NEXT(fexecve_fn, fexecve)(fd, argv, envp));
+}
+
+static void *next_execveat;
+CTPROF_API int execveat(int dirfd, const char *path, char *const argv[], char *const envp[], int flags)
+{
+    GUARDED_EXEC(NEXT(int (*)(int, const char *, char *const[], char *const[], int), execveat)(
+        dirfd, path, argv, envp, flags));
 }
 
 /* execl, execle, execlp: gather the list into an array on the stack (as
@@ -303,6 +323,30 @@ CTPROF_API int execle(const char *path, const char *arg, ...)
 
 
 static int ours(void) { return active && sampler_active() ? sampler_signal() : 0; }
+
+/* Block or unblock our signal in this thread, past our own wrappers. */
+static void mask_ours(int how)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, sampler_signal());
+    syscall(SYS_rt_sigprocmask, how, &set, NULL, _NSIG / 8);
+}
+
+/* At start: a parent may have handed the program a mask that blocks our
+ * signal (an exec from a program that blocked everything).  The program
+ * keeps that view; the signal itself is unblocked. */
+static void adopt_inherited_mask(void)
+{
+    sigset_t cur;
+    int sig = ours();
+    if (!sig || syscall(SYS_rt_sigprocmask, SIG_BLOCK, NULL, &cur, _NSIG / 8) != 0)
+        return;
+    if (sigismember(&cur, sig) == 1) {
+        program_blocks_ours = 1;
+        mask_ours(SIG_UNBLOCK);
+    }
+}
 
 /* *set without our signal, in `copy`; the set itself if ours is not in it. */
 static const sigset_t *without_ours(const sigset_t *set, sigset_t *copy)
@@ -466,6 +510,7 @@ __attribute__((constructor)) static void ctprof_start(void)
     if (sampler_install(&main_ring, &c) != 0)
         return;
     active = 1;
+    adopt_inherited_mask();
     sampler_thread_start();
 #ifdef CTPROF_HEAP
     heap_init(session_dir);

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, ctprof, load_profile, share
+from conftest import ROOT, ctprof, has_chain, load_profile, share
 
 # ---- the programs ----------------------------------------------------------------
 
@@ -272,10 +272,24 @@ BLOCKED = COMMON + r"""
 #include <poll.h>
 #include <sys/signalfd.h>
 /* Every signal blocked in every thread; the main thread waits for signals
- * with sigtimedwait (argv[1] == "wait") or a signalfd ("fd"). */
+ * with sigtimedwait (argv[1] == "wait") or a signalfd ("fd"), or execs
+ * itself ("exec") and the new image looks at the mask it inherited. */
 static void *worker(void *p) { spin_cpu(1.0); return p; }
+__attribute__((noinline)) static void after_exec(void) { spin_cpu(0.5); sink += 3; }
 int main(int argc, char **argv) {
     sigset_t all; sigfillset(&all);
+    if (strcmp(argv[1], "inherited") == 0) {
+        after_exec();
+        sigset_t now; pthread_sigmask(SIG_SETMASK, NULL, &now);
+        printf("mask full: %d\n", sigismember(&now, SIGRTMIN + 4));
+        return 0;
+    }
+    if (strcmp(argv[1], "exec") == 0) {
+        sigprocmask(SIG_BLOCK, &all, NULL);
+        spin_cpu(0.2);
+        execl(argv[0], argv[0], "inherited", (char *)NULL);
+        return 4;
+    }
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     pthread_t t; pthread_create(&t, NULL, worker, NULL);
     spin_cpu(0.3);
@@ -366,13 +380,14 @@ void lib_hot(double s) { spin_cpu(s); sink++; }
 """
 
 THREAD_MAPS = COMMON + r"""
-/* 1000 short threads, then: how many mappings does the process have? */
+/* 3000 short threads, one after the other; then the process's private
+ * writable memory (VmData, kB): what a page left behind per thread adds up to. */
 static void *run(void *p) { spin_cpu(0.0005); return p; }
 int main(void) {
-    for (int i = 0; i < 1000; i++) { pthread_t t; pthread_create(&t, NULL, run, NULL); pthread_join(t, NULL); }
-    FILE *f = fopen("/proc/self/maps", "r"); int n = 0, c;
-    while ((c = fgetc(f)) != EOF) n += c == '\n';
-    printf("%d\n", n);
+    for (int i = 0; i < 3000; i++) { pthread_t t; pthread_create(&t, NULL, run, NULL); pthread_join(t, NULL); }
+    FILE *f = fopen("/proc/self/status", "r"); char line[256]; long kb = -1;
+    while (fgets(line, sizeof line, f)) sscanf(line, "VmData: %ld", &kb);
+    printf("%ld\n", kb);
     return 0;
 }
 """
@@ -532,6 +547,61 @@ def test_registered_jit_frames_and_throwing_do_not_deadlock(cc, tmp_path):
     assert samples(profile) > 1000 and jit_to_main > 0.1
 
 
+PLT_CALLS = COMMON + r"""
+/* Calls into libc through the PLT all the time. */
+__attribute__((noinline)) static long hammer(long n) {
+    long s = 0;
+    for (long i = 0; i < n; i++) s += labs(-i) + getpid();
+    return s;
+}
+int main(void) {
+    long s = 0; double end = cpu_now() + 1.0;
+    while (cpu_now() < end) s += hammer(10000);
+    printf("%d\n", s > 0);
+    return 0;
+}
+"""
+
+
+def test_samples_in_plt_stubs_keep_their_callers(cc, tmp_path):
+    """Without libgcc in the handler, the PLT's CFA expression is read by
+    our own unwinder: samples in a PLT stub still reach main."""
+    prog = cc("plt_calls", PLT_CALLS)
+    proc, profile = profiled(tmp_path, [prog], "--hz", "999")
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert samples(profile) > 100
+    assert share(profile, lambda names: "main" in names) > 0.99
+
+
+SIGNAL_FRAMES = COMMON + r"""
+#include <sys/time.h>
+/* Most of the CPU time is spent inside the program's own SIGALRM handler. */
+__attribute__((noinline)) static void in_handler_work(void) {
+    for (int i = 0; i < 300000; i++) sink = sink * 31 + i;
+}
+static void on_alarm(int s) { (void)s; in_handler_work(); sink++; }
+__attribute__((noinline)) static void main_loop(void) { spin_cpu(1.0); sink++; }
+int main(void) {
+    struct sigaction sa; memset(&sa, 0, sizeof sa); sa.sa_handler = on_alarm;
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval it = {{0, 2000}, {0, 2000}};
+    setitimer(ITIMER_REAL, &it, NULL);
+    main_loop();
+    puts("ok");
+    return 0;
+}
+"""
+
+
+def test_samples_in_a_signal_handler_continue_below_the_signal_frame(cc, tmp_path):
+    prog = cc("signal_frames", SIGNAL_FRAMES)
+    proc, profile = profiled(tmp_path, [prog], "--hz", "999")
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    in_handler = share(profile, lambda names: "in_handler_work" in names)
+    through = share(profile, lambda names: has_chain(names, ("main", "main_loop")) and "in_handler_work" in names)
+    assert in_handler > 0.2 and through > 0.95 * in_handler
+
+
 @pytest.mark.parametrize("hz", ["99", "1000"])
 def test_thread_with_a_16k_stack_survives(cc, tmp_path, hz):
     prog = cc("small_stack", SMALL_STACK)
@@ -558,16 +628,21 @@ def test_ucontext_coroutines_on_small_heap_stacks(cc, tmp_path):
 
 # ---- 6. blocked signals -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("how", ["wait", "fd"])
+@pytest.mark.parametrize("how", ["wait", "fd", "exec"])
 def test_program_blocking_every_signal_never_receives_ours(cc, tmp_path, how):
     prog = cc("blocked", BLOCKED)
     base = plain([prog, how], tmp_path)
     assert base.returncode == 0, base.stdout
     proc, profile = profiled(tmp_path, [prog, how], "--hz", "999")
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()[-2000:]
-    # the program's view of its mask is its own: everything blocked
+    # the program's view of its mask is its own: everything blocked (after
+    # an exec too), and it is still sampled
     assert proc.stdout == base.stdout == b"mask full: 1\n"
-    assert samples(profile) > 0.5 * 999 * 1.3
+    if how == "exec":
+        assert share(profile, lambda names: any(n.startswith("after_exec") for n in names)) * samples(profile) \
+            > 0.5 * 999 * 0.5
+    else:
+        assert samples(profile) > 0.5 * 999 * 1.3
 
 
 # ---- 7. fairness and lost samples ------------------------------------------------------------
@@ -624,8 +699,8 @@ def test_thread_exit_unmaps_our_pages(cc, tmp_path):
     proc, profile = profiled(tmp_path, [prog], "--hz", "10000")
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert samples(profile) > 1000
-    # the ring, the rule cache, the shim itself: a few dozen, not one per thread
-    assert int(proc.stdout) - base < 60
+    # the unwind rule cache (1.5 MiB) and the like, not a page per thread (12 MiB)
+    assert int(proc.stdout) - base < 4096
 
 
 # ---- 9. no timer at all -------------------------------------------------------------------------------

@@ -38,8 +38,12 @@ NOTES = {
     1: "the program installed its own SIGPROF handler",
     2: "the program armed its own ITIMER_PROF timer",
     4: "the program installed a handler for ctprof's sampling signal; ctprof kept its handler and forwards other signals to the program's",
-    8: "perf_event_open was refused (see /proc/sys/kernel/perf_event_paranoid); fell back to a tick-driven timer",
+    8: "perf_event_open was refused (see /proc/sys/kernel/perf_event_paranoid), so the signal sampler took no "
+       "samples; it does not fall back to a tick-driven timer on its own, since those count kernel time and "
+       "interrupt the program's system calls",
     16: "no sampling timer could be armed",
+    32: "a tick-driven timer was forced (timer_create / ITIMER_PROF): it counts kernel time, so the program's "
+        "system calls may fail with EINTR or return short",
 }
 
 

@@ -26,13 +26,17 @@ def overhead_lines(session: Session) -> List[str]:
              f"{len(procs)} process{'es' if len(procs) != 1 else ''}, "
              f"{sum(len(p.thread_samples) for p in procs)} sampled threads"]
     for p in procs:
-        share = 100.0 * p.handler_ns / p.wall_ns if p.wall_ns else 0.0
+        # The handler runs on the sampled threads: its cost is a share of
+        # their CPU time (a share of wall time passes 100% with many threads).
+        cpu_ns = sum(p.thread_cpu_ns.values())
+        share = 100.0 * p.handler_ns / cpu_ns if cpu_ns else 0.0
         threads = ", ".join(f"{tid}{'/' + p.threads[tid] if p.threads.get(tid) else ''}:{n}"
                             for tid, n in sorted(p.thread_samples.items()))
         if "(attach)" in p.timer:  # the kernel takes the samples: no handler runs in the target
             cost = f"sampled by the kernel over {p.wall_ns / 1e9:.2f} s"
         else:
-            cost = f"handler {p.handler_ns / 1e6:.1f} ms = {share:.2f}% of its {p.wall_ns / 1e9:.2f} s wall time"
+            cost = (f"handler {p.handler_ns / 1e6:.1f} ms = {share:.2f}% of its threads' {cpu_ns / 1e9:.2f} s CPU time"
+                    f" ({p.wall_ns / 1e9:.2f} s wall)")
         lines.append(f"  pid {p.pid} {os.path.basename(p.exe)}: {p.samples} samples, {cost}"
                      + (f"; threads {threads}" if threads else ""))
     for note in session_notes(session):
