@@ -34,6 +34,7 @@ enum {
 /* A realloc in flight: its old block waits in the live table under this key
  * (never a user address on x86-64) until the realloc's outcome is known. */
 #define STASH_KEY(tid) (1ull << 63 | (uint64_t)(tid))
+#define BATCH_BYTES (1u << 20)
 
 struct stack_entry {
     uint64_t hash;
@@ -58,6 +59,7 @@ struct consumer {
     uint64_t stuck_since, stuck_checked, stuck_execs;
     int64_t stuck_cpu;
     int started;
+    unsigned char *batch;     /* records copied out, awaiting bookkeeping */
     uint64_t rd;              /* consumed up to here; published to writers page by page */
     uint64_t punched;         /* ring positions before this are punched out */
     struct stack_entry *stab;
@@ -139,6 +141,7 @@ CTPROF_API void ctprof_heap_delete(struct consumer *c)
     free(c->ippool);
     free(c->stats);
     free(c->live);
+    free(c->batch);
     free(c);
 }
 
@@ -479,10 +482,13 @@ static int writer_gone(struct consumer *c, const struct heap_shared *hs, uint64_
     uint64_t now = now_ns(), execs = __atomic_load_n(&hs->execs, __ATOMIC_ACQUIRE);
     char state = '?';
     if (c->stuck_pos != pos + 1) {
+        /* A writer is usually just finishing: look at /proc only if it is
+         * still unfinished 10 ms from now (reading /proc on every catch-up
+         * would slow the reader down to the writers' cost). */
         c->stuck_pos = pos + 1;
         c->stuck_since = c->stuck_checked = now;
         c->stuck_execs = execs;
-        c->stuck_cpu = tid ? thread_cpu(c->pid, tid, &state) : 0;
+        c->stuck_cpu = -2;                  /* not read yet */
         return 0;
     }
     if (execs != c->stuck_execs)
@@ -491,8 +497,12 @@ static int writer_gone(struct consumer *c, const struct heap_shared *hs, uint64_
         return 0;
     c->stuck_checked = now;
     int64_t cpu = thread_cpu(c->pid, tid, &state);
-    if (cpu < 0 || c->stuck_cpu < 0)
+    if (cpu < 0)
         return 1;
+    if (c->stuck_cpu == -2) {
+        c->stuck_cpu = cpu;
+        return 0;
+    }
     if (cpu - c->stuck_cpu > 20000000)
         return 1;
     return now - c->stuck_since > 1000000000ull && (state == 'S' || state == 'D');
@@ -521,19 +531,22 @@ static void ring_zero(unsigned char *data, uint64_t mask, uint64_t pos, uint64_t
     }
 }
 
-/* Give back the pages the reader has passed, so the ring costs the program
- * only what is in flight (the metadata figure), not its whole size: writers
- * fault in fresh zero pages when they come round again.  Only whole pages
- * below `upto`, and before read_pos is published past them (a writer may
- * reuse a page only after that). */
-static void punch_behind(struct consumer *c, unsigned char *data, uint64_t mask, uint64_t upto)
+/* Give back the pages the reader has passed, so that a ring that is mostly
+ * idle costs the program only what is in flight (the metadata figure), not
+ * its whole size: writers fault in fresh zero pages when they come round
+ * again.  Only when little was in flight (`punch`): a program that keeps the
+ * ring full has all of it resident at its peak anyway, and would pay a page
+ * fault per 4 KiB of events for nothing.  Only whole pages below `upto`, and
+ * before read_pos is published past them (a writer may reuse a page only
+ * after that). */
+static void punch_behind(struct consumer *c, unsigned char *data, uint64_t mask, uint64_t upto, int punch)
 {
     uint64_t from = c->punched;
     if (upto <= from)
         return;
     if (upto - from > mask + 1)
         from = upto - (mask + 1);
-    for (uint64_t a = from; a < upto;) {
+    for (uint64_t a = from; punch && a < upto;) {
         uint64_t off = a & mask, len = upto - a;
         if (len > mask + 1 - off)
             len = mask + 1 - off;
@@ -545,17 +558,30 @@ static void punch_behind(struct consumer *c, unsigned char *data, uint64_t mask,
 
 /* Consumed up to `rd`: punch and publish up to its page boundary (the rest
  * of that page is zeroed and stays ours until the page is done). */
-static void publish(struct consumer *c, struct ring_header *h, unsigned char *data, uint64_t mask, uint64_t rd)
+static void publish(struct consumer *c, struct ring_header *h, unsigned char *data, uint64_t mask, uint64_t rd,
+                    int punch)
 {
     uint64_t upto = rd & ~4095ull;
     if (upto <= c->punched)
         return;
-    punch_behind(c, data, mask, upto);
+    punch_behind(c, data, mask, upto, punch);
     __atomic_store_n(&h->read_pos, upto, __ATOMIC_RELEASE);
 }
 
-/* Consume every committed record of the mapped .heap file at `file_base`.
- * Returns the bytes consumed. */
+/* Process a batch of records copied out of the ring. */
+static void process_batch(struct consumer *c, const unsigned char *buf, size_t len)
+{
+    for (size_t off = 0; off < len;) {
+        uint32_t size;
+        memcpy(&size, buf + off, 4);
+        process(c, buf + off, size);
+        off += size;
+    }
+}
+
+/* Consume every committed record of the mapped .heap file at `file_base`:
+ * copy a batch out, give the space back to the writers at once, then do the
+ * bookkeeping (the slow part) while they go on.  Returns the bytes consumed. */
 CTPROF_API size_t ctprof_heap_consume(struct consumer *c, void *file_base)
 {
     struct ring_header *h = file_base;
@@ -569,58 +595,64 @@ CTPROF_API size_t ctprof_heap_consume(struct consumer *c, void *file_base)
     unsigned char *data = (unsigned char *)file_base + CTPROF_HEADER_SIZE;
     uint64_t mask = cap - 1;
     if (!c->started) {
+        c->batch = malloc(BATCH_BYTES);
+        if (!c->batch)
+            return 0;
         c->started = 1;
         c->rd = c->punched = __atomic_load_n(&h->read_pos, __ATOMIC_RELAXED);
     }
-    uint64_t rd = c->rd, start = rd, published = rd;
+    uint64_t rd = c->rd, start = rd;
     uint64_t w = __atomic_load_n(&h->write_pos, __ATOMIC_ACQUIRE);
-    _Alignas(8) unsigned char rec[HEAP_MAX_RECORD];
-    while (rd < w) {
-        uint64_t *hp = (uint64_t *)(data + (rd & mask));
-        uint64_t word = __atomic_load_n(hp, __ATOMIC_ACQUIRE);
-        uint32_t size = (uint32_t)word;
-        uint32_t high = (uint32_t)(word >> 32);
-        if (word == 0) {
-            /* Reserved, not yet claimed: a writer between its two
-             * instructions, or one an exec killed there. */
-            uint64_t exec_pos = __atomic_load_n(&hs->exec_pos, __ATOMIC_ACQUIRE);
-            if (writer_gone(c, hs, rd, 0) && exec_pos > rd && exec_pos <= w) {
-                c->totals[T_SKIPPED_RECORDS]++;
-                ring_zero(data, mask, rd, exec_pos - rd);
-                rd = exec_pos;
-                continue;
-            }
-            break;
-        }
-        if (size < sizeof(struct rec_header) || (size & 7) || size > HEAP_MAX_RECORD || size > w - rd) {
-            c->totals[T_BAD_RECORDS]++;  /* scribbled on: drop what is there */
-            ring_zero(data, mask, rd, w - rd);
-            rd = w;
-            break;
-        }
-        if (high & HEAP_CLAIM) {
-            if (!writer_gone(c, hs, rd, high & ~HEAP_CLAIM))
+    int punch = w - rd < cap / 4;
+    for (;;) {
+        size_t len = 0;
+        while (rd < w && len + HEAP_MAX_RECORD <= BATCH_BYTES) {
+            uint64_t *hp = (uint64_t *)(data + (rd & mask));
+            uint64_t word = __atomic_load_n(hp, __ATOMIC_ACQUIRE);
+            uint32_t size = (uint32_t)word;
+            uint32_t high = (uint32_t)(word >> 32);
+            if (word == 0) {
+                /* Reserved, not yet claimed: a writer between its two
+                 * instructions, or one an exec killed there. */
+                uint64_t exec_pos = __atomic_load_n(&hs->exec_pos, __ATOMIC_ACQUIRE);
+                if (writer_gone(c, hs, rd, 0) && exec_pos > rd && exec_pos <= w) {
+                    c->totals[T_SKIPPED_RECORDS]++;
+                    ring_zero(data, mask, rd, exec_pos - rd);
+                    rd = exec_pos;
+                    continue;
+                }
                 break;
-            /* Take the space back from the writer (its commit then fails). */
-            if (!__atomic_compare_exchange_n(hp, &word, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-                continue;
-            c->totals[T_SKIPPED_RECORDS]++;
-        } else {
-            ring_copy(rec, data, mask, rd, size);
-            process(c, rec, size);
+            }
+            if (size < sizeof(struct rec_header) || (size & 7) || size > HEAP_MAX_RECORD || size > w - rd) {
+                c->totals[T_BAD_RECORDS]++;  /* scribbled on: drop what is there */
+                ring_zero(data, mask, rd, w - rd);
+                rd = w;
+                break;
+            }
+            if (high & HEAP_CLAIM) {
+                if (!writer_gone(c, hs, rd, high & ~HEAP_CLAIM))
+                    break;
+                /* Take the space back from the writer (its commit then fails). */
+                if (!__atomic_compare_exchange_n(hp, &word, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                    continue;
+                c->totals[T_SKIPPED_RECORDS]++;
+            } else {
+                ring_copy(c->batch + len, data, mask, rd, size);
+                len += size;
+            }
+            ring_zero(data, mask, rd, size);
+            rd += size;
+            c->stuck_pos = 0;
+            if (rd == w)
+                w = __atomic_load_n(&h->write_pos, __ATOMIC_ACQUIRE);
         }
-        ring_zero(data, mask, rd, size);
-        rd += size;
-        c->stuck_pos = 0;
-        if (rd - published >= 65536) {   /* let waiting writers in early */
-            publish(c, h, data, mask, rd);
-            published = rd;
-        }
-        if (rd == w)
-            w = __atomic_load_n(&h->write_pos, __ATOMIC_ACQUIRE);
+        c->rd = rd;
+        publish(c, h, data, mask, rd, punch);
+        if (!len)
+            break;
+        process_batch(c, c->batch, len);
+        w = __atomic_load_n(&h->write_pos, __ATOMIC_ACQUIRE);
     }
-    c->rd = rd;
-    publish(c, h, data, mask, rd);
     return rd - start;
 }
 

@@ -229,7 +229,7 @@ static int give_up(uint64_t t, uint64_t moved, uint64_t *checked, uint64_t *stop
 
 /* Reserve and claim `size` bytes; NULL (counted in `lost`) once the
  * controller is gone.  *pos gets the record's ring position. */
-static void *reserve(uint32_t size, uint64_t *pos)
+static void *reserve(uint32_t size, uint32_t tid, uint64_t *pos)
 {
     struct ring_header *h = heap_ring.hdr;
     uint64_t cap = h->data_size, since = 0, moved = 0, checked = 0, stopped = 0, last_rd = 0;
@@ -245,7 +245,7 @@ static void *reserve(uint32_t size, uint64_t *pos)
             if (!__atomic_compare_exchange_n(&h->write_pos, &w, w + size, 1, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
                 continue;
             uint64_t *rec = (uint64_t *)(heap_ring.data + (w & (cap - 1)));
-            __atomic_store_n(rec, (uint64_t)size | (uint64_t)(HEAP_CLAIM | (uint32_t)ctprof_gettid()) << 32,
+            __atomic_store_n(rec, (uint64_t)size | (uint64_t)(HEAP_CLAIM | tid) << 32,
                              __ATOMIC_RELAXED);
             /* the ring's resident part is what is in flight: keep its peak
              * for the metadata figure (a shared load; a store only on a new peak) */
@@ -284,9 +284,9 @@ lose:
 /* Publish a claimed record.  A CAS, not a store: if the controller judged
  * this claim abandoned (we were stopped for long inside the hook) and
  * skipped it, the space is no longer ours and the header stays untouched. */
-static void commit(void *rec, uint32_t size, uint16_t type, uint16_t flags)
+static void commit(void *rec, uint32_t size, uint32_t tid, uint16_t type, uint16_t flags)
 {
-    uint64_t claim = (uint64_t)size | (uint64_t)(HEAP_CLAIM | (uint32_t)ctprof_gettid()) << 32;
+    uint64_t claim = (uint64_t)size | (uint64_t)(HEAP_CLAIM | tid) << 32;
     uint64_t final = (uint64_t)size | (uint64_t)type << 32 | (uint64_t)flags << 48;
     __atomic_compare_exchange_n((uint64_t *)rec, &claim, final, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
 }
@@ -312,26 +312,28 @@ void heap_on_alloc(void *ptr, size_t size)
     int truncated = 0;
     int n = unwind_caller(sampler_bounds(), ips, depth, &truncated);
     uint32_t bytes = (uint32_t)(sizeof(struct rec_alloc) + (size_t)n * 8);
-    struct rec_alloc *rec = reserve(bytes, NULL);
+    uint32_t tid = (uint32_t)ctprof_gettid();
+    struct rec_alloc *rec = reserve(bytes, tid, NULL);
     if (!rec)
         return;
     rec->ptr = (uint64_t)(uintptr_t)ptr;
     rec->size = size;
-    rec->tid = (uint32_t)ctprof_gettid();
+    rec->tid = tid;
     rec->nips = (uint32_t)n;
     memcpy(rec + 1, ips, (size_t)n * 8);
-    commit(rec, bytes, REC_ALLOC, flags | (truncated ? ALLOC_TRUNCATED : 0));
+    commit(rec, bytes, tid, REC_ALLOC, flags | (truncated ? ALLOC_TRUNCATED : 0));
 }
 
 void heap_on_free(void *ptr)
 {
     if (sample_bytes && !sset_remove((uint64_t)(uintptr_t)ptr) && !heap_free_all)
         return;
-    struct rec_free *rec = reserve(sizeof *rec, NULL);
+    uint32_t tid = (uint32_t)ctprof_gettid();
+    struct rec_free *rec = reserve(sizeof *rec, tid, NULL);
     if (!rec)
         return;
     rec->ptr = (uint64_t)(uintptr_t)ptr;
-    commit(rec, sizeof *rec, REC_FREE, 0);
+    commit(rec, sizeof *rec, tid, REC_FREE, 0);
 }
 
 void heap_realloc_begin(void *old)
@@ -344,13 +346,14 @@ void heap_realloc_begin(void *old)
         heap_on_free(old);
         return;
     }
-    struct rec_realloc_free *rec = reserve(sizeof *rec, NULL);
+    uint32_t tid = (uint32_t)ctprof_gettid();
+    struct rec_realloc_free *rec = reserve(sizeof *rec, tid, NULL);
     if (!rec)
         return;
     rec->ptr = (uint64_t)(uintptr_t)old;
-    rec->tid = (uint32_t)ctprof_gettid();
+    rec->tid = tid;
     rec->pad = 0;
-    commit(rec, sizeof *rec, REC_REALLOC_FREE, 0);
+    commit(rec, sizeof *rec, tid, REC_REALLOC_FREE, 0);
 }
 
 void heap_realloc_end(void *old, void *ptr, size_t size)
@@ -364,16 +367,17 @@ void heap_realloc_end(void *old, void *ptr, size_t size)
     int truncated = 0;
     int n = unwind_caller(sampler_bounds(), ips, depth, &truncated);
     uint32_t bytes = (uint32_t)(sizeof(struct rec_realloc) + (size_t)n * 8);
-    struct rec_realloc *rec = reserve(bytes, NULL);
+    uint32_t tid = (uint32_t)ctprof_gettid();
+    struct rec_realloc *rec = reserve(bytes, tid, NULL);
     if (!rec)
         return;
     rec->old = (uint64_t)(uintptr_t)old;
     rec->ptr = (uint64_t)(uintptr_t)ptr;
     rec->size = size;
-    rec->tid = (uint32_t)ctprof_gettid();
+    rec->tid = tid;
     rec->nips = (uint32_t)n;
     memcpy(rec + 1, ips, (size_t)n * 8);
-    commit(rec, bytes, REC_REALLOC, truncated ? ALLOC_TRUNCATED : 0);
+    commit(rec, bytes, tid, REC_REALLOC, truncated ? ALLOC_TRUNCATED : 0);
 }
 
 void heap_account_time(uint64_t ns)
@@ -409,10 +413,11 @@ static int open_heap_ring(void)
         /* Tell the controller where the new image starts: every block of
          * the old one vanished with exec. */
         uint64_t pos;
-        struct rec_header *rec = reserve(sizeof *rec, &pos);
+        uint32_t tid = (uint32_t)ctprof_gettid();
+        struct rec_header *rec = reserve(sizeof *rec, tid, &pos);
         if (rec) {
             __atomic_store_n(&hs->exec_pos, pos, __ATOMIC_RELEASE);
-            commit(rec, sizeof *rec, REC_EXEC, 0);
+            commit(rec, sizeof *rec, tid, REC_EXEC, 0);
         }
     }
     return 0;
