@@ -203,6 +203,8 @@ DAMAGE: Dict[str, Callable[[List[Section]], None]] = {
     "repeated section": lambda s: s.insert(2, s[2]),
     "unknown kind": lambda s: s.__setitem__(1, (s[1][0], b"Z", s[1][2], s[1][3])),
     "declared count too small": lambda s: s.__setitem__(1, (s[1][0], s[1][1], s[1][2] - 1, s[1][3])),
+    "declared count too large": lambda s: s.__setitem__(1, (s[1][0], s[1][1], s[1][2] + 1, s[1][3])),
+    "declared size beyond any stream": lambda s: s.__setitem__(1, (s[1][0], s[1][1], 1 << 40, s[1][3])),
 }
 
 
@@ -372,7 +374,8 @@ def test_each_damage_is_named(saved, tmp_path):
         "nesting past the limit": "nested deeper", "huge number": "not a finite number",
         "NaN in metadata": "NaN", "empty file": "empty", "truncated in the middle": "cut short",
         "end marker missing": "no end marker", "newer version": "version 3",
-        "raw stack too deep": "frames (at most",
+        "raw stack too deep": "frames (at most", "declared size beyond any stream": "can hold",
+        "declared count too large": "does not hold",
     }
     for what, needle in expect.items():
         status, _, err = run_cli(["report", files[what]])
