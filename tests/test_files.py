@@ -544,7 +544,8 @@ def test_sigterm_note_says_the_program_ignored_it(build, tmp_path):
     prog = build("files_plant.c", "-g")
     run = subprocess.Popen([sys.executable, "-m", "ctprof", "run", "-o", "p.ctprof", "--", prog, "ignore-term"],
                            cwd=str(tmp_path), env=ctprof_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(0.6)
+    assert run.stdout.readline() == b"ready\n"       # ctprof is past its start-up
+    time.sleep(0.2)
     run.send_signal(signal.SIGTERM)
     _, err = run.communicate(timeout=60)
     err = err.decode()

@@ -61,6 +61,8 @@ int main(int argc, char **argv)
         signal(SIGTERM, SIG_IGN);
         signal(SIGINT, SIG_IGN);
         seconds = 1.5;
+        puts("ready"); /* the test signals ctprof only once the program runs */
+        fflush(stdout);
     }
     hot_function(seconds);
     if (!strcmp(mode, "replace-self")) {
