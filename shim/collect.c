@@ -13,7 +13,6 @@
  * "indirectly lost" and the others "definitely lost". */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
@@ -298,7 +297,7 @@ static void on_alloc(struct consumer *c, uint64_t ptr, uint64_t size, const uint
     if (flags & ALLOC_SAMPLED) {
         /* Sampled with probability p = 1 - exp(-size/mean): weigh by 1/p
          * so sums are unbiased estimates (as tcmalloc does). */
-        double p = c->sample_bytes > 0 ? 1.0 - exp(-(double)size / c->sample_bytes) : 1.0;
+        double p = c->sample_bytes > 0 ? heap_sample_chance((double)size / c->sample_bytes) : 1.0;
         if (p <= 0)
             p = 1e-12;
         count = 1.0 / p;

@@ -223,6 +223,50 @@ static inline uint64_t heap_mix64(uint64_t x)
     x ^= x >> 33;
     return x;
 }
+/* The two functions of libm sampled mode needs, here so that the shim does
+ * not load libm into the program (its pages count in the program's RSS).
+ * Both exact to a few ulps over the range used. */
+/* ln(x) for x > 0: x = 2^e * m, m in [sqrt(1/2), sqrt(2)), ln m = 2 atanh((m-1)/(m+1)). */
+static inline double heap_ln(double x)
+{
+    union { double d; uint64_t u; } v = {x};
+    int e = (int)((v.u >> 52) & 0x7ff) - 1023;
+    v.u = (v.u & ((1ull << 52) - 1)) | (1023ull << 52);      /* m in [1, 2) */
+    if (v.d > 1.4142135623730951) {
+        v.d *= 0.5;
+        e++;
+    }
+    double z = (v.d - 1) / (v.d + 1), z2 = z * z, term = z, sum = 0;
+    for (int k = 1; k < 40; k += 2) {
+        sum += term / k;
+        term *= z2;
+    }
+    return 2 * sum + e * 0.6931471805599453;
+}
+/* 1 - exp(-x) for x >= 0 (the chance that a Poisson sampler with mean
+ * distance 1 lands in an allocation of x). */
+static inline double heap_sample_chance(double x)
+{
+    if (x > 40)
+        return 1.0;
+    if (x < 0.5) {                          /* -expm1(-x) by its series: no cancellation */
+        double term = x, sum = 0;
+        for (int k = 1; k < 30 && term != 0; k++) {
+            sum += term;
+            term *= -x / (k + 1);
+        }
+        return sum;
+    }
+    int k = (int)(x / 0.6931471805599453);
+    double r = x - k * 0.6931471805599453, term = 1, e = 0;     /* exp(-x) = 2^-k exp(-r) */
+    for (int i = 1; i < 30; i++) {
+        e += term;
+        term *= -r / i;
+    }
+    union { double d; uint64_t u; } scale = {.u = (uint64_t)(1023 - k) << 52};
+    return 1.0 - e * scale.d;
+}
+
 /* Could `p` be a sampled block?  (No false "no": see heap.c.) */
 static inline int heap_maybe_sampled(const void *p)
 {

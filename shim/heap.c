@@ -16,7 +16,6 @@
 #include <fcntl.h>
 #include <link.h>
 #include <signal.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -150,7 +149,7 @@ static int64_t next_sample_distance(void)
     rng_state ^= rng_state << 25;
     rng_state ^= rng_state >> 27;
     double u = (double)((rng_state * 0x2545F4914F6CDD1Dull) >> 11) / 9007199254740992.0; /* [0,1) */
-    return (int64_t)(-log(1.0 - u) * (double)sample_bytes) + 1;
+    return (int64_t)(-heap_ln(1.0 - u) * (double)sample_bytes) + 1;
 }
 
 /* ---- the ring: reserve (bounded wait), claim, commit ----------------------------

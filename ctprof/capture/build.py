@@ -24,7 +24,7 @@ SHIM_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 # KiB of stack, more than a thread with a 16 KiB stack may have left).
 CFLAGS = ["-O2", "-g", "-fPIC", "-shared", "-pthread", "-fvisibility=hidden",
           "-ftls-model=initial-exec", "-fno-omit-frame-pointer", "-Wall", "-Wl,-z,now"]
-LIBS = ["-ldl", "-lm"]
+LIBS = ["-ldl"]  # no libm: its pages would count in the profiled program's RSS (heap.c has its own ln)
 
 
 #: Which C files go into each build of the shim.  "cpu" is preloaded by
