@@ -1,6 +1,6 @@
-/* A worker grows 4 MiB blocks to 8 MiB with realloc in a loop while the
- * main thread execs another program: the worker dies wherever it is,
- * possibly inside a heap hook.  Usage: trust_exec_realloc PROGRAM [ARGS] */
+/* Workers grow 4 MiB blocks to 8 MiB with realloc in a loop while the
+ * main thread execs another program: they die wherever they are, possibly
+ * inside a heap hook.  Usage: trust_exec_realloc PROGRAM [ARGS] */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,7 +30,8 @@ int main(int argc, char **argv)
     if (argc < 2)
         return 2;
     pthread_t t;
-    pthread_create(&t, NULL, grow, NULL);
+    for (int i = 0; i < 4; i++)
+        pthread_create(&t, NULL, grow, NULL);
     while (!started)
         ;
     struct timespec ts = {0, 20 * 1000 * 1000};
