@@ -172,8 +172,16 @@ CTPROF_API void *dlopen(const char *file, int flags)
     void *h = active ? dlopen_as(__builtin_return_address(0), file, flags) : NULL;
     if (!h)
         h = real_dlopen(file, flags);
-    if (active && h)
+    if (active && h) {
+#ifdef CTPROF_HEAP
+        /* Allocation stacks are resolved against the snapshots too, and
+         * no sample may ever be taken under this map (CTPROF_HZ=0): write
+         * it now, as a heap-tracking run always did. */
+        maps_snapshot(ring_now(), session_dir);
+#else
         maps_changed(ring_now());
+#endif
+    }
     return h;
 }
 
