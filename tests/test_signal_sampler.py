@@ -65,6 +65,28 @@ int main(int argc, char **argv) {
 }
 """
 
+THREADED_EXEC = COMMON + r"""
+/* Threads keep the CPU busy while another (not the main) thread execs the
+ * program again: every thread's timer is live around the exec. */
+static void *busy(void *p) { for (;;) spin_cpu(0.01); return p; }
+static void *execer(void *p) {
+    char **argv = p, n[16];
+    spin_cpu(0.01);
+    snprintf(n, sizeof n, "%d", atoi(argv[1]) - 1);
+    execl(argv[0], argv[0], n, (char *)NULL);
+    return NULL;
+}
+int main(int argc, char **argv) {
+    spin_cpu(0.01);
+    if (atoi(argv[1]) == 0) return 5;
+    pthread_t t;
+    for (int i = 0; i < 3; i++) pthread_create(&t, NULL, busy, NULL);
+    pthread_create(&t, NULL, execer, argv);
+    pthread_join(t, NULL);
+    return 9;
+}
+"""
+
 SYSCALLS = COMMON + r"""
 #include <poll.h>
 #include <semaphore.h>
@@ -472,6 +494,16 @@ def test_program_that_reexecs_itself_through_every_exec_call(cc, tmp_path):
     assert expected == 7
     for run in range(3):
         proc, profile = profiled(tmp_path, [prog, "21"], "--hz", "1000", name=f"re{run}.ctprof")
+        assert proc.returncode == expected, proc.stderr.decode()[-2000:]
+        assert samples(profile) > 0
+
+
+def test_exec_from_a_thread_while_others_run(cc, tmp_path):
+    prog = cc("threaded_exec", THREADED_EXEC)
+    expected = plain([prog, "15"], tmp_path).returncode
+    assert expected == 5
+    for run in range(3):
+        proc, profile = profiled(tmp_path, [prog, "15"], "--hz", "4000", name=f"te{run}.ctprof")
         assert proc.returncode == expected, proc.stderr.decode()[-2000:]
         assert samples(profile) > 0
 
