@@ -253,6 +253,7 @@ static void close_if_ours(int fd, uint64_t id)
 }
 
 static int fd_lock;
+static rlim_t fd_soft_raised_from;   /* the program's soft limit while ours is raised, else 0 */
 
 /* Move a new descriptor of ours out of the program's way.  Measured need:
  * one perf descriptor per thread took the lowest free numbers, so a
@@ -279,11 +280,13 @@ static int move_fd_high(int fd)
         if (rl.rlim_max == RLIM_INFINITY || rl.rlim_max > soft) {
             rlim_t room = rl.rlim_max == RLIM_INFINITY ? 65536 : rl.rlim_max - soft;
             rl.rlim_cur = soft + (room < 65536 ? room : 65536);
+            fd_soft_raised_from = soft;
             if (setrlimit(RLIMIT_NOFILE, &rl) == 0) {
                 moved = fcntl(fd, F_DUPFD_CLOEXEC, (int)soft);
                 rl.rlim_cur = soft;
                 setrlimit(RLIMIT_NOFILE, &rl);
             }
+            fd_soft_raised_from = 0;
         }
         if (moved < 0)
             moved = fcntl(fd, F_DUPFD_CLOEXEC, (int)(soft > 512 ? soft - 256 : soft / 2));
@@ -626,6 +629,18 @@ int sampler_install(struct ring *r, const struct sampler_config *c)
 
 void sampler_after_fork(struct ring *r)
 {
+    /* A parent thread may have been inside move_fd_high at the fork: its
+     * lock and raised limit are the child's now, and nobody will release
+     * them. */
+    if (__atomic_load_n(&fd_lock, __ATOMIC_ACQUIRE)) {
+        struct rlimit rl;
+        if (fd_soft_raised_from && getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+            rl.rlim_cur = fd_soft_raised_from;
+            setrlimit(RLIMIT_NOFILE, &rl);
+        }
+        fd_soft_raised_from = 0;
+        __atomic_store_n(&fd_lock, 0, __ATOMIC_RELEASE);
+    }
     /* The child has one thread.  The perf events it inherited count the
      * parent's threads: close them all (those still ours); timers are not
      * inherited. */
