@@ -563,6 +563,46 @@ def test_threads_take_none_of_the_programs_descriptors(cc, tmp_path):
     assert samples(profile) > 0
 
 
+FORK_STORM = COMMON + r"""
+#include <sys/resource.h>
+#include <sys/wait.h>
+/* Fork 150 times while two threads keep starting threads (whose perf
+ * descriptors ctprof moves above the soft limit): every child must see
+ * the program's own limit. */
+static volatile int stop;
+static void *noop(void *p) { return p; }
+static void *creator(void *p) {
+    while (!stop) { pthread_t t; pthread_create(&t, NULL, noop, NULL); pthread_join(t, NULL); }
+    return p;
+}
+int main(void) {
+    struct rlimit rl; getrlimit(RLIMIT_NOFILE, &rl); rl.rlim_cur = 1024; setrlimit(RLIMIT_NOFILE, &rl);
+    pthread_t c[2];
+    for (int i = 0; i < 2; i++) pthread_create(&c[i], NULL, creator, NULL);
+    int bad = 0;
+    for (int i = 0; i < 150; i++) {
+        pid_t p = fork();
+        if (p == 0) { struct rlimit r; getrlimit(RLIMIT_NOFILE, &r); _exit(r.rlim_cur == 1024 ? 0 : 1); }
+        int st; waitpid(p, &st, 0);
+        if (!WIFEXITED(st) || WEXITSTATUS(st)) bad++;
+    }
+    stop = 1;
+    for (int i = 0; i < 2; i++) pthread_join(c[i], NULL);
+    printf("bad children %d\n", bad);
+    return 0;
+}
+"""
+
+
+def test_fork_while_threads_start_leaves_the_children_the_programs_limit(cc, tmp_path):
+    prog = cc("fork_storm", FORK_STORM)
+    base = plain([prog], tmp_path)
+    assert base.returncode == 0 and base.stdout == b"bad children 0\n"
+    proc, _ = profiled(tmp_path, [prog], "--hz", "999")
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stdout == base.stdout
+
+
 # ---- 4. JIT frames, small stacks -------------------------------------------------------------
 
 def test_registered_jit_frames_and_throwing_do_not_deadlock(cc, tmp_path):
