@@ -201,11 +201,16 @@ class HeapRing(MappedFile):
         depth = max(1, info.header.get("depth") or 32)
         ips = (ctypes.c_uint64 * depth)()
         stats = (ctypes.c_double * NSTAT)()
+        # Kept compact (a large program leaves 100,000 stacks): one int per
+        # distinct address, only the non-zero figures (a missing one is 0).
+        canonical = {}.setdefault
         for sid in range(n):
             d = self.lib.ctprof_heap_stack(self.consumer, sid, ips, depth, stats)
             if d < 0:
                 continue
-            info.stacks.append((tuple(ips[:d]), dict(zip(STAT_NAMES, list(stats)))))
+            frame = ips[:d]
+            info.stacks.append((tuple(map(canonical, frame, frame)),
+                                {k: v for k, v in zip(STAT_NAMES, stats) if v}))
         return info
 
     def close(self) -> None:
