@@ -144,12 +144,10 @@ class TracedProcess:
     thread_cpu_ns: Dict[int, int] = field(default_factory=dict)
     stacks: Dict[tuple, int] = field(default_factory=dict)
     off_cpu_us: Dict[tuple, int] = field(default_factory=dict)
-    thread_off_cpu_us: Dict[int, int] = field(default_factory=dict)
     samples: int = 0
     start_ns: int = 0
     end_ns: int = 0
     exited: bool = False
-    execs: int = 0
 
     def add_mapping(self, m: Mapping) -> None:
         """A new mapping replaces whatever it overlaps, as mmap does."""
@@ -174,7 +172,6 @@ class TracedProcess:
         self.dirty = True
         self.exe = ""
         self.comm = comm
-        self.execs += 1
 
     def current(self) -> Tuple[MapTable, int]:
         """The maps table for a sample now, and its generation number.  A
@@ -314,8 +311,7 @@ class KernelSampler:
     def _map(self, fd: int) -> perf.ThreadRing:
         try:
             return perf.map_ring(-1, fd, self.opts.ring_pages)
-        except OSError as err:
-            os.close(fd)
+        except OSError as err:                 # the caller closes fd
             raise KernelSamplerError(err.errno, f"cannot map the perf ring buffer: {err.strerror} "
                                                 f"(locked-memory limit: kernel.perf_event_mlock_kb, ulimit -l)") from None
 
@@ -496,7 +492,6 @@ class KernelSampler:
         marker = OFF_CPU_PREEMPTED if self.preempted.pop(tid, False) else OFF_CPU_BLOCKED
         key = (ktid, gen, (marker,) + ips, truncated)
         proc.off_cpu_us[key] = proc.off_cpu_us.get(key, 0) + us
-        proc.thread_off_cpu_us[tid] = proc.thread_off_cpu_us.get(tid, 0) + us
 
     # -- the tree --------------------------------------------------------------------
     def running(self, exclude: Iterable[int] = ()) -> List[TracedProcess]:

@@ -27,12 +27,15 @@ from ..session import ProcessInfo, RawStack, Session
 from ..unwinder import Unwinder
 from . import perf
 from . import ring as ringmod
-from .kernel import REORDER_NS, KernelSampler, KernelSamplerError, TraceOptions, own_vdso
+from .kernel import KernelSampler, KernelSamplerError, TraceOptions, own_vdso
 from .build import shim_path
 from .target import check_program
 
 POLL_SECONDS = 0.05
 KERNEL_POLL_SECONDS = 0.02
+#: After the program exits, how long records of its last forks may take to
+#: arrive before ctprof decides nothing it started is still running.
+FOLLOW_SETTLE_SECONDS = 0.05
 #: Deeper than this, ``auto`` samples in the program: the kernel's stack
 #: copy (at most 63 KiB) cannot hold thousands of frames.
 KERNEL_MAX_DEPTH = 1024
@@ -428,27 +431,33 @@ def _exit_note(rc: int) -> Optional[str]:
 def _follow_descendants(kernel: KernelSampler, main_pid: int, interrupts: "_Interrupts",
                         say: Optional[Callable[[str], None]]) -> List[str]:
     """After the program exits, keep sampling the processes it left running
-    (daemons, background jobs) until they end or Ctrl-C; returns notes."""
-    time.sleep(2 * REORDER_NS / 1e9)           # the last FORK records are drained, not held back
-    kernel.drain()
-    left = kernel.running(exclude=[main_pid])
-    if not left:
-        return []
-    names = ", ".join(f"{p.pid} {p.comm}" for p in left[:5]) + (" ..." if len(left) > 5 else "")
-    if say:
-        say(f"the program exited; following the {len(left)} process(es) it left running ({names}) "
-            f"until they end (Ctrl-C to stop)")
+    (daemons, background jobs) until they end or Ctrl-C; returns notes.
+    Nothing is decided before the records of the last moments are in: a
+    process that forked and exited just now has its child's FORK record
+    still in flight."""
+    settle = time.monotonic() + FOLLOW_SETTLE_SECONDS
     t0 = time.monotonic()
-    while left and not interrupts.count:
+    announced = False
+    left: List = []
+    while not interrupts.count:
         time.sleep(KERNEL_POLL_SECONDS)
         kernel.drain()
         left = kernel.running(exclude=[main_pid])
-    waited = time.monotonic() - t0
+        if left and not announced and say:
+            announced = True
+            names = ", ".join(f"{p.pid} {p.comm}" for p in left[:5]) + (" ..." if len(left) > 5 else "")
+            say(f"the program exited; following the {len(left)} process(es) it left running ({names}) "
+                f"until they end (Ctrl-C to stop)")
+        if not left and time.monotonic() >= settle:
+            break
     if left:
         names = ", ".join(f"{p.pid} {p.comm}" for p in left[:5]) + (" ..." if len(left) > 5 else "")
         return [f"{len(left)} process(es) the program started were still running when ctprof stopped "
                 f"({names}); their samples until then are kept"]
-    return [f"followed the processes the program left running for {waited:.2f} s after it exited, until they ended"]
+    if announced:
+        return [f"followed the processes the program left running for {time.monotonic() - t0:.2f} s "
+                f"after it exited, until they ended"]
+    return []
 
 
 def _merge_kernel_processes(processes: Dict[int, ProcessInfo], stacks: List[RawStack],
