@@ -94,7 +94,10 @@ def test_process_exiting_during_attach_keeps_samples(build, tmp_path):
     err = proc.stderr.decode()
     assert proc.returncode == 0, err
     assert f"process {target.pid} exited during the attach" in err
-    assert profile is not None and profile.total("samples") > 100
+    # the samples follow the CPU it used while attached (start-up of ctprof
+    # on a loaded machine eats into the 2.5 s)
+    expected = profile.metadata["cpu_s"] * 499
+    assert profile.total("samples") > 20 and abs(profile.total("samples") - expected) <= 5 * expected ** 0.5 + 5
     assert share(profile, lambda n: "hot_leaf" in n) > 0.8
 
 
@@ -163,7 +166,7 @@ def test_attach_to_another_users_process(build, tmp_path):
     public = tempfile.mkdtemp(prefix="ctprof-attach-")   # pytest's tmp is 0700
     os.chmod(public, 0o755)
     shutil.copy(prog, os.path.join(public, "prog"))
-    target = start(os.path.join(public, "prog"), 2.0, preexec_fn=_as_nobody)
+    target = start(os.path.join(public, "prog"), 6.0, preexec_fn=_as_nobody)
     try:
         time.sleep(0.1)
         proc, profile = attach(tmp_path, target.pid, "--duration", "0.5", "--hz", "499")
