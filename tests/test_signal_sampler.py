@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 import os
 import resource
+import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -458,8 +460,9 @@ def cc(tmp_path_factory):
     return compile_
 
 
-def plain(argv, cwd, timeout=120, shell=False):
-    return subprocess.run(argv, cwd=str(cwd), capture_output=True, timeout=timeout, shell=shell)
+def plain(argv, cwd, timeout=120):
+    """The program without ctprof: what every profiled run is held to."""
+    return subprocess.run(argv, cwd=str(cwd), capture_output=True, timeout=timeout)
 
 
 def profiled(tmp_path, argv, *options, timeout=180, name="out.ctprof"):
@@ -541,8 +544,8 @@ def test_our_descriptor_number_reused_by_the_program_is_not_closed(cc, tmp_path)
     prog = cc("close_all", CLOSE_ALL)
     out = tmp_path / "many"
     out.mkdir()
-    cmd = (f"ulimit -n 1024 && exec {os.environ.get('PYTHON', 'python3')} -m ctprof run --sampler signal -q "
-           f"-o {tmp_path}/many.ctprof --hz 999 -- {prog} {out} 1000 20")
+    cmd = (f"ulimit -n 1024 && exec {shlex.quote(sys.executable)} -m ctprof run --sampler signal -q "
+           f"-o {shlex.quote(str(tmp_path / 'many.ctprof'))} --hz 999 -- {shlex.quote(prog)} {shlex.quote(str(out))} 1000 20")
     proc = subprocess.run(["sh", "-c", cmd], cwd=str(tmp_path), capture_output=True, timeout=180,
                           env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
