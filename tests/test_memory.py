@@ -11,12 +11,10 @@ import pytest
 
 from conftest import ctprof, load_profile
 
-SAMPLER = ["--sampler", "signal"]  # TEMP while the kernel sampler hangs at start
-
 
 def run_mem(tmp_path, argv, *options, timeout=120):
     out = str(tmp_path / "mem.ctprof")
-    proc = ctprof(["run", "--mem", *SAMPLER, "-o", out, *options, "--", *argv], cwd=str(tmp_path), timeout=timeout)
+    proc = ctprof(["run", "--mem", "-o", out, *options, "--", *argv], cwd=str(tmp_path), timeout=timeout)
     profile = load_profile(out)[0] if os.path.exists(out) else None
     return proc, profile
 
@@ -238,7 +236,7 @@ def test_usr2_writes_a_snapshot_while_running(build, tmp_path):
     from conftest import ctprof_env
     prog = build("mem_snapshot.c")
     out = str(tmp_path / "s.ctprof")
-    p = subprocess.Popen([sys.executable, "-m", "ctprof", "run", "--mem", *SAMPLER, "-o", out, "--", prog],
+    p = subprocess.Popen([sys.executable, "-m", "ctprof", "run", "--mem", "-o", out, "--", prog],
                          cwd=str(tmp_path), env=ctprof_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert p.stdout.readline() == b"ready\n"
     time.sleep(0.2)
