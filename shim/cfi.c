@@ -48,7 +48,7 @@ struct rule {
 /* ---- the cache: open addressing, pc -> rule ---------------------------- */
 #define CACHE_BITS 16
 #define CACHE_SIZE (1u << CACHE_BITS)
-#define BUSY 1ull
+#define BUSY (1ull << 63) /* never set in a user pc (pc|1 was: odd return addresses exist) */
 struct slot {
     uint64_t key;         /* pc, or 0 (empty), or pc|BUSY while being filled */
     struct rule rule;
