@@ -32,7 +32,7 @@ def overhead_lines(session: Session) -> List[str]:
         share = 100.0 * p.handler_ns / cpu_ns if cpu_ns else 0.0
         threads = ", ".join(f"{tid}{'/' + p.threads[tid] if p.threads.get(tid) else ''}:{n}"
                             for tid, n in sorted(p.thread_samples.items()))
-        if "(attach)" in p.timer:  # the kernel takes the samples: no handler runs in the target
+        if "kernel sampler" in p.timer:  # run and attach: no handler runs in the target
             cost = f"sampled by the kernel over {p.wall_ns / 1e9:.2f} s"
         else:
             cost = (f"handler {p.handler_ns / 1e6:.1f} ms = {share:.2f}% of its threads' {cpu_ns / 1e9:.2f} s CPU time"
