@@ -610,11 +610,14 @@ CTPROF_API size_t ctprof_heap_consume(struct consumer *c, void *file_base)
             uint64_t word = __atomic_load_n(hp, __ATOMIC_ACQUIRE);
             uint32_t size = (uint32_t)word;
             uint32_t high = (uint32_t)(word >> 32);
+            /* Everything reserved before the newest image's start was
+             * written by a thread that exec killed, if it is unfinished. */
+            uint64_t exec_pos = __atomic_load_n(&hs->exec_pos, __ATOMIC_ACQUIRE);
             if (word == 0) {
                 /* Reserved, not yet claimed: a writer between its two
-                 * instructions, or one an exec killed there. */
-                uint64_t exec_pos = __atomic_load_n(&hs->exec_pos, __ATOMIC_ACQUIRE);
-                if (writer_gone(c, hs, rd, 0) && exec_pos > rd && exec_pos <= w) {
+                 * instructions, or one an exec killed there (its size is
+                 * unknown: skip to where the new image starts). */
+                if (exec_pos > rd && exec_pos <= w) {
                     c->totals[T_SKIPPED_RECORDS]++;
                     ring_zero(data, mask, rd, exec_pos - rd);
                     rd = exec_pos;
@@ -629,7 +632,7 @@ CTPROF_API size_t ctprof_heap_consume(struct consumer *c, void *file_base)
                 break;
             }
             if (high & HEAP_CLAIM) {
-                if (!writer_gone(c, hs, rd, high & ~HEAP_CLAIM))
+                if (rd >= exec_pos && !writer_gone(c, hs, rd, high & ~HEAP_CLAIM))
                     break;
                 /* Take the space back from the writer (its commit then fails). */
                 if (!__atomic_compare_exchange_n(hp, &word, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))

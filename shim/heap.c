@@ -411,13 +411,15 @@ static int open_heap_ring(void)
     if (reused) {
         /* Tell the controller where the new image starts: every block of
          * the old one vanished with exec. */
-        uint64_t pos;
+        /* Publish where it will go before reserving it: the ring may be
+         * full behind a record the exec cut short, which the controller can
+         * skip only by knowing where this image's records start.  (We are
+         * the only thread: the old image's died with the exec.) */
+        __atomic_store_n(&hs->exec_pos, __atomic_load_n(&r.hdr->write_pos, __ATOMIC_ACQUIRE), __ATOMIC_RELEASE);
         uint32_t tid = (uint32_t)ctprof_gettid();
-        struct rec_header *rec = reserve(sizeof *rec, tid, &pos);
-        if (rec) {
-            __atomic_store_n(&hs->exec_pos, pos, __ATOMIC_RELEASE);
+        struct rec_header *rec = reserve(sizeof *rec, tid, NULL);
+        if (rec)
             commit(rec, sizeof *rec, tid, REC_EXEC, 0);
-        }
     }
     return 0;
 }
