@@ -360,6 +360,11 @@ int sampler_install(struct ring *r, const struct sampler_config *c);
 void sampler_thread_start(void);
 /* Disarm the calling thread's timer and emit its exit record. */
 void sampler_thread_stop(void);
+/* pthread_atfork prepare/parent handlers: no fork while a thread of ours
+ * has the soft fd limit raised (see sampler.c, move_fd_high). */
+void sampler_fork_prepare(void);
+void sampler_fork_parent(void);
+void sampler_fork_child(void);     /* first thing in the child's handler */
 /* In a fork child: forget the parent's threads and switch to ring `r`. */
 void sampler_after_fork(struct ring *r);
 /* Emit a THREAD record for the calling thread (name, cpu time). */
@@ -374,6 +379,9 @@ struct exec_guard {
 };
 int sampler_exec_prepare(struct exec_guard *g);
 void sampler_exec_failed(struct exec_guard *g);
+/* Our live perf descriptors in [first, last], ascending, into out[cap];
+ * -1 if more than cap.  For close_range/closefrom. */
+int sampler_fds_in(unsigned first, unsigned last, int *out, int cap);
 /* Is this signal/siginfo one of our timer's?  AS-safe. */
 int sampler_owns(int sig, const siginfo_t *si);
 /* Called by preload.c when the target claims our signal. */

@@ -107,6 +107,7 @@ CTPROF_API int pthread_create(pthread_t *thread, const pthread_attr_t *attr, voi
 
 static void after_fork_child(void)
 {
+    sampler_fork_child();
     ctprof_forget_tid();
     if (!active)
         return;
@@ -322,6 +323,55 @@ CTPROF_API int execle(const char *path, const char *arg, ...)
     return execve(path, argv, envp);
 }
 
+/* ---- descriptors: "close everything" leaves ours ---------------------------
+ * Our perf descriptors sit above the program's soft limit, out of reach of
+ * close() loops; close_range and closefrom reach them too, and closing
+ * them would silently end the sampling of every thread.  The range is
+ * closed around them (the program cannot tell: it never had them). */
+
+static void *next_close_range, *next_closefrom;
+typedef int (*close_range_fn)(unsigned, unsigned, int);
+
+/* Close [first, last] except our descriptors; -1 if that cannot be done
+ * here (the caller then does the whole range). */
+static int close_range_around_ours(unsigned first, unsigned last, int flags)
+{
+    int keep[256];
+    int n = sampler_fds_in(first, last, keep, 256);
+    if (n <= 0)
+        return -1;
+    close_range_fn real = NEXT(close_range_fn, close_range);
+    int rc = 0;
+    unsigned lo = first;
+    for (int i = 0; i < n; i++) {
+        if ((unsigned)keep[i] > lo && real(lo, (unsigned)keep[i] - 1, flags) != 0)
+            rc = -1;
+        lo = (unsigned)keep[i] + 1;
+    }
+    if (lo != 0 && lo <= last && real(lo, last, flags) != 0)
+        rc = -1;
+    return rc;
+}
+
+CTPROF_API int close_range(unsigned first, unsigned last, int flags)
+{
+    if (active && !(flags & CLOSE_RANGE_CLOEXEC) && first <= last) {
+        int saved = errno;
+        if (close_range_around_ours(first, last, flags) == 0) {
+            errno = saved;
+            return 0;
+        }
+    }
+    return NEXT(close_range_fn, close_range)(first, last, flags);
+}
+
+CTPROF_API void closefrom(int lowfd)
+{
+    if (active && lowfd >= 0 && close_range_around_ours((unsigned)lowfd, ~0u, 0) == 0)
+        return;
+    NEXT(void (*)(int), closefrom)(lowfd);
+}
+
 /* ---- our signal stays deliverable ----------------------------------------------
  * A program that blocks every signal and waits for them with sigwait* or a
  * signalfd would otherwise block our timer signal and then receive it as
@@ -514,7 +564,7 @@ __attribute__((constructor)) static void ctprof_start(void)
     c.max_depth = (int)main_ring.hdr->max_depth;
 
     pthread_key_create(&thread_key, thread_gone);
-    pthread_atfork(NULL, NULL, after_fork_child);
+    pthread_atfork(sampler_fork_prepare, sampler_fork_parent, after_fork_child);
     if (sampler_install(&main_ring, &c) != 0)
         return;
     active = 1;

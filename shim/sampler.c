@@ -235,6 +235,25 @@ static void remember_fd(int fd, uint64_t id, int add)
     }
 }
 
+int sampler_fds_in(unsigned first, unsigned last, int *out, int cap)
+{
+    int n = 0;
+    for (int i = 0; i < MAX_PERF_FDS; i++) {
+        int v = __atomic_load_n(&perf_fds[i].fd, __ATOMIC_ACQUIRE);
+        if (!v || (unsigned)(v - 1) < first || (unsigned)(v - 1) > last)
+            continue;
+        if (n == cap)
+            return -1;
+        int j = n++;                      /* insertion sort: a handful of fds */
+        while (j > 0 && out[j - 1] > v - 1) {
+            out[j] = out[j - 1];
+            j--;
+        }
+        out[j] = v - 1;
+    }
+    return n;
+}
+
 static uint64_t event_id(int fd)
 {
     uint64_t id = 0;
@@ -252,8 +271,12 @@ static void close_if_ours(int fd, uint64_t id)
         close(fd);
 }
 
+/* Held (by its owner's tid) while the soft limit is raised; fork waits for
+ * it (sampler_fork_prepare): the kernel copies the limits and the memory
+ * of a forking process at different moments, so a child could otherwise
+ * get the raised limit with no trace of it in memory. */
 static int fd_lock;
-static rlim_t fd_soft_raised_from;   /* the program's soft limit while ours is raised, else 0 */
+static int fork_took_fd_lock;
 
 /* Move a new descriptor of ours out of the program's way.  Measured need:
  * one perf descriptor per thread took the lowest free numbers, so a
@@ -269,10 +292,40 @@ static rlim_t fd_soft_raised_from;   /* the program's soft limit while ours is r
  * the soft limit as is free.  An mmap'ed event without a descriptor was
  * the other option, but re-arming one overflow at a time (see on_signal)
  * needs the descriptor for its ioctl. */
+static void fd_lock_take(int tid)
+{
+    int expect = 0;
+    while (!__atomic_compare_exchange_n(&fd_lock, &expect, tid, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+        expect = 0;
+        sched_yield();
+    }
+}
+
+void sampler_fork_prepare(void)
+{
+    int tid = (int)syscall(SYS_gettid);
+    fork_took_fd_lock = 0;
+    if (__atomic_load_n(&fd_lock, __ATOMIC_ACQUIRE) == tid)
+        return;   /* a handler of the program forking inside our own move */
+    fd_lock_take(tid);
+    fork_took_fd_lock = 1;
+}
+
+void sampler_fork_child(void)
+{
+    /* The forking thread took the lock: the child's one thread owns it. */
+    __atomic_store_n(&fd_lock, 0, __ATOMIC_RELEASE);
+}
+
+void sampler_fork_parent(void)
+{
+    if (fork_took_fd_lock)
+        __atomic_store_n(&fd_lock, 0, __ATOMIC_RELEASE);
+}
+
 static int move_fd_high(int fd)
 {
-    while (__atomic_exchange_n(&fd_lock, 1, __ATOMIC_ACQUIRE))
-        sched_yield();
+    fd_lock_take((int)syscall(SYS_gettid));
     struct rlimit rl;
     int moved = -1;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur > 64) {
@@ -280,13 +333,11 @@ static int move_fd_high(int fd)
         if (rl.rlim_max == RLIM_INFINITY || rl.rlim_max > soft) {
             rlim_t room = rl.rlim_max == RLIM_INFINITY ? 65536 : rl.rlim_max - soft;
             rl.rlim_cur = soft + (room < 65536 ? room : 65536);
-            fd_soft_raised_from = soft;
             if (setrlimit(RLIMIT_NOFILE, &rl) == 0) {
                 moved = fcntl(fd, F_DUPFD_CLOEXEC, (int)soft);
                 rl.rlim_cur = soft;
                 setrlimit(RLIMIT_NOFILE, &rl);
             }
-            fd_soft_raised_from = 0;
         }
         if (moved < 0)
             moved = fcntl(fd, F_DUPFD_CLOEXEC, (int)(soft > 512 ? soft - 256 : soft / 2));
@@ -629,18 +680,7 @@ int sampler_install(struct ring *r, const struct sampler_config *c)
 
 void sampler_after_fork(struct ring *r)
 {
-    /* A parent thread may have been inside move_fd_high at the fork: its
-     * lock and raised limit are the child's now, and nobody will release
-     * them. */
-    if (__atomic_load_n(&fd_lock, __ATOMIC_ACQUIRE)) {
-        struct rlimit rl;
-        if (fd_soft_raised_from && getrlimit(RLIMIT_NOFILE, &rl) == 0) {
-            rl.rlim_cur = fd_soft_raised_from;
-            setrlimit(RLIMIT_NOFILE, &rl);
-        }
-        fd_soft_raised_from = 0;
-        __atomic_store_n(&fd_lock, 0, __ATOMIC_RELEASE);
-    }
+
     /* The child has one thread.  The perf events it inherited count the
      * parent's threads: close them all (those still ours); timers are not
      * inherited. */

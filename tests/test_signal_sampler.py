@@ -164,6 +164,25 @@ int main(int argc, char **argv) {
 }
 """
 
+CLOSEFROM = COMMON + r"""
+/* closefrom(3) or close_range(3, ~0U) while a thread runs: the program's
+ * own descriptors go, and (under ctprof) sampling goes on. */
+__attribute__((noinline)) static void after_close(double s) { spin_cpu(s); sink += 4; }
+static void *worker(void *p) { spin_cpu(0.05); after_close(0.6); return p; }
+int main(int argc, char **argv) {
+    int mine = open("/dev/null", O_RDONLY);
+    pthread_t t; pthread_create(&t, NULL, worker, NULL);
+    spin_cpu(0.05);
+    if (strcmp(argv[1], "closefrom") == 0) closefrom(3);
+    else if (close_range(3, ~0u, 0) != 0) return 2;
+    int gone = fcntl(mine, F_GETFD) == -1 && errno == EBADF;
+    after_close(0.6);
+    pthread_join(t, NULL);
+    printf("closed %s\n", gone ? "yes" : "no");
+    return 0;
+}
+"""
+
 FD_LIMIT = COMMON + r"""
 #include <sys/resource.h>
 /* With 100 threads alive, how many files can the program open? */
@@ -551,6 +570,20 @@ def test_our_descriptor_number_reused_by_the_program_is_not_closed(cc, tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     short = [i for i in range(1000) if (out / f"out{i}.txt").read_text().count("\n") != 20]
     assert short == []
+
+
+@pytest.mark.parametrize("how", ["closefrom", "close_range"])
+def test_closing_every_descriptor_does_not_end_sampling(cc, tmp_path, how):
+    prog = cc("closefrom", CLOSEFROM)
+    base = plain([prog, how], tmp_path)
+    assert base.returncode == 0 and base.stdout == b"closed yes\n"
+    proc, profile = profiled(tmp_path, [prog, how], "--hz", "999")
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stdout == base.stdout
+    # both threads' 0.6 s after the close are sampled (0.5 of the expected
+    # 1200 samples leaves room for a loaded machine)
+    after = share(profile, lambda names: any(n.startswith("after_close") for n in names)) * samples(profile)
+    assert after > 0.5 * 999 * 1.2
 
 
 def test_threads_take_none_of_the_programs_descriptors(cc, tmp_path):
