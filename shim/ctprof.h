@@ -179,7 +179,7 @@ struct heap_shared {
     uint64_t unwind_cache_bytes; /* resident part of the unwind rule cache, at exit */
     uint64_t detached_ns;     /* CLOCK_MONOTONIC when `detached` was set */
     uint64_t execs;           /* execs of this pid: a claim older than an exec is dead */
-    uint64_t exec_pos;        /* ring position of the newest image's REC_EXEC */
+    uint64_t exec_pos;        /* ring position where the newest image's records start */
     uint64_t exit_tls_lo;     /* the exiting thread's static TLS blocks */
     uint64_t exit_tls_hi;
     uint64_t ring_peak;       /* most ring bytes ever in flight (written, not yet read) */
