@@ -439,10 +439,12 @@ def _follow_descendants(kernel: KernelSampler, main_pid: int, interrupts: "_Inte
     t0 = time.monotonic()
     announced = False
     left: List = []
-    while not interrupts.count:
+    while True:
         time.sleep(KERNEL_POLL_SECONDS)
         kernel.drain()
         left = kernel.running(exclude=[main_pid])
+        if interrupts.count:
+            break
         if left and not announced and say:
             announced = True
             names = ", ".join(f"{p.pid} {p.comm}" for p in left[:5]) + (" ..." if len(left) > 5 else "")
