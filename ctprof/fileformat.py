@@ -109,6 +109,8 @@ _ARRAY_KINDS = {b"B": "B", b"I": "I", b"q": "q", b"Q": "Q", b"d": "d"}
 assert array("I").itemsize == 4 and array("q").itemsize == 8 and array("Q").itemsize == 8
 _SWAP = sys.byteorder != "little"
 _NONE = -1  # pid, tid or line unknown
+#: Raw stacks flattened and compressed at a time when saving.
+_BATCH = 4096
 
 
 # =============================================================================
@@ -122,7 +124,41 @@ def _section(out: BinaryIO, name: str, kind: bytes, count: int, payload: Any) ->
     out.write(data)
 
 
-def _write_array(out: BinaryIO, name: str, values: array) -> None:
+class _Compressed:
+    """An array section compressed as it was built, in batches, so the
+    largest table of a save (every raw instruction pointer: 23 MB for a
+    large compile) never exists whole.  Looks like an array to the checks
+    that only need its type and length."""
+
+    def __init__(self, typecode: str) -> None:
+        self.typecode, self.count = typecode, 0
+        self.parts: List[bytes] = []
+        self._compressor = zlib.compressobj(COMPRESS_LEVEL)
+
+    def add(self, values: array) -> None:
+        if _SWAP:
+            values.byteswap()
+        self.count += len(values)
+        self.parts.append(self._compressor.compress(memoryview(values).cast("B")))
+
+    def close(self) -> "_Compressed":
+        self.parts.append(self._compressor.flush())
+        return self
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def _write_array(out: BinaryIO, name: str, values: Any) -> None:
+    if isinstance(values, _Compressed):
+        stored = sum(map(len, values.parts))
+        encoded = name.encode("ascii")
+        out.write(_SECTION_HEAD.pack(len(encoded)) + encoded
+                  + _SECTION_SIZES.pack(values.typecode.encode(), values.count, stored if values.count else 0))
+        if values.count:
+            for part in values.parts:
+                out.write(part)
+        return
     if _SWAP:
         values = array(values.typecode, values)
         values.byteswap()
@@ -204,9 +240,13 @@ def _raw_arrays(session: Session, doc: Dict[str, Any]) -> Dict[str, array]:
     stacks = session.stacks
     keysets: Dict[Tuple[str, ...], int] = {}
     keyset_ids = array("I", [keysets.setdefault(tuple(s.values), len(keysets)) for s in stacks])
-    ips = array("Q")
-    for s in stacks:
-        ips.extend(s.ips)
+    ips = _Compressed("Q")
+    for start in range(0, len(stacks), _BATCH):
+        batch = array("Q")
+        for s in stacks[start:start + _BATCH]:
+            batch.extend(s.ips)
+        ips.add(batch)
+    ips.close()
     cols = {
         "raw_pid": array("q", [s.pid for s in stacks]),
         "raw_tid": array("q", [s.tid for s in stacks]),
