@@ -274,6 +274,10 @@ def test_leak_roots_threads_tls_dtv_interior(build, tmp_path):
     # only an interior pointer: possibly lost, not definitely
     assert by_site(p, "possibly_lost_bytes", "interior_alloc") == 5000
     assert by_site(p, "definite_bytes", "interior_alloc") == 0
+    # ... and the report says so, with its site
+    err = proc.stderr.decode()
+    assert "possibly lost 5,000 bytes" in err
+    assert any("possibly lost at" in line and "interior_alloc" in line for line in err.splitlines()), err
     # and the one real leak, to the byte; nothing else is definitely lost
     assert by_site(p, "definite_bytes", "lost_alloc") == 777
     assert p.total("definite_bytes") == 777

@@ -119,14 +119,20 @@ def memory_report(profile: Profile, top: int = 10) -> str:
         d, dn = profile.total("definite_bytes"), profile.total("definite_count")
         i, inn = profile.total("indirect_bytes"), profile.total("indirect_count")
         r, rn = profile.total("reachable_bytes"), profile.total("reachable_count")
+        possible = "possibly_lost_bytes" in profile.values
+        p_, pn = (profile.total("possibly_lost_bytes"), profile.total("possibly_lost_count")) if possible else (0, 0)
         out.append(f"Leaks at exit: definitely lost {sized(d)} in {dn:,} blocks, "
                    f"indirectly lost {sized(i)} in {inn:,} blocks, "
-                   f"still reachable {sized(r)} in {rn:,} blocks")
+                   + (f"possibly lost {sized(p_)} in {pn:,} blocks, " if possible else "")
+                   + f"still reachable {sized(r)} in {rn:,} blocks")
         # Every kind listed by site, as valgrind's --show-leak-kinds=all does:
         # a still-reachable site is not a leak, but it is where memory went.
-        out.extend(_leak_lines(profile, (("definitely lost", "definite_bytes", "definite_count"),
-                                         ("indirectly lost", "indirect_bytes", "indirect_count"),
-                                         ("still reachable", "reachable_bytes", "reachable_count")), top))
+        kinds = [("definitely lost", "definite_bytes", "definite_count"),
+                 ("indirectly lost", "indirect_bytes", "indirect_count")]
+        if possible:   # reached only through a pointer into the block's middle
+            kinds.append(("possibly lost", "possibly_lost_bytes", "possibly_lost_count"))
+        kinds.append(("still reachable", "reachable_bytes", "reachable_count"))
+        out.extend(_leak_lines(profile, tuple(kinds), top))
     else:
         live = profile.total("leaked_bytes") if "leaked_bytes" in profile.values else 0
         out.append(f"Still allocated when the program ended without an exit scan (crash, signal or _exit): "
