@@ -98,6 +98,11 @@ def test_timeline_marks_the_peak(build, tmp_path):
     assert root.find(f"{ns}polyline") is not None
     marker = root.find(f"{ns}circle")
     assert marker is not None and "peak 1.0 MiB" in marker.find(f"{ns}title").text
+    # the line starts at the program's start with nothing live, and reaches the peak
+    points = [tuple(map(float, xy.split(","))) for xy in root.find(f"{ns}polyline").get("points").split()]
+    axis = [float(root.findall(f"{ns}line")[0].get(k)) for k in ("x1", "y1")]
+    assert points[0] == tuple(axis)
+    assert (float(marker.get("cx")), float(marker.get("cy"))) in points
 
 
 def test_realloc_chains(build, tmp_path):

@@ -377,3 +377,16 @@ def test_flame_graph_page_fits_the_window(tmp_path, window):
     assert 0 <= r["detailsBox"]["top"] and r["detailsBox"]["bottom"] <= h
     assert r["atTop"]["scrollY"] == 0
     assert r["resized"]["innerWidth"] == int(w * 0.75)
+
+
+def test_small_things(tmp_path):
+    """A mistyped command names the closest one; --hz gives one message
+    for every rate out of range."""
+    proc = ctprof(["rn", "true"], cwd=str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr.decode().strip() == ("ctprof: error: unknown command 'rn': did you mean 'run'? "
+                                            "(commands: run, svg, folded, report, export, diff, attach)")
+    for hz in ("0", "5", "200000", "nan"):
+        proc = ctprof(["run", "--hz", hz, "--", "true"], cwd=str(tmp_path))
+        assert proc.returncode == 2
+        assert proc.stderr.decode().strip() == f"ctprof: error: --hz {hz} is out of range (10 to 100000 Hz)"

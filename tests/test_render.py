@@ -543,7 +543,7 @@ def decode_pprof(raw: bytes):
         samples.append(([locations[i][0] for i in ids], values))
     default = strings[p[14][0]] if 14 in p else ""
     return {"sample_types": sample_types, "samples": samples, "default": default,
-            "period": p.get(12, [0])[0], "strings": strings}
+            "period": p.get(12, [0])[0], "strings": strings, "mappings": mappings}
 
 
 def test_pprof_decodes_to_same_stacks(tmp_path):
@@ -710,3 +710,18 @@ def test_renderers_registry_declares_extension_and_binary():
     assert not RENDERERS["speedscope"].binary
     with pytest.raises(UsageError, match="unknown format"):
         export(Profile(), io.StringIO(), "png")
+
+
+def test_pprof_main_binary_is_the_first_mapping():
+    """pprof names the first mapping as the main binary: the program, even
+    when the first sample ends in a library (sqlite3 was shown as its
+    libsqlite3.so)."""
+    from ctprof.profile import Frame, Profile
+    p = Profile()
+    main = p.intern(Frame("main", "sqlite3", "program"))
+    step = p.intern(Frame("sqlite3VdbeExec", "libsqlite3.so.0", "library"))
+    p.stacks = [(main, step), (main,)]
+    p.values = {"samples": [7, 3]}
+    doc = decode_pprof(pprof_bytes(p))
+    assert doc["mappings"][1] == "sqlite3"
+    assert sorted(doc["mappings"].values()) == ["libsqlite3.so.0", "sqlite3"]

@@ -67,8 +67,26 @@ def error(message: str) -> None:
     print(f"ctprof: error: {printable(message)}", file=sys.stderr)
 
 
+def suggest_command(argv: List[str]) -> Optional[str]:
+    """For a mistyped command (``ctprof rn``), the line that names the
+    closest one; None when the first word is fine or nothing is close."""
+    import difflib
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is None or first in REGISTRY:
+        return None
+    close = difflib.get_close_matches(first, list(REGISTRY), n=1, cutoff=0.5)
+    if not close:
+        return None
+    return f"unknown command {first!r}: did you mean '{close[0]}'? (commands: {', '.join(REGISTRY)})"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    hint = suggest_command(argv[:1])
+    if hint:
+        error(hint)
+        return 2
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help(sys.stderr)

@@ -25,9 +25,7 @@ def parse_hz(text: str) -> float:
         hz = float(text)
     except ValueError:
         raise UsageError(f"--hz must be a number of samples per second, not {text!r}") from None
-    if hz != hz or hz <= 0:
-        raise UsageError(f"--hz must be positive, not {text}")
-    if hz < MIN_HZ or hz > MAX_HZ:
+    if hz != hz or hz < MIN_HZ or hz > MAX_HZ:
         raise UsageError(f"--hz {text} is out of range ({MIN_HZ:g} to {MAX_HZ:g} Hz)")
     return hz
 

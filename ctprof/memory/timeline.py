@@ -12,7 +12,9 @@ WIDTH, HEIGHT, PAD_L, PAD_R, PAD_T, PAD_B = 900, 360, 80, 20, 50, 40
 
 
 def timeline_svg(points: Sequence[Tuple[float, float]], peak: float, peak_time: float, title: str) -> str:
-    pts = sorted((float(t), float(v)) for t, v in points) or [(0.0, 0.0)]
+    # The line starts at the program's start with nothing live and passes
+    # through the peak: the periodic points alone can miss both.
+    pts = sorted([(float(t), float(v)) for t, v in points] + [(0.0, 0.0), (float(peak_time), float(peak))])
     t_max = max(max(t for t, _ in pts), peak_time, 1e-3)
     v_max = max(max(v for _, v in pts), peak, 1.0)
     w, h = WIDTH - PAD_L - PAD_R, HEIGHT - PAD_T - PAD_B

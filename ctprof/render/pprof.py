@@ -148,6 +148,13 @@ def pprof_bytes(profile: Profile, metric: Optional[str] = None) -> bytes:
         location_msgs.append(field_varint(1, loc) + field_varint(2, mapping_id) + field_bytes(4, line))
         return loc
 
+    # pprof takes the first mapping for the main binary: the program's own,
+    # not whichever library the first sample happened to end in.
+    main = next((f.module for f in profile.frames if f.category == "program" and f.module), None)
+    if main:
+        mappings[main] = 1
+        mapping_msgs.append(field_varint(1, 1) + field_varint(5, strings(main)) + field_varint(7, 1))
+
     pid_key = strings("pid") if profile.pids is not None else 0
     tid_key = strings("thread_id") if profile.tids is not None else 0
     for n, stack in enumerate(profile.stacks):
