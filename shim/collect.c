@@ -507,29 +507,6 @@ static int writer_gone(struct consumer *c, const struct heap_shared *hs, uint64_
     return now - c->stuck_since > 1000000000ull && (state == 'S' || state == 'D');
 }
 
-/* Copy with wrap-around from the controller's singly mapped view. */
-static void ring_copy(unsigned char *dst, const unsigned char *data, uint64_t mask, uint64_t pos, uint32_t n)
-{
-    uint64_t off = pos & mask, first = mask + 1 - off;
-    if (first >= n) {
-        memcpy(dst, data + off, n);
-    } else {
-        memcpy(dst, data + off, first);
-        memcpy(dst + first, data, n - first);
-    }
-}
-
-static void ring_zero(unsigned char *data, uint64_t mask, uint64_t pos, uint64_t n)
-{
-    uint64_t off = pos & mask, first = mask + 1 - off;
-    if (first >= n) {
-        memset(data + off, 0, n);
-    } else {
-        memset(data + off, 0, first);
-        memset(data, 0, n - first);
-    }
-}
-
 /* Give back the pages the reader has passed, so that a ring that is mostly
  * idle costs the program only what is in flight (the metadata figure), not
  * its whole size: writers fault in fresh zero pages when they come round

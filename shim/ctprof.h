@@ -291,7 +291,11 @@ void *ring_reserve(struct ring *r, uint32_t size);
 /* Reserve without dropping: a full ring means waiting for the controller
  * (heap events must not be lost).  Gives up, counting `*lost`, only when the
  * controller's heartbeat stops.  Not AS-safe (sleeps). */
-void *ring_reserve_wait(struct ring *r, uint32_t size, const uint64_t *heartbeat, uint64_t *wait_ns, uint64_t *lost);
+/* The controller's side (not for the program): copy ``n`` bytes at ring
+ * position ``pos`` out of a singly mapped data area of ``mask + 1`` bytes,
+ * wrapping around; and clear such a range.  Not async-signal-relevant. */
+void ring_copy(unsigned char *dst, const unsigned char *data, uint64_t mask, uint64_t pos, uint32_t n);
+void ring_zero(unsigned char *data, uint64_t mask, uint64_t pos, uint64_t n);
 /* Publish a reserved record.  AS-safe. */
 void ring_commit(void *rec, uint32_t size);
 /* Controller side (called through ctypes): copy committed records from a

@@ -111,7 +111,7 @@ void ring_commit(void *rec, uint32_t size)
 }
 
 /* Copy with wrap-around from the singly mapped view the controller has. */
-static void copy_out(unsigned char *dst, const unsigned char *data, uint64_t mask, uint64_t pos, uint32_t n)
+void ring_copy(unsigned char *dst, const unsigned char *data, uint64_t mask, uint64_t pos, uint32_t n)
 {
     uint64_t off = pos & mask, first = mask + 1 - off;
     if (first >= n) {
@@ -122,7 +122,7 @@ static void copy_out(unsigned char *dst, const unsigned char *data, uint64_t mas
     }
 }
 
-static void zero_range(unsigned char *data, uint64_t mask, uint64_t pos, uint32_t n)
+void ring_zero(unsigned char *data, uint64_t mask, uint64_t pos, uint64_t n)
 {
     uint64_t off = pos & mask, first = mask + 1 - off;
     if (first >= n) {
@@ -154,10 +154,10 @@ size_t ctprof_ring_drain(void *file_base, void *out, size_t cap)
         }
         if (copied + size > cap)
             break;
-        copy_out((unsigned char *)out + copied, data, mask, rd, size);
+        ring_copy((unsigned char *)out + copied, data, mask, rd, size);
         /* Zero before publishing read_pos, so the next lap's writer finds
          * size == 0 until it commits. */
-        zero_range(data, mask, rd, size);
+        ring_zero(data, mask, rd, size);
         rd += size;
         copied += size;
     }
@@ -165,39 +165,3 @@ size_t ctprof_ring_drain(void *file_base, void *out, size_t cap)
     return copied;
 }
 
-void *ring_reserve_wait(struct ring *r, uint32_t size, const uint64_t *heartbeat, uint64_t *wait_ns, uint64_t *lost)
-{
-    struct ring_header *h = r->hdr;
-    uint64_t waited_since = 0;
-    int spins = 0;
-    if (size > h->data_size)
-        goto lose;
-    for (;;) {
-        uint64_t w = __atomic_load_n(&h->write_pos, __ATOMIC_RELAXED);
-        uint64_t rd = __atomic_load_n(&h->read_pos, __ATOMIC_ACQUIRE);
-        if (w + size - rd <= h->data_size) {
-            if (__atomic_compare_exchange_n(&h->write_pos, &w, w + size, 1, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
-                if (waited_since)
-                    __atomic_fetch_add(wait_ns, now_ns() - waited_since, __ATOMIC_RELAXED);
-                return r->data + (w & (h->data_size - 1));
-            }
-            continue;
-        }
-        /* Full: the controller is behind.  Wait for it, unless it is gone. */
-        uint64_t t = now_ns();
-        if (!waited_since)
-            waited_since = t;
-        uint64_t beat = __atomic_load_n(heartbeat, __ATOMIC_RELAXED);
-        if (t - waited_since > 2000000000ull && (beat == 0 || t - beat > 2000000000ull))
-            goto lose;
-        if (++spins < 64) {
-            __builtin_ia32_pause();
-        } else {
-            struct timespec ts = {0, 200000};
-            nanosleep(&ts, NULL);
-        }
-    }
-lose:
-    __atomic_fetch_add(lost, 1, __ATOMIC_RELAXED);
-    return NULL;
-}
