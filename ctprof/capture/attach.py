@@ -25,7 +25,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from ..errors import AttachError, UsageError
 from ..session import ProcessInfo, Session
@@ -180,10 +180,11 @@ def _thread_cpu_ns(pid: int, tid: int) -> Optional[int]:
         return None
 
 
-def _open_all_threads(sampler: KernelSampler, pid: int, start_ticks: Optional[int]) -> Dict[int, int]:
+def _open_all_threads(sampler: KernelSampler, pid: int) -> Tuple[Dict[int, int], int]:
     """Follow every thread of ``pid``; threads started meanwhile by a thread
     not yet followed are picked up by listing again until nothing is new.
-    Returns tid -> its CPU time when it was followed."""
+    Returns tid -> its CPU time when it was followed, and how many threads
+    refused."""
     followed: Dict[int, int] = {}
     refused = 0
     while True:
@@ -205,9 +206,7 @@ def _open_all_threads(sampler: KernelSampler, pid: int, start_ticks: Optional[in
                 continue
             followed[tid] = cpu0 or 0
             sampler.process(pid).threads[tid] = (_read(f"/proc/{pid}/task/{tid}/comm") or "").strip()
-    if refused:
-        sampler.refused = refused  # type: ignore[attr-defined]
-    return {t: c for t, c in followed.items() if c >= 0}
+    return {t: c for t, c in followed.items() if c >= 0}, refused
 
 
 def _raise_open(pid: int, err: OSError) -> None:
@@ -277,7 +276,7 @@ def attach_process(pid: int, opts: AttachOptions,
     _initial_maps(sampler, pid)
     target.exe = exe
     try:
-        cpu_at_start = _open_all_threads(sampler, pid, start_ticks)
+        cpu_at_start, refused = _open_all_threads(sampler, pid)
     except BaseException:
         sampler.close()
         raise
@@ -364,7 +363,6 @@ def attach_process(pid: int, opts: AttachOptions,
     if sampler.exclude_kernel:
         session.notes.append("not privileged for kernel-mode samples (perf_event_paranoid >= 2): "
                              "time inside system calls is not sampled")
-    refused = getattr(sampler, "refused", 0)
     if refused:
         session.notes.append(f"{refused} thread(s) could not be sampled")
     if any(m.deleted for m in target.mappings):
