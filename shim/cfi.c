@@ -74,11 +74,18 @@ uint64_t cfi_cache_bytes(void)
     return (used < pages ? used : pages) * 4096;
 }
 
+/* Nearby pcs share cache pages: each 4 KiB page of code hashes to a run of
+ * 64 slots (one per 64-byte line of code), so the cache touches about as
+ * many of its pages as the program has hot code pages, not all of them
+ * (a plain hash of the pc made it resident in full: 1.5 MiB). */
+#define LINE_BITS 6
 static inline uint32_t hash_pc(uint64_t pc)
 {
-    pc ^= pc >> 29;
-    pc *= 0xbf58476d1ce4e5b9ull;
-    return (uint32_t)(pc >> (64 - CACHE_BITS));
+    uint64_t page = pc >> 12;
+    page ^= page >> 29;
+    page *= 0xbf58476d1ce4e5b9ull;
+    uint32_t run = (uint32_t)(page >> (64 - (CACHE_BITS - LINE_BITS)));
+    return (run << LINE_BITS) | (uint32_t)((pc >> LINE_BITS) & ((1u << LINE_BITS) - 1));
 }
 
 /* ---- .eh_frame decoding ---------------------------------------------------- */
