@@ -190,7 +190,7 @@ def source_positions(profile: Profile, by_line: bool = False) -> Profile:
     that become identical are not summed here: every renderer merges them.
     """
     frames: List[Frame] = []
-    index: Dict[Frame, int] = {}
+    index: Dict[tuple, int] = {}
     remap: List[int] = []
     for f in profile.frames:
         if f.file and f.category != "python":
@@ -198,9 +198,13 @@ def source_positions(profile: Profile, by_line: bool = False) -> Profile:
             if f.inlined:   # an inlined copy is not a call: say so, apart from the real calls
                 where += ", inlined"
             f = Frame(f"{f.name} ({where})", f.module, f.category, f.file, f.line if by_line else None, f.inlined)
-        i = index.get(f)
+        # Keyed by what is shown, not by the file's spelling: DWARF 5 names
+        # one source file twice (as the compilation directory's entry and
+        # with its own directory), and both must be one box.
+        key = (f.name, f.module, f.category, f.line, f.inlined)
+        i = index.get(key)
         if i is None:
-            i = index[f] = len(frames)
+            i = index[key] = len(frames)
             frames.append(f)
         remap.append(i)
     stacks = [tuple(remap[i] for i in s) for s in profile.stacks]

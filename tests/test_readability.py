@@ -146,15 +146,17 @@ def test_lines_merge_each_function_into_one_box(callgraph_run):
     for title, x, w, y in boxes:
         by_row.setdefault((y, title[:title.rfind(" (")]), []).append((x, w))
 
-    def parent(x, y):
-        """The box one level nearer the root (below) holding x."""
-        return next((b for b in boxes if b[3] == y + 16 and b[1] - 0.01 <= x <= b[1] + b[2] + 0.01), None)
+    def parent(x, w, y):
+        """The box one level nearer the root (below) under the middle of a
+        box (its edges touch the neighbours' parents too)."""
+        mid = x + w / 2
+        return next((b for b in boxes if b[3] == y + 16 and b[1] <= mid <= b[1] + b[2]), None)
 
     for (y, name), spans in by_row.items():
         for x, w in spans:
             for other_x, other_w in spans:
                 if abs(x + w - other_x) < 0.01:     # adjacent: siblings if they share the parent
-                    assert parent(x, y) != parent(other_x, y), \
+                    assert parent(x, w, y) != parent(other_x, other_w, y), \
                         f"{name!r} drawn as adjacent sibling boxes at y={y}"
 
 
