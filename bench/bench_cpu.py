@@ -82,6 +82,32 @@ def tools(tmp: str, env, have_perf: bool):
     return found
 
 
+def stack_copy_table(prog: str, cmd, tmp: str, env, have_perf: bool, runs: int) -> None:
+    """What the kernel sampler's stack copy costs: the fastest of ``runs``
+    interleaved runs of each configuration (interference only adds time)."""
+    out = os.path.join(tmp, "s.ctprof")
+    ctprof = [sys.executable, "-m", "ctprof", "run", "-q", "-o", out, "--sampler", "kernel"]
+    configs = {
+        "plain": cmd,
+        "kernel sampler, 1000 Hz, 32 KiB copy": ctprof + ["--hz", "1000", "--"] + cmd,
+        "kernel sampler, 4000 Hz, 32 KiB copy": ctprof + ["--hz", "4000", "--"] + cmd,
+        "kernel sampler, 4000 Hz, --stack-kb 8": ctprof + ["--hz", "4000", "--stack-kb", "8", "--"] + cmd,
+    }
+    if have_perf:
+        configs["perf record -g, 4000 Hz"] = ["perf", "record", "-q", "-g", "-F", "4000", "-o",
+                                              os.path.join(tmp, "perf.data"), "--"] + cmd
+    fastest = {name: float("inf") for name in configs}
+    for _ in range(runs):
+        for name, command in configs.items():
+            fastest[name] = min(fastest[name], measured(command, env=env, cwd=tmp)[0])
+    base = fastest["plain"]
+    print(f"\n## The stack copy (fastest of {runs} interleaved runs)\n")
+    print("| configuration | work CPU s | slowdown |")
+    print("|---|---|---|")
+    for name, work in fastest.items():
+        print(f"| {name} | {work:.3f} | {100 * (work / base - 1):+.1f}% |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=5)
@@ -133,6 +159,7 @@ def main() -> int:
                   f"{slope_us(min_points):.1f} us) | | **{slope_us(wall_points):.1f} us** | | | |")
         if not have_perf:
             print("\nperf record is not usable here: its rows are missing")
+        stack_copy_table(prog, cmd, tmp, env, have_perf, runs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
