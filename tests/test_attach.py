@@ -214,7 +214,18 @@ def test_attach_to_another_mount_namespace(build, tmp_path):
     script = f"mount -t tmpfs tmpfs {private} && cp {prog} {private}/prog && exec {private}/prog 6.0"
     target = start("unshare", "-m", "--propagation", "private", "sh", "-c", script)
     try:
-        time.sleep(0.5)
+        # wait for the exec of the copy (mount and cp come first; a fixed sleep
+        # attached to sh or cp on a loaded machine)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if os.readlink(f"/proc/{target.pid}/exe") == f"{private}/prog":
+                    break
+            except OSError:
+                pass
+            time.sleep(0.02)
+        else:
+            pytest.fail("the program never started inside its mount namespace")
         assert not os.path.exists(private / "prog")      # not visible from here
         proc, profile = attach(tmp_path, target.pid, "--duration", "1.0", "--hz", "499")
         assert proc.returncode == 0, proc.stderr.decode()
