@@ -99,7 +99,9 @@ def test_svg_colours_and_legend(build, tmp_path):
 
 def test_attach_off_cpu(build, tmp_path):
     prog = build("offcpu_sleeper.c")
-    target = subprocess.Popen([prog, "4"])
+    # lives far past the 1.5 s window (it is killed below): a slow start of
+    # ctprof on a loaded machine must not see it exit mid-window
+    target = subprocess.Popen([prog, "30"])
     try:
         out = str(tmp_path / "a.ctprof")
         proc = ctprof(["attach", str(target.pid), "--off-cpu", "--duration", "1.5", "-o", out], cwd=str(tmp_path))
