@@ -206,8 +206,8 @@ class KernelSampler:
         self.opts = opts
         self.unwinder = unwinder
         self.cpus = perf.online_cpus()
-        self.rings: Dict[int, perf.ThreadRing] = {}          # cpu -> ring
-        self.switch_rings: Dict[int, perf.ThreadRing] = {}   # cpu -> ring of the switch event
+        self.rings: Dict[int, perf.EventRing] = {}          # cpu -> ring
+        self.switch_rings: Dict[int, perf.EventRing] = {}   # cpu -> ring of the switch event
         self.off_cpu = opts.off_cpu
         self.off_cpu_refused = ""                            # why off-CPU recording is off
         self.leaving: Dict[int, tuple] = {}                  # tid -> (pid, stack key, time) at switch-out
@@ -220,7 +220,6 @@ class KernelSampler:
         self.pending: List[tuple] = []
         self.lost = 0
         self.unwind_ns = 0
-        self.records = 0
 
     # -- events ----------------------------------------------------------------
     def probe(self) -> None:
@@ -289,7 +288,7 @@ class KernelSampler:
                                 f"refuses to unprivileged users: run 'sysctl -w kernel.perf_event_paranoid=1' "
                                 f"as root (or give ctprof CAP_PERFMON); this profile has on-CPU samples only")
 
-    def _attach_ring(self, rings: Dict[int, perf.ThreadRing], cpu: int, fd: int) -> None:
+    def _attach_ring(self, rings: Dict[int, perf.EventRing], cpu: int, fd: int) -> None:
         ring = rings.get(cpu)
         if ring is None:
             rings[cpu] = self._map(fd)
@@ -308,9 +307,9 @@ class KernelSampler:
                 except OSError:
                     pass
 
-    def _map(self, fd: int) -> perf.ThreadRing:
+    def _map(self, fd: int) -> perf.EventRing:
         try:
-            return perf.map_ring(-1, fd, self.opts.ring_pages)
+            return perf.map_ring(fd, self.opts.ring_pages)
         except OSError as err:                 # the caller closes fd
             raise KernelSamplerError(err.errno, f"cannot map the perf ring buffer: {err.strerror} "
                                                 f"(locked-memory limit: kernel.perf_event_mlock_kb, ulimit -l)") from None
@@ -372,7 +371,6 @@ class KernelSampler:
         for stamp, _seq, rtype, misc, chunk, off, size in ready:
             self._record(stamp, rtype, misc, chunk, off, size)
         self.unwind_ns += time.thread_time_ns() - t0
-        self.records += len(ready)
 
     def _record(self, stamp: int, rtype: int, misc: int, buf: bytes, off: int, size: int) -> None:
         body = off + 8

@@ -39,8 +39,6 @@ PERF_RECORD_MISC_SWITCH_OUT = 1 << 13
 PERF_RECORD_MISC_SWITCH_OUT_PREEMPT = 1 << 14
 PERF_SAMPLE_REGS_ABI_NONE = 0
 PERF_COUNT_SW_CONTEXT_SWITCHES = 3
-PERF_EVENT_IOC_ENABLE = 0x2400
-PERF_EVENT_IOC_DISABLE = 0x2401
 PERF_EVENT_IOC_SET_OUTPUT = 0x2405
 CLOCK_MONOTONIC = 1
 
@@ -106,26 +104,6 @@ def online_cpus() -> List[int]:
     return cpus or list(range(os.cpu_count() or 1))
 
 
-def open_sampler(tid: int, period_ns: int, stack_bytes: int, exclude_kernel: bool) -> int:
-    """Open a task-clock sampling event on thread ``tid``; returns the fd.
-    Raises OSError with the kernel's errno."""
-    a = PerfEventAttr()
-    a.type = PERF_TYPE_SOFTWARE
-    a.size = ctypes.sizeof(a)
-    a.config = PERF_COUNT_SW_TASK_CLOCK
-    a.sample_period = max(1000, int(period_ns))
-    a.sample_type = PERF_SAMPLE_TID | PERF_SAMPLE_TIME | PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER
-    a.flags = _EXCLUDE_HV | (_EXCLUDE_KERNEL if exclude_kernel else 0)
-    a.wakeup_events = 1
-    a.sample_regs_user = REGS_MASK
-    a.sample_stack_user = stack_bytes
-    fd = _syscall(SYS_perf_event_open, ctypes.byref(a), tid, -1, -1, PERF_FLAG_FD_CLOEXEC)
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return int(fd)
-
-
 class Sample:
     __slots__ = ("pid", "tid", "time", "regs", "stack", "stack_base")
 
@@ -145,23 +123,14 @@ _U64 = struct.Struct("<Q")
 _PAGE = mmap.PAGESIZE
 
 
-class ThreadRing:
-    """One thread's event and its mmap'ed ring buffer."""
+class EventRing:
+    """An event's mmap'ed ring buffer (other events of its CPU may write
+    into it too: ``PERF_EVENT_IOC_SET_OUTPUT``)."""
 
-    def __init__(self, tid: int, fd: int, pages: int) -> None:
-        self.tid = tid
+    def __init__(self, fd: int, pages: int) -> None:
         self.fd = fd
         self.map = mmap.mmap(fd, (pages + 1) * _PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.data_size = pages * _PAGE
-        self.lost = 0
-
-    def cpu_ns(self) -> int:
-        """Task-clock count of the event: CPU time of the thread since it was opened."""
-        try:
-            data = os.read(self.fd, 8)
-            return _U64.unpack(data)[0] if len(data) == 8 else 0
-        except OSError:
-            return 0
 
     def chunk(self) -> bytes:
         """Every byte the kernel wrote since the last call, as one copy
@@ -181,17 +150,6 @@ class ThreadRing:
             data = m[_PAGE + start:_PAGE + size] + m[_PAGE:_PAGE + avail - first]
         _U64.pack_into(m, 1032, head)
         return data
-
-    def read(self) -> Iterator[Sample]:
-        """Every complete sample written since the last call."""
-        chunk = self.chunk()
-        for rtype, _misc, off, rsize in records(chunk):
-            if rtype == PERF_RECORD_SAMPLE:
-                s = decode_sample(chunk, off + 8)
-                if s is not None:
-                    yield s
-            elif rtype == PERF_RECORD_LOST:
-                self.lost += _U64.unpack_from(chunk, off + 16)[0]
 
     def close(self) -> None:
         try:
@@ -234,12 +192,12 @@ def decode_sample(buf: bytes, off: int) -> Optional[Sample]:
     return Sample(pid, tid, time, regs, stack, regs[7])
 
 
-def map_ring(tid: int, fd: int, pages: int) -> ThreadRing:
+def map_ring(fd: int, pages: int) -> EventRing:
     """mmap the ring of ``fd``, halving ``pages`` while the locked-memory
     limit refuses (perf_event_mlock_kb, then RLIMIT_MEMLOCK)."""
     while True:
         try:
-            return ThreadRing(tid, fd, pages)
+            return EventRing(fd, pages)
         except OSError as err:
             if err.errno in (errno.EPERM, errno.ENOMEM) and pages > 8:
                 pages //= 2

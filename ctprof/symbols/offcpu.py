@@ -33,7 +33,7 @@ _CALLS = (
     ("sigsuspend", "sigsuspend"), ("pause", "pause"), ("fdatasync", "fsync"), ("fsync", "fsync"),
     ("msync", "msync"), ("openat", "open"), ("open", "open"), ("close", "close"), ("flock", "flock"),
     ("fcntl", "fcntl"), ("ioctl", "ioctl"), ("msgrcv", "msgrcv"), ("semop", "semop"),
-    ("clock_gettime", "page fault"), ("syscall", "syscall"),
+    ("syscall", "syscall"),
 )
 _DECORATION = re.compile(r"^(?:__GI_|__libc_|__|_)+|@.*$|\.(?:part|constprop|isra|cold)\..*$")
 
