@@ -540,22 +540,17 @@ int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds 
                 r.kind = RULE_COMPLEX;
         }
         uint64_t cfa, ra, next_fp = fp;
+        int resumed = 0;    /* the next pc is an interrupted one, not a return address */
         if (r.kind == RULE_END) {
             return n;
         } else if (r.kind == RULE_SIGNAL) {
-            /* The kernel's frame: resume from the interrupted registers. */
+            /* The kernel's frame: resume from the interrupted registers
+             * (the interrupted rsp stands where a cfa would). */
             uint64_t g = sp + UC_GREGS;
-            uint64_t new_sp;
-            if (!read_word(&m, g + 8 * GREG_RIP, &ra) || !read_word(&m, g + 8 * GREG_RSP, &new_sp) ||
+            if (!read_word(&m, g + 8 * GREG_RIP, &ra) || !read_word(&m, g + 8 * GREG_RSP, &cfa) ||
                 !read_word(&m, g + 8 * GREG_RBP, &next_fp))
                 return n;
-            if (ra < 4096)
-                return n;
-            pc = ra;
-            sp = new_sp;
-            fp = next_fp;
-            exact = 1;
-            continue;
+            resumed = 1;
         } else if (r.kind == RULE_OK) {
             cfa = (r.cfa_rbp ? fp : sp) + (int64_t)r.cfa_off;
             if (cfa & 7 || cfa <= sp || cfa - sp > MAX_FRAME_BYTES)
@@ -580,7 +575,7 @@ int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds 
         sp = cfa;
         fp = next_fp;
         pc = ra;
-        exact = 0;
+        exact = resumed;
     }
     return n;
 }
