@@ -443,26 +443,27 @@ static void *next_sigprocmask, *next_pthread_sigmask, *next_sigwait, *next_sigwa
     *next_sigtimedwait, *next_signalfd;
 typedef int (*mask_fn)(int, const sigset_t *, sigset_t *);
 
-CTPROF_API int sigprocmask(int how, const sigset_t *set, sigset_t *old)
+/* sigprocmask and pthread_sigmask alike: our signal never blocked for
+ * real, the program's wish for it noted (both return 0 on success). */
+static int mask_without_ours(mask_fn real, int how, const sigset_t *set, sigset_t *old)
 {
     sigset_t copy;
     int was = program_blocks_ours;
     const sigset_t *use = how == SIG_UNBLOCK ? set : without_ours(set, &copy);
-    int rc = NEXT(mask_fn, sigprocmask)(how, use, old);
+    int rc = real(how, use, old);
     if (rc == 0)
         note_mask(how, set, old, was);
     return rc;
 }
 
+CTPROF_API int sigprocmask(int how, const sigset_t *set, sigset_t *old)
+{
+    return mask_without_ours(NEXT(mask_fn, sigprocmask), how, set, old);
+}
+
 CTPROF_API int pthread_sigmask(int how, const sigset_t *set, sigset_t *old)
 {
-    sigset_t copy;
-    int was = program_blocks_ours;
-    const sigset_t *use = how == SIG_UNBLOCK ? set : without_ours(set, &copy);
-    int rc = NEXT(mask_fn, pthread_sigmask)(how, use, old);
-    if (rc == 0)
-        note_mask(how, set, old, was);
-    return rc;
+    return mask_without_ours(NEXT(mask_fn, pthread_sigmask), how, set, old);
 }
 
 CTPROF_API int sigwait(const sigset_t *set, int *sig)
