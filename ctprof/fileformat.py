@@ -53,6 +53,11 @@ each stack's instruction pointers leaf first, one after the other);
     pointers and maps generation a later re-resolution needs.  Raw stack
     ``i`` has values for the metrics ``raw_keysets[raw_keyset[i]]``, in
     that order, stored one stack after the other in ``raw_values``.
+``raw_py_length`` (u32 per raw stack, an even count), ``raw_py`` (u64)
+    Only with a session: each raw stack's Python frames (code table index,
+    instruction index | entry flag, see :class:`~ctprof.session.RawStack`),
+    one stack after the other.  Files written before Python frames existed
+    lack both sections and load with none.
 
 :func:`load` is the one reader.  It refuses, with one
 :class:`~ctprof.errors.FormatError` line naming the file, anything that is
@@ -232,8 +237,14 @@ def _process_doc(proc: ProcessInfo) -> Dict[str, Any]:
     for f in fields(ProcessInfo):
         value = getattr(proc, f.name)
         # JSON object keys are strings; tid-keyed tables travel as pairs.
-        doc[f.name] = [[k, v] for k, v in value.items()] if isinstance(value, dict) else value
+        doc[f.name] = [[k, v] for k, v in value.items()] if _is_tid_table(f.name, value) else value
     return doc
+
+
+def _is_tid_table(name: str, default: Any) -> bool:
+    """Is the ProcessInfo field ``name`` a tid-keyed table?  Every dict
+    field is but ``python`` (an object with string keys)."""
+    return isinstance(default, dict) and name != "python"
 
 
 def _raw_arrays(session: Session, doc: Dict[str, Any]) -> Dict[str, array]:
@@ -255,6 +266,8 @@ def _raw_arrays(session: Session, doc: Dict[str, Any]) -> Dict[str, array]:
         "raw_keyset": keyset_ids,
         "raw_length": array("I", [len(s.ips) for s in stacks]),
         "raw_ips": ips,
+        "raw_py_length": array("I", [len(s.py) for s in stacks]),
+        "raw_py": array("Q", [w for s in stacks if s.py for w in s.py]),
     }
     # Each stack's values in its key set's order, one after the other: one
     # C call per stack, no per-metric pass over every stack.
@@ -591,6 +604,20 @@ _MEMORY_PROCESS = _record({
     "hook_ns_per_call": _amount, "sample_bytes": _amount, "depth": _amount,
 })
 _MEMORY = _object_of(_MEMORY_PROCESS)
+
+
+def _code_entry(value: Any, where: str) -> None:
+    """One code object of a CPython process: [qualname, filename,
+    firstlineno, line table as hex]."""
+    if not isinstance(value, list) or len(value) != 4:
+        _fail(where, "a list of 4", value)
+    _string(value[0], f"{where}[0]")
+    _string(value[1], f"{where}[1]")
+    _integer(value[2], f"{where}[2]")
+    _string(value[3], f"{where}[3]")
+
+
+_PYTHON = _record({"version": _list_of(_count), "codes": _list_of(_code_entry)})
 _STRINGS = _list_of(_string)
 _STRING_TABLE = _object_of(_string)
 
@@ -616,7 +643,7 @@ _PROCESS_FIELDS: Dict[str, Check] = {
     "threads": _list_of(_pair(_count, _string)), "thread_cpu_ns": _list_of(_pair(_count, _amount)),
     "thread_samples": _list_of(_pair(_count, _amount)), "perf_map": _optional(_string),
     "samples": _amount, "dropped": _amount, "handler_ns": _amount, "wall_ns": _amount, "timer": _string,
-    "notes": _STRINGS,
+    "notes": _STRINGS, "python": _PYTHON,
 }
 
 
@@ -641,7 +668,7 @@ def _field_checks(cls: type, known: Dict[str, Check]) -> Dict[str, Tuple[Check, 
     instance = cls(pid=0) if cls is ProcessInfo else cls()
     for f in fields(cls):
         default = getattr(instance, f.name)
-        out[f.name] = (known.get(f.name) or _like_default(default), isinstance(default, dict))
+        out[f.name] = (known.get(f.name) or _like_default(default), _is_tid_table(f.name, default))
     return out
 
 
@@ -779,6 +806,11 @@ class _Validator:
         keyset_ids = self.array("raw_keyset", "I", n)
         self.below(keyset_ids, len(keysets), "raw_keyset: key set")
         self.stacks(self.array("raw_length", "I", n), self.array("raw_ips", "Q"), -1, "raw_ips")
+        if "raw_py_length" in self.cols or "raw_py" in self.cols:
+            lengths = self.array("raw_py_length", "I", n)
+            self.stacks(lengths, self.array("raw_py", "Q"), -1, "raw_py")
+            if any(k & 1 for k in lengths):
+                raise _Damage("raw_py_length: an odd count (Python frames come in pairs)")
         values = self.array("raw_values", "qd")
         expected = sum(len(keysets[k]) * used for k, used in Counter(keyset_ids).items())
         if len(values) != expected:
@@ -844,12 +876,15 @@ class _Validator:
         # of 3 million ints would be the largest thing a load ever holds.)
         canonical = {a: a for a in dict.fromkeys(cols["raw_ips"])}
         ips = map(canonical.__getitem__, cols["raw_ips"])
+        py_words = iter(cols.get("raw_py", ()))
+        py_lengths = cols.get("raw_py_length") or array("I", bytes(4 * self.nraw))
         session.stacks = [
             RawStack(pid, tid, gen, tuple(islice(ips, n)), trunc == 1,
-                     dict(zip(keysets[ks][0], islice(values, keysets[ks][1]))))
-            for pid, tid, gen, trunc, n, ks in zip(
+                     dict(zip(keysets[ks][0], islice(values, keysets[ks][1]))),
+                     tuple(islice(py_words, npy)) if npy else ())
+            for pid, tid, gen, trunc, n, ks, npy in zip(
                 cols["raw_pid"].tolist(), cols["raw_tid"].tolist(), cols["raw_gen"].tolist(),
-                cols["raw_truncated"], cols["raw_length"], cols["raw_keyset"])]
+                cols["raw_truncated"], cols["raw_length"], cols["raw_keyset"], py_lengths)]
         return session
 
 

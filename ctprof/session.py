@@ -20,7 +20,11 @@ class RawStack:
     ``gen`` is the maps generation of the process when the stack was taken
     (index into :attr:`ProcessInfo.maps`); ``ips[0]`` is the interrupted
     instruction itself, every later entry a return address.  ``values`` maps
-    metric name to value (``samples`` for CPU).
+    metric name to value (``samples`` for CPU).  ``py`` holds the thread's
+    Python frames at that moment, leaf first, two numbers each: an index
+    into the process's :attr:`ProcessInfo.python` code table, and the
+    instruction's code-unit index ORed with ``PYFRAME_ENTRY`` (1 << 32) on
+    the first frame of each ``_PyEval_EvalFrameDefault`` call.
     """
 
     pid: int
@@ -29,6 +33,7 @@ class RawStack:
     ips: Tuple[int, ...]
     truncated: bool
     values: Dict[str, int]
+    py: Tuple[int, ...] = ()
 
 
 @dataclass
@@ -38,6 +43,9 @@ class ProcessInfo:
     ``maps`` holds the text of ``/proc/PID/maps`` at each generation (a new
     generation after every ``dlopen``/``dlclose``), ``threads`` tid -> name,
     ``perf_map`` the text of ``/tmp/perf-PID.map`` if the process wrote one.
+    ``python`` is set for a CPython process whose Python frames were read:
+    ``{"version": [3, 11], "codes": [[qualname, filename, firstlineno,
+    line table as hex], ...]}``, the code objects its raw stacks refer to.
     """
 
     pid: int
@@ -54,6 +62,7 @@ class ProcessInfo:
     wall_ns: int = 0
     timer: str = ""
     notes: List[str] = field(default_factory=list)
+    python: Dict[str, object] = field(default_factory=dict)
 
 
 @dataclass

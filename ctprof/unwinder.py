@@ -535,7 +535,7 @@ def _open_image(path: str):
         os.close(fd)
 
 
-def _load_vaddr(info: "_elf.ElfFile", file_off: int, size: int = 1) -> Optional[int]:
+def load_vaddr(info: "_elf.ElfFile", file_off: int, size: int = 1) -> Optional[int]:
     """ELF virtual address of ``file_off``, the start of a mapping of
     ``size`` bytes.  Where two segments share the page (lld puts the text
     segment at p_vaddr = p_offset + 0x1000, sharing its first page with the
@@ -575,23 +575,29 @@ class Unwinder:
             if m.path == "[vdso]":
                 if self.vdso:
                     table = CfiTable(self.vdso, _elf.parse(self.vdso))
-            elif m.is_file:
-                data = None
-                by_mapping = f"{self.map_files}/{m.start:x}-{m.end:x}" if self.map_files else None
-                for cand in ((self.root + m.path) if self.root and not m.deleted else None, by_mapping, m.path):
-                    if not cand:
-                        continue
-                    try:
-                        data = _open_image(cand)
-                        break
-                    except (OSError, ValueError):
-                        continue
+            else:
+                data = self.image(m)
                 if data is not None:
                     table = CfiTable(data, _elf.parse(data))
         except (CfiError, _elf.ElfError, IndexError, struct.error, ValueError):
             table = None
         self._images[key] = table
         return table
+
+    def image(self, m: Mapping):
+        """The bytes of the file mapped at ``m`` (an mmap), seen as the
+        process sees it, or None."""
+        if not m.is_file:
+            return None
+        by_mapping = f"{self.map_files}/{m.start:x}-{m.end:x}" if self.map_files else None
+        for cand in ((self.root + m.path) if self.root and not m.deleted else None, by_mapping, m.path):
+            if not cand:
+                continue
+            try:
+                return _open_image(cand)
+            except (OSError, ValueError):
+                continue
+        return None
 
     def module(self, m: Mapping) -> _Module:
         key = (m.start, m.path, m.offset, m.inode)
@@ -603,7 +609,7 @@ class Unwinder:
                 if m.path == "[vdso]":
                     bias = m.start
                 else:
-                    va = _load_vaddr(table.info, m.offset, m.end - m.start)
+                    va = load_vaddr(table.info, m.offset, m.end - m.start)
                     bias = m.start - va if va is not None else m.start - m.offset
             mod = self._mods[key] = _Module(table, bias)
         return mod

@@ -36,8 +36,10 @@ VARIANTS = {
     "cpu": COMMON_SOURCES,
     "mem": COMMON_SOURCES + ("heap.c", "heaphooks.c"),
     "self": COMMON_SOURCES + ("selfprof.c", "pyframes.c"),
+    # The controller's Python-frame reader (capture/pystacks.py), never preloaded.
+    "pyreader": ("pyreader.c", "pywalk.c"),
 }
-VARIANT_FLAGS = {"cpu": [], "mem": ["-DCTPROF_HEAP=1"], "self": ["-DCTPROF_SELF=1"]}
+VARIANT_FLAGS = {"cpu": [], "mem": ["-DCTPROF_HEAP=1"], "self": ["-DCTPROF_SELF=1"], "pyreader": []}
 
 
 def shim_sources(variant: str = "cpu") -> List[str]:

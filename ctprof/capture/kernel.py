@@ -45,6 +45,7 @@ from ..symbols.maps import MapTable, Mapping
 from ..symbols.offcpu import OFF_CPU_BLOCKED, OFF_CPU_PREEMPTED
 from ..unwinder import Unwinder
 from . import perf
+from .pystacks import PythonStacks
 
 TIMER_NAME = "perf_event task-clock (kernel sampler)"
 #: Records newer than this when a drain starts wait for the next drain: a
@@ -77,7 +78,9 @@ class TraceOptions:
     (``run``: the controller opens the events between fork and exec).
     off_cpu: also record every interval a thread spends off the CPU, with
     its user stack when it left (a context-switch event sampled at every
-    switch-out, and the kernel's switch records for when it came back)."""
+    switch-out, and the kernel's switch records for when it came back).
+    python: read the Python frames of CPython processes at each sample
+    (:mod:`.pystacks`)."""
 
     hz: float = 99.0
     stack_bytes: int = 32 * 1024
@@ -86,6 +89,7 @@ class TraceOptions:
     inherit: bool = True
     enable_on_exec: bool = False
     off_cpu: bool = False
+    python: bool = True
 
 
 def _sampling_attr(opts: TraceOptions, exclude_kernel: bool, switches: bool = False) -> perf.PerfEventAttr:
@@ -220,6 +224,7 @@ class KernelSampler:
         self.pending: List[tuple] = []
         self.lost = 0
         self.unwind_ns = 0
+        self.python = PythonStacks(unwinder.image) if opts.python else None
 
     # -- events ----------------------------------------------------------------
     def probe(self) -> None:
@@ -291,7 +296,9 @@ class KernelSampler:
     def _attach_ring(self, rings: Dict[int, perf.EventRing], cpu: int, fd: int) -> None:
         ring = rings.get(cpu)
         if ring is None:
-            rings[cpu] = self._map(fd)
+            ring = rings[cpu] = self._map(fd)
+            if self.python is not None and rings is self.rings:
+                self.python.add_ring(ring)
         else:
             perf.ioctl(fd, perf.PERF_EVENT_IOC_SET_OUTPUT, ring.fd)
 
@@ -328,6 +335,8 @@ class KernelSampler:
         return out
 
     def close(self) -> None:
+        if self.python is not None:
+            self.python.stop()              # its thread reads the rings
         all_rings = list(self.rings.values()) + list(self.switch_rings.values())
         rings = {r.fd for r in all_rings}
         for ring in all_rings:
@@ -349,9 +358,10 @@ class KernelSampler:
         cut = time.monotonic_ns() - REORDER_NS
         batch = self.pending
         seq = len(batch)
+        limits = self._python_limits(final)
         for switches, rings in ((False, self.rings), (True, self.switch_rings)):
             for ring in rings.values():
-                chunk = ring.chunk()
+                chunk = ring.chunk(None if switches else limits.get(id(ring)))
                 for rtype, misc, off, size in perf.records(chunk):
                     if rtype == perf.PERF_RECORD_SAMPLE:
                         stamp = _U64.unpack_from(chunk, off + 16)[0]
@@ -371,6 +381,21 @@ class KernelSampler:
         for stamp, _seq, rtype, misc, chunk, off, size in ready:
             self._record(stamp, rtype, misc, chunk, off, size)
         self.unwind_ns += time.thread_time_ns() - t0
+
+    def _python_limits(self, final: bool) -> Dict[int, Optional[int]]:
+        """How far each sample ring may be consumed: only as far as the
+        Python-frame reader has read it (its cursors are taken before its
+        output, so every sample consumed has its frames).  At the end the
+        reader stops and everything is consumed."""
+        py = self.python
+        if py is None or not py.active:
+            return {}
+        if final:
+            py.stop()
+            return {}
+        limits = {id(r): py.limit(r) for r in self.rings.values()}
+        py.collect()
+        return limits
 
     def _record(self, stamp: int, rtype: int, misc: int, buf: bytes, off: int, size: int) -> None:
         body = off + 8
@@ -399,6 +424,8 @@ class KernelSampler:
                 proc = self.process(pid)
                 proc.exited = True
                 proc.end_ns = stamp
+                if self.python is not None:
+                    self.python.gone(pid)
         elif rtype == perf.PERF_RECORD_READ:
             pid, tid = _U32x2.unpack_from(buf, body)
             value = _U64.unpack_from(buf, body + 8)[0]
@@ -424,6 +451,8 @@ class KernelSampler:
             child.mappings = list(parent.mappings)
             child.dirty = True
             child.threads[tid] = parent.threads.get(ptid, parent.comm)
+            if self.python is not None:
+                self.python.forked(ppid, pid, self.rings.values())
         else:                                  # a new thread: its creator's name
             parent.threads.setdefault(tid, parent.threads.get(ptid, parent.comm))
 
@@ -431,6 +460,8 @@ class KernelSampler:
         proc = self.process(pid)
         if is_exec:
             proc.new_image(comm)
+            if self.python is not None:
+                self.python.gone(pid)
         elif pid == tid:
             proc.comm = comm
         proc.threads[tid] = comm
@@ -447,8 +478,10 @@ class KernelSampler:
             path = ""
         perms = ("r" if prot & _PROT_READ else "-") + ("w" if prot & _PROT_WRITE else "-") + "x" \
             + ("s" if flags & _MAP_SHARED else "p")
-        self.process(pid).add_mapping(
-            Mapping(addr, addr + length, perms, pgoff, f"{maj:02x}:{mnr:02x}", ino, path, deleted))
+        mapping = Mapping(addr, addr + length, perms, pgoff, f"{maj:02x}:{mnr:02x}", ino, path, deleted)
+        self.process(pid).add_mapping(mapping)
+        if self.python is not None:
+            self.python.mapped(pid, mapping, self.rings.values())
 
     def _unwound(self, buf: bytes, body: int):
         """(sample, process, stack key) of a sample record, or None for a
@@ -459,7 +492,8 @@ class KernelSampler:
         proc = self.process(s.pid)
         table, gen = proc.current()
         ips, truncated = self.unwinder.unwind(table, s.regs, s.stack, s.stack_base, self.opts.max_depth)
-        return s, proc, (s.tid, gen, tuple(ips), truncated)
+        py = self.python.frames_of(s.pid, s.tid, s.time) if self.python is not None else ()
+        return s, proc, (s.tid, gen, tuple(ips), truncated, py)
 
     def _sample(self, buf: bytes, body: int) -> None:
         got = self._unwound(buf, body)
@@ -483,12 +517,12 @@ class KernelSampler:
         left = self.leaving.pop(tid, None)
         if left is None:
             return
-        proc, (ktid, gen, ips, truncated), t_out = left
+        proc, (ktid, gen, ips, truncated, py), t_out = left
         us = max(0, stamp - t_out) // 1000
         if not us or not ips:
             return
         marker = OFF_CPU_PREEMPTED if self.preempted.pop(tid, False) else OFF_CPU_BLOCKED
-        key = (ktid, gen, (marker,) + ips, truncated)
+        key = (ktid, gen, (marker,) + ips, truncated, py)
         proc.off_cpu_us[key] = proc.off_cpu_us.get(key, 0) + us
 
     # -- the tree --------------------------------------------------------------------
@@ -514,6 +548,9 @@ class KernelSampler:
             info.threads = dict(p.threads)
             info.thread_samples = dict(p.thread_samples)
             info.thread_cpu_ns = dict(p.thread_cpu_ns)
+            if self.python is not None:
+                info.python = self.python.process_doc(pid)
+                info.notes.extend(self.python.notes.get(pid, []))
             # JIT names; anyone can create files in /tmp: see read_shared_file.
             info.perf_map, note = read_shared_file(f"/tmp/perf-{pid}.map", process_uid(pid, os.geteuid()))
             if note:
@@ -529,10 +566,10 @@ class KernelSampler:
         """With off-CPU recording: on-CPU stacks weigh ``period`` of wall
         time per sample, off-CPU stacks their measured time (``wall`` and
         ``offcpu`` in microseconds); ``samples`` stays the CPU profile."""
-        out = [RawStack(pid, tid, gen, ips, truncated, {"samples": n, "wall": n * self.period_us, "offcpu": 0})
-               for (tid, gen, ips, truncated), n in p.stacks.items()]
-        out += [RawStack(pid, tid, gen, ips, truncated, {"samples": 0, "wall": us, "offcpu": us})
-                for (tid, gen, ips, truncated), us in p.off_cpu_us.items()]
+        out = [RawStack(pid, tid, gen, ips, truncated, {"samples": n, "wall": n * self.period_us, "offcpu": 0}, py)
+               for (tid, gen, ips, truncated, py), n in p.stacks.items()]
+        out += [RawStack(pid, tid, gen, ips, truncated, {"samples": 0, "wall": us, "offcpu": us}, py)
+                for (tid, gen, ips, truncated, py), us in p.off_cpu_us.items()]
         return out
 
 

@@ -132,12 +132,15 @@ class EventRing:
         self.map = mmap.mmap(fd, (pages + 1) * _PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.data_size = pages * _PAGE
 
-    def chunk(self) -> bytes:
-        """Every byte the kernel wrote since the last call, as one copy
-        (the space is handed back to the kernel before decoding)."""
+    def chunk(self, limit: Optional[int] = None) -> bytes:
+        """Every byte the kernel wrote since the last call (up to position
+        ``limit``), as one copy (the space is handed back to the kernel
+        before decoding)."""
         m = self.map
         head = _U64.unpack_from(m, 1024)[0]           # data_head
         tail = _U64.unpack_from(m, 1032)[0]           # data_tail
+        if limit is not None:
+            head = max(tail, min(head, limit))
         if head == tail:
             return b""
         size = self.data_size

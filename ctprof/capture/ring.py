@@ -129,11 +129,12 @@ class RingFile(MappedFile):
         return raw_stacks(pid, self.capture.stacks)
 
 
-def raw_stacks(pid: int, counts: Dict[Tuple[int, int, Tuple[int, ...], bool], int]) -> List[RawStack]:
-    """Sample counts keyed by (tid, maps generation, ips, truncated) as the
-    session's raw stacks (shared by run, attach and self-profiling)."""
-    return [RawStack(pid, tid, gen, ips, truncated, {"samples": count})
-            for (tid, gen, ips, truncated), count in counts.items()]
+def raw_stacks(pid: int, counts: Dict[tuple, int]) -> List[RawStack]:
+    """Sample counts keyed by (tid, maps generation, ips, truncated[, Python
+    frames]) as the session's raw stacks (shared by run, attach and
+    self-profiling)."""
+    return [RawStack(pid, key[0], key[1], key[2], key[3], {"samples": count}, key[4] if len(key) > 4 else ())
+            for key, count in counts.items()]
 
 
 def decode_records(buf: memoryview, cap: ProcessCapture) -> None:

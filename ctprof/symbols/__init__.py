@@ -10,6 +10,8 @@ Entry point for capture: :func:`resolve_session`.  Lower-level and reusable
 - :mod:`.perfmap`   ``/tmp/perf-PID.map`` for JIT code
 - :mod:`.lines`     DWARF file/line and inlined frames (pyelftools, lazy per CU)
 - :mod:`.resolve`   the :class:`Resolver` tying them together
+- :mod:`.python`    Python frames (code objects read from a CPython process) merged in
+- :mod:`.pylines`   CPython line tables, 3.9 to 3.13
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Optional
 from ..profile import Profile
 from ..session import Session
 from . import offcpu
+from .python import PythonFrames
 from .resolve import TRUNCATED, Resolver
 
 __all__ = ["resolve_session", "Resolver", "TRUNCATED"]
@@ -52,6 +55,7 @@ def resolve_session(session: Session, *, demangle: bool = True, lines: bool = Fa
     total = len(session.stacks)
     truncated_id = None
     resolve = resolver.resolve
+    python = PythonFrames(session)
 
     # No reference cycles are created here; without the collector walking
     # the growing tables over and over, resolution is about 30% faster.
@@ -68,12 +72,18 @@ def resolve_session(session: Session, *, demangle: bool = True, lines: bool = Fa
             marker = ips[0] if ips and ips[0] in offcpu.MARKERS else None
             if marker is not None:             # an off-CPU stack: its reason is the leaf
                 ips = ips[1:]
+            native = []
             for i in range(len(ips) - 1, -1, -1):
                 key = (pid, gen, ips[i], i > 0)
                 ids = addr_ids.get(key)
                 if ids is None:
                     ids = addr_ids[key] = tuple(intern(f) for f in resolve(pid, gen, ips[i], i > 0))
-                parts.extend(ids)
+                native.append(ids)
+            if s.py:
+                parts.extend(python.merge(pid, native, s.py, profile.frames.__getitem__, intern))
+            else:
+                for ids in native:
+                    parts.extend(ids)
             if marker is not None:
                 leaf = profile.frames[parts[-1]] if parts else None
                 parts.append(intern(offcpu.off_cpu_frame(marker, leaf)))

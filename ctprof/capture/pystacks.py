@@ -1,0 +1,258 @@
+"""Python frames for the kernel sampler (``ctprof run`` and ``attach``).
+
+A CPython thread's Python frames live in the interpreter's heap, not on the
+stack the kernel copies, so they are read from the running process at the
+moment of each sample: a reader thread in C (``shim/pyreader.c``, loaded
+here with ctypes) watches the perf rings and, for every new sample of a
+process registered here, reads that thread's frame chain with
+``process_vm_readv`` (and, the first time it meets a code object, its name,
+file and line table).  Nothing is added to the program and it is never
+stopped; a frame chain changing under the reader ends the walk early.
+
+This module registers each process whose mappings include a supported
+interpreter (:mod:`.cpython`), follows forks, execs and exits, and turns
+the reader's output into, per sample, a tuple of (code id, instruction
+index | entry flag) pairs, and per process the table of code objects the
+ids refer to (:attr:`ProcessInfo.python`).  Lines and names are the
+symbolizer's job (:mod:`ctprof.symbols.python`).
+"""
+from __future__ import annotations
+
+import ctypes
+import struct
+from typing import Dict, List, Optional, Set, Tuple
+
+from ..errors import BuildError
+from ..symbols.maps import Mapping
+from . import cpython
+from .build import shim_path
+
+_OUT_SAMPLE, _OUT_CODE = 1, 2
+_HEAD = struct.Struct("<II")
+_SAMPLE = struct.Struct("<IIQII")            # pid tid time n pad
+_CODE = struct.Struct("<IiQ")                # pid firstlineno address
+_TEXT = struct.Struct("<II")                 # width nbytes
+_WIDTH_CODEC = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}
+#: Samples waiting for the drain beyond this many are dropped (a drain that
+#: stopped must not grow the controller without bound).
+MAX_PENDING = 1_000_000
+
+
+def _load():
+    lib = ctypes.CDLL(shim_path("pyreader"))
+    lib.pyr_add_ring.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+    lib.pyr_cursor.argtypes = [ctypes.c_int]
+    lib.pyr_cursor.restype = ctypes.c_uint64
+    lib.pyr_add_process.argtypes = [ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64, ctypes.POINTER(ctypes.c_int64)]
+    lib.pyr_remove_process.argtypes = [ctypes.c_int]
+    lib.pyr_pending.restype = ctypes.c_size_t
+    lib.pyr_take.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    lib.pyr_take.restype = ctypes.c_size_t
+    lib.pyr_counts.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64)]
+    return lib
+
+
+class _Codes:
+    """One process's code objects, in the order first seen: the id of a
+    sample's frame is an index here.  An address reused by another code
+    object gets a new id, so earlier samples keep their names."""
+
+    def __init__(self, version: Tuple[int, int]) -> None:
+        self.version = version
+        self.entries: List[list] = []
+        self.ids: Dict[int, int] = {}
+
+    def add(self, address: int, entry: list) -> None:
+        self.ids[address] = len(self.entries)
+        self.entries.append(entry)
+
+    def id_of(self, address: int) -> int:
+        """The id of ``address``; an unknown one gets an empty entry."""
+        i = self.ids.get(address)
+        if i is None:
+            self.add(address, ["", "", 0, ""])
+            i = self.ids[address]
+        return i
+
+
+class PythonStacks:
+    """Registers CPython processes with the reader and collects its output.
+
+    ``image_of(mapping)`` returns the bytes of a mapped file as the process
+    sees it (:meth:`ctprof.unwinder.Unwinder.image`)."""
+
+    def __init__(self, image_of) -> None:
+        self.image_of = image_of
+        self.lib = None
+        self.failed = ""                                   # why the reader could not load
+        self.rings: Dict[int, int] = {}                    # id(EventRing) -> reader index
+        self.interpreters: Dict[int, cpython.Interpreter] = {}
+        self.codes: Dict[int, _Codes] = {}                 # pid -> its code table
+        self.samples: Dict[Tuple[int, int, int], tuple] = {}
+        self.looked: Set[Tuple[int, str]] = set()
+        self.notes: Dict[int, List[str]] = {}
+        self.pthread_tid = -1
+
+    @property
+    def active(self) -> bool:
+        return self.lib is not None
+
+    # -- processes ------------------------------------------------------------
+    def mapped(self, pid: int, m: Mapping, rings) -> None:
+        """A new executable mapping of ``pid``: register the process if the
+        image holds a supported interpreter."""
+        if pid in self.interpreters or not cpython.may_hold_interpreter(m.path) or (pid, m.path) in self.looked:
+            return
+        self.looked.add((pid, m.path))
+        from ..unwinder import load_vaddr
+        data = self.image_of(m)
+        if data is None:
+            return
+        try:
+            interp, why = cpython.inspect_image(data, m, load_vaddr)
+        except (ValueError, struct.error, IndexError, OSError):
+            return
+        finally:
+            data.close()
+        if why:
+            self.notes.setdefault(pid, []).append(why)
+        if interp is not None:
+            self._register(pid, interp, rings)
+
+    def _register(self, pid: int, interp: cpython.Interpreter, rings) -> None:
+        if not self._start(rings):
+            self.notes.setdefault(pid, []).append(self.failed)
+            return
+        layout = (ctypes.c_int64 * len(cpython.LAYOUT_FIELDS))(*interp.layout(self.pthread_tid))
+        if self.lib.pyr_add_process(pid, interp.runtime, interp.code_type, layout) == 0:
+            self.interpreters[pid] = interp
+            self.codes[pid] = _Codes(interp.version)
+
+    def forked(self, parent: int, child: int, rings) -> None:
+        """A fork child runs the same interpreter at the same addresses."""
+        interp = self.interpreters.get(parent)
+        if interp is not None and child not in self.interpreters:
+            self._register(child, interp, rings)
+
+    def gone(self, pid: int) -> None:
+        """``pid`` exec'd another image or exited: stop reading it (its code
+        table stays for the profile)."""
+        if self.interpreters.pop(pid, None) is not None and self.lib is not None:
+            self.lib.pyr_remove_process(pid)
+        self.looked = {k for k in self.looked if k[0] != pid}
+
+    # -- the reader -----------------------------------------------------------
+    def _start(self, rings) -> bool:
+        if self.lib is not None:
+            return True
+        if self.failed:
+            return False
+        try:
+            lib = _load()
+        except (BuildError, OSError) as err:
+            self.failed = f"Python frames are off: the frame reader could not be built ({err})"
+            return False
+        self.pthread_tid = lib.pyr_pthread_tid_offset()
+        self.lib = lib
+        for ring in rings:
+            self.add_ring(ring)
+        if lib.pyr_start() != 0:
+            self.failed = "Python frames are off: the frame reader thread could not start"
+            self.lib = None
+            return False
+        return True
+
+    def add_ring(self, ring) -> None:
+        if self.lib is None or id(ring) in self.rings:
+            return
+        view = (ctypes.c_char * 1).from_buffer(ring.map)
+        address = ctypes.addressof(view)
+        del view                                         # no export left: the mmap can close
+        index = self.lib.pyr_add_ring(address, ring.data_size)
+        if index >= 0:
+            self.rings[id(ring)] = index
+
+    def limit(self, ring) -> Optional[int]:
+        """How far the drain may consume ``ring`` (None: all of it)."""
+        index = self.rings.get(id(ring))
+        return None if index is None else self.lib.pyr_cursor(index)
+
+    def collect(self) -> None:
+        """Take the reader's output: code objects and per-sample frames."""
+        if self.lib is None:
+            return
+        size = self.lib.pyr_pending()
+        if not size:
+            return
+        buf = ctypes.create_string_buffer(size)
+        got = self.lib.pyr_take(buf, size)
+        self._parse(buf.raw[:got])
+
+    def stop(self) -> None:
+        """Stop the reader thread and take what it left (before the rings close)."""
+        if self.lib is not None:
+            self.lib.pyr_stop()
+            self.collect()
+            self.rings.clear()
+
+    def counts(self) -> Tuple[int, int]:
+        if self.lib is None:
+            return 0, 0
+        read, missed = ctypes.c_uint64(), ctypes.c_uint64()
+        self.lib.pyr_counts(ctypes.byref(read), ctypes.byref(missed))
+        return read.value, missed.value
+
+    def _parse(self, data: bytes) -> None:
+        off = 0
+        while off + 8 <= len(data):
+            rtype, size = _HEAD.unpack_from(data, off)
+            if size < 8:
+                break
+            if rtype == _OUT_SAMPLE:
+                self._sample(data, off + 8)
+            elif rtype == _OUT_CODE:
+                self._code(data, off + 8, off + size)
+            off += size
+
+    def _sample(self, data: bytes, off: int) -> None:
+        pid, tid, time, n, _pad = _SAMPLE.unpack_from(data, off)
+        codes = self.codes.get(pid)
+        if codes is None or len(self.samples) >= MAX_PENDING:
+            return
+        words = struct.unpack_from(f"<{2 * n}Q", data, off + _SAMPLE.size)
+        pairs = []
+        for i in range(0, len(words), 2):
+            pairs.append(codes.id_of(words[i]))
+            pairs.append(words[i + 1])
+        self.samples[(pid, tid, time)] = tuple(pairs)
+
+    def _code(self, data: bytes, off: int, end: int) -> None:
+        pid, firstlineno, address = _CODE.unpack_from(data, off)
+        off += _CODE.size
+        texts = []
+        for _ in range(3):
+            width, nbytes = _TEXT.unpack_from(data, off)
+            raw = data[off + 8:off + 8 + nbytes]
+            texts.append((width, raw))
+            off += 8 + ((nbytes + 7) & ~7)
+        codes = self.codes.get(pid)
+        if codes is None or off > end:
+            return
+        (qw, qualname), (fw, filename), (_lw, linetable) = texts
+        codes.add(address, [_decode(qw, qualname), _decode(fw, filename), firstlineno, linetable.hex()])
+
+    def frames_of(self, pid: int, tid: int, time: int) -> tuple:
+        """The Python frames read for one sample (``()`` if none)."""
+        return self.samples.pop((pid, tid, time), ())
+
+    def process_doc(self, pid: int) -> Dict[str, object]:
+        """What :attr:`ProcessInfo.python` holds for ``pid``."""
+        codes = self.codes.get(pid)
+        if codes is None:
+            return {}
+        return {"version": list(codes.version), "codes": codes.entries}
+
+
+def _decode(width: int, raw: bytes) -> str:
+    codec = _WIDTH_CODEC.get(width)
+    return raw.decode(codec, "replace") if codec else ""

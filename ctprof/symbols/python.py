@@ -1,0 +1,105 @@
+"""Python frames of a session: code table entries -> frames, merged with
+the native frames of the same sample.
+
+A raw stack of a CPython thread carries its Python frames (see
+:class:`ctprof.session.RawStack`), grouped by the
+``_PyEval_EvalFrameDefault`` call that ran them.  Each group takes the
+place of one such native frame, the innermost group the innermost call, as
+``py-spy --native`` shows them: the Python caller above, the C extension
+and library code it called below.  A frame reads
+``module.qualname (file.py:LINE)``, the module being the file's name, as
+self-profiling names them.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from ..profile import Frame
+from ..session import Session
+from .pylines import LineTable
+
+PYFRAME_ENTRY = 1 << 32
+EVAL_FRAME = "_PyEval_EvalFrameDefault"
+
+
+class PythonFrames:
+    """Frames for the Python frames of every process of ``session``."""
+
+    def __init__(self, session: Session) -> None:
+        self.codes: Dict[int, Tuple[Tuple[int, int], list]] = {}
+        for pid, proc in session.processes.items():
+            doc = proc.python or {}
+            version, codes = doc.get("version"), doc.get("codes")
+            if isinstance(version, list) and len(version) == 2 and isinstance(codes, list):
+                self.codes[pid] = ((int(version[0]), int(version[1])), codes)
+        self._tables: Dict[Tuple[int, int], Optional[LineTable]] = {}
+        self._frames: Dict[Tuple[int, int, int], Frame] = {}
+
+    def frame(self, pid: int, code_id: int, index: int) -> Frame:
+        key = (pid, code_id, index)
+        got = self._frames.get(key)
+        if got is None:
+            got = self._frames[key] = self._make(pid, code_id, index)
+        return got
+
+    def _make(self, pid: int, code_id: int, index: int) -> Frame:
+        version, codes = self.codes.get(pid, ((0, 0), []))
+        entry = codes[code_id] if 0 <= code_id < len(codes) else None
+        if not entry or not entry[0]:
+            return Frame("[python frame]", "", "python")
+        qualname, filename, firstlineno = str(entry[0]), str(entry[1]), int(entry[2])
+        line = self._line(pid, code_id, version, entry, index)
+        if line is None:
+            line = firstlineno
+        base = os.path.basename(filename)
+        module = base[:-3] if base.endswith(".py") else base
+        return Frame(f"{module}.{qualname} ({base}:{line})", module, "python", filename or None, line)
+
+    def _line(self, pid: int, code_id: int, version, entry: list, index: int) -> Optional[int]:
+        key = (pid, code_id)
+        if key not in self._tables:
+            try:
+                self._tables[key] = LineTable(version, bytes.fromhex(str(entry[3])), int(entry[2]))
+            except ValueError:
+                self._tables[key] = None
+        table = self._tables[key]
+        return table.line(index) if table is not None else None
+
+    def merge(self, pid: int, native: Sequence[Sequence[int]], py: Sequence[int],
+              frame_of: Callable[[int], Frame], intern: Callable[[Frame], int]) -> List[int]:
+        """Frame ids root first: ``native`` holds, root first, the frame ids
+        of each native address (as resolved, root first within it);
+        ``frame_of(id)`` gives the frame of an id.  Each
+        ``_PyEval_EvalFrameDefault`` frame, innermost first, is replaced by
+        the next group of Python frames; groups left over (a native stack
+        cut short) go above the root."""
+        groups = self._groups(pid, py, intern)
+        is_eval = [any(frame_of(i).name.startswith(EVAL_FRAME) for i in ids) for ids in native]
+        evals = sum(is_eval)
+        out: List[int] = []
+        for extra in range(len(groups) - 1, evals - 1, -1):
+            out.extend(groups[extra])
+        k = evals
+        for ids, eval_here in zip(native, is_eval):
+            if eval_here:
+                k -= 1
+                if k < len(groups):
+                    out.extend(groups[k])
+                    continue
+            out.extend(ids)
+        return out
+
+    def _groups(self, pid: int, py: Sequence[int], intern: Callable[[Frame], int]) -> List[List[int]]:
+        """The Python frames as groups, innermost group first, each root first."""
+        groups: List[List[int]] = []
+        current: List[int] = []
+        for i in range(0, len(py) - 1, 2):
+            word = py[i + 1]
+            current.append(intern(self.frame(pid, py[i], word & 0xFFFFFFFF)))
+            if word & PYFRAME_ENTRY:
+                groups.append(current[::-1])
+                current = []
+        if current:
+            groups.append(current[::-1])
+        return groups
