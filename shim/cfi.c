@@ -431,7 +431,7 @@ void cfi_thread_exit(void)
 /* Is the page at `page` mapped readable?  Asked of the kernel without
  * touching it: rt_sigprocmask with an invalid `how` copies the new set in
  * first, so EFAULT means unreadable and EINVAL readable. */
-static int page_readable(uint64_t page)
+int page_readable(uint64_t page)
 {
     long rc = syscall(SYS_rt_sigprocmask, ~0, (void *)(uintptr_t)page, (void *)0, 8);
     return rc == -1 && errno == EINVAL;

@@ -316,6 +316,22 @@ void unwind_init(void);
  * _Unwind_Backtrace if they give nothing.  Used by the heap hooks; never
  * from a signal handler (libgcc may take a lock). */
 int unwind_caller(const struct stack_bounds *b, uint64_t *ips, int max, int *truncated);
+/* Is the page at `page` mapped readable?  (cfi.c; AS-safe: one syscall,
+ * nothing touched.) */
+int page_readable(uint64_t page);
+
+/* ---- Python frames of heap events (pyheap.c, "mem" build) ----------------
+ * A heap event's return addresses may be followed by PYFRAMES_MARK and the
+ * allocating thread's Python frames, two words each (pywalk.h's format):
+ * the controller splits them off (ctprof/memory/model.py). */
+#define PYFRAMES_MARK 0xFFFFFFFFFFFFF0F0ull
+#define PYHEAP_MAX_FRAMES 64
+/* Find the interpreter of this image (constructor time, not AS-safe). */
+void pyheap_init(void);
+/* Append PYFRAMES_MARK and the calling thread's Python frames to `out`
+ * (room for `room` words); returns the words written (0: no Python frames).
+ * Called from the heap hooks: no allocation, no locks. */
+int pyheap_append(uint64_t *out, int room);
 /* Fill ips[] (leaf first) from the interrupted context `uc`.  AS-safe:
  * only cfi.c's walker (never libgcc, nothing lazily bound), every memory
  * read validated, so a sample on a coroutine stack, inside swapcontext or

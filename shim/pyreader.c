@@ -174,35 +174,44 @@ static int seen_before(struct seen *s, uint64_t code, uint64_t print)
     return 0;
 }
 
-static void emit_code(struct proc *p, const struct pyw *w, uint64_t code)
+#define CODE_RECORD_MAX (24 + 3 * (8 + MAX_TEXT))
+
+/* Build the output record of code object `code` in `rec` (CODE_RECORD_MAX
+ * bytes); returns its length, 0 if `code` is not a code object. */
+static size_t code_record(const struct pyw *w, int pid, uint64_t code_type, uint64_t code,
+                          unsigned char *rec, unsigned char *text)
 {
-    const int64_t *L = p->layout;
+    const int64_t *L = w->layout;
     uint64_t type = 0;
-    if (p->code_type && (w->read(w->ctx, code + 8, &type, 8) != 0 || type != p->code_type))
-        return;                               /* not a code object (a torn read) */
-    static unsigned char rec[24 + 3 * (8 + MAX_TEXT)];
-    static unsigned char text[MAX_TEXT];
+    if (code_type && (w->read(w->ctx, code + 8, &type, 8) != 0 || type != code_type))
+        return 0;                             /* not a code object (a torn read) */
     int32_t firstlineno = 0;
     w->read(w->ctx, code + (uint64_t)L[PYL_CODE_FIRSTLINENO], &firstlineno, 4);
     size_t len = 24;
     int width;
-    uint64_t name = 0;
+    uint64_t name = 0, file = 0, table = 0;
     int64_t name_off = L[PYL_CODE_QUALNAME] >= 0 ? L[PYL_CODE_QUALNAME] : L[PYL_CODE_NAME];
     w->read(w->ctx, code + (uint64_t)name_off, &name, 8);
     size_t n = pyw_str(w, name, text, MAX_TEXT, &width);
     len += put_text(rec + len, width, text, n);
-    uint64_t file = 0;
     w->read(w->ctx, code + (uint64_t)L[PYL_CODE_FILENAME], &file, 8);
     n = pyw_str(w, file, text, MAX_TEXT, &width);
     len += put_text(rec + len, width, text, n);
-    uint64_t table = 0;
     w->read(w->ctx, code + (uint64_t)L[PYL_CODE_LINETABLE], &table, 8);
     n = pyw_bytes(w, table, text, MAX_TEXT);
     len += put_text(rec + len, 1, text, n);
-    uint32_t head[4] = {OUT_CODE, (uint32_t)len, (uint32_t)p->pid, (uint32_t)firstlineno};
+    uint32_t head[4] = {OUT_CODE, (uint32_t)len, (uint32_t)pid, (uint32_t)firstlineno};
     memcpy(rec, head, 16);
     memcpy(rec + 16, &code, 8);
-    emit(rec, len);
+    return len;
+}
+
+static void emit_code(struct proc *p, const struct pyw *w, uint64_t code)
+{
+    static unsigned char rec[CODE_RECORD_MAX], text[MAX_TEXT];   /* reader thread only */
+    size_t len = code_record(w, p->pid, p->code_type, code, rec, text);
+    if (len)
+        emit(rec, len);
 }
 
 /* ---- samples --------------------------------------------------------------- */
@@ -422,6 +431,26 @@ CTPROF_API void pyr_counts(uint64_t *read, uint64_t *missed)
     *read = samples_read;
     *missed = samples_missed;
     pthread_mutex_unlock(&lock);
+}
+
+/* The output record of one code object of process `pid`, read now, into
+ * `dst` (for heap stacks, whose frames the program's own hooks recorded).
+ * Returns its length, 0 if unreadable, not a code object or over `cap`. */
+CTPROF_API size_t pyr_code_record(int pid, uint64_t code, uint64_t code_type, const int64_t *layout,
+                                  void *dst, size_t cap)
+{
+    unsigned char *rec = malloc(CODE_RECORD_MAX), *text = malloc(MAX_TEXT);
+    size_t len = 0;
+    if (rec && text) {
+        struct pyw w = {layout, read_remote, (void *)(intptr_t)pid};
+        len = code_record(&w, pid, code_type, code, rec, text);
+        if (len > cap)
+            len = 0;
+        memcpy(dst, rec, len);
+    }
+    free(rec);
+    free(text);
+    return len;
 }
 
 static void *tid_probe(void *arg)

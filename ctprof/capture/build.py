@@ -34,7 +34,7 @@ LIBS = ["-ldl"]  # no libm: its pages would count in the profiled program's RSS 
 COMMON_SOURCES = ("util.c", "ring.c", "cfi.c", "unwind.c", "sampler.c", "maps.c", "preload.c", "collect.c")
 VARIANTS = {
     "cpu": COMMON_SOURCES,
-    "mem": COMMON_SOURCES + ("heap.c", "heaphooks.c"),
+    "mem": COMMON_SOURCES + ("heap.c", "heaphooks.c", "pyheap.c", "pywalk.c"),
     "self": COMMON_SOURCES + ("selfprof.c", "pyframes.c"),
     # The controller's Python-frame reader (capture/pystacks.py), never preloaded.
     "pyreader": ("pyreader.c", "pywalk.c"),

@@ -94,6 +94,13 @@ class Interpreter:
         return [values[name] for name in LAYOUT_FIELDS]
 
 
+def layouts_env() -> str:
+    """Every layout, for the heap hooks (shim/pyheap.c picks the one of
+    the interpreter it finds itself in): ``0x30b:v,v,...;...``."""
+    return ";".join(f"{LAYOUTS[v]['version']:#x}:" + ",".join(str(x) for x in Interpreter(v, 0, 0, "").layout(-1))
+                    for v in sorted(LAYOUTS))
+
+
 def may_hold_interpreter(path: str) -> bool:
     """Could the image at ``path`` be (or contain) a CPython interpreter?"""
     return bool(_IMAGE_NAME.match(os.path.basename(path)))

@@ -24,7 +24,7 @@ from ..errors import TargetError, UsageError
 from ..files import private_session_dir, process_uid, read_shared_file
 from ..session import ProcessInfo, RawStack, Session
 from ..unwinder import Unwinder
-from . import perf
+from . import cpython, perf
 from . import ring as ringmod
 from .kernel import KernelSampler, KernelSamplerError, TraceOptions, own_vdso
 from .build import shim_path
@@ -131,6 +131,7 @@ def child_environment(shim: str, session_dir: str, opts: CaptureOptions,
         env.pop("CTPROF_TIMER", None)
     env["CTPROF_MEM_DEPTH"] = str(opts.mem_depth)
     env["CTPROF_MEM_SAMPLE"] = str(opts.mem_sample)
+    env["CTPROF_PYLAYOUTS"] = cpython.layouts_env()
     return env
 
 
@@ -476,6 +477,8 @@ def _merge_kernel_processes(processes: Dict[int, ProcessInfo], stacks: List[RawS
         mine.maps.extend(k.maps)
         mine.samples += k.samples
         mine.timer = k.timer
+        mine.python = k.python or mine.python
+        mine.notes.extend(n for n in k.notes if n not in mine.notes)
         for tid, n in k.thread_samples.items():
             mine.thread_samples[tid] = mine.thread_samples.get(tid, 0) + n
         for tid, ns in k.thread_cpu_ns.items():

@@ -49,6 +49,9 @@ def _load():
     lib.pyr_take.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     lib.pyr_take.restype = ctypes.c_size_t
     lib.pyr_counts.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64)]
+    lib.pyr_code_record.argtypes = [ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64, ctypes.POINTER(ctypes.c_int64),
+                                    ctypes.c_void_p, ctypes.c_size_t]
+    lib.pyr_code_record.restype = ctypes.c_size_t
     return lib
 
 
@@ -227,19 +230,10 @@ class PythonStacks:
         self.samples[(pid, tid, time)] = tuple(pairs)
 
     def _code(self, data: bytes, off: int, end: int) -> None:
-        pid, firstlineno, address = _CODE.unpack_from(data, off)
-        off += _CODE.size
-        texts = []
-        for _ in range(3):
-            width, nbytes = _TEXT.unpack_from(data, off)
-            raw = data[off + 8:off + 8 + nbytes]
-            texts.append((width, raw))
-            off += 8 + ((nbytes + 7) & ~7)
+        pid, address, entry = parse_code(data, off, end)
         codes = self.codes.get(pid)
-        if codes is None or off > end:
-            return
-        (qw, qualname), (fw, filename), (_lw, linetable) = texts
-        codes.add(address, [_decode(qw, qualname), _decode(fw, filename), firstlineno, linetable.hex()])
+        if codes is not None and entry:
+            codes.add(address, entry)
 
     def frames_of(self, pid: int, tid: int, time: int) -> tuple:
         """The Python frames read for one sample (``()`` if none)."""
@@ -251,6 +245,97 @@ class PythonStacks:
         if codes is None:
             return {}
         return {"version": list(codes.version), "codes": codes.entries}
+
+
+def parse_code(data: bytes, off: int, end: int) -> Tuple[int, int, Optional[list]]:
+    """(pid, address, [qualname, filename, firstlineno, line table hex]) of
+    the code record whose body starts at ``off`` (entry None if cut short)."""
+    pid, firstlineno, address = _CODE.unpack_from(data, off)
+    off += _CODE.size
+    texts = []
+    for _ in range(3):
+        if off + 8 > end:
+            return pid, address, None
+        width, nbytes = _TEXT.unpack_from(data, off)
+        texts.append((width, data[off + 8:off + 8 + nbytes]))
+        off += 8 + ((nbytes + 7) & ~7)
+    if off > end:
+        return pid, address, None
+    (qw, qualname), (fw, filename), (_lw, linetable) = texts
+    return pid, address, [_decode(qw, qualname), _decode(fw, filename), firstlineno, linetable.hex()]
+
+
+class CodeReader:
+    """The code objects of one live process, read on demand: heap stacks
+    carry the Python frames the program's hooks recorded (shim/pyheap.c),
+    as code object addresses that must be named while the process lives."""
+
+    RETRY_SECONDS = 1.0
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.interp: Optional[cpython.Interpreter] = None
+        self.layout = None
+        self.entries: Dict[int, list] = {}
+        self.lib = None
+        self._next_look = 0.0
+        self._buf = None
+
+    def found(self, now: float) -> bool:
+        """Is the process a supported CPython?  (Looked for again at most
+        every RETRY_SECONDS until it is: the interpreter may come with an exec.)"""
+        if self.interp is not None:
+            return True
+        if now < self._next_look:
+            return False
+        self._next_look = now + self.RETRY_SECONDS
+        from ..symbols.maps import parse_maps
+        from ..unwinder import Unwinder, load_vaddr
+        try:
+            with open(f"/proc/{self.pid}/maps") as f:
+                maps = parse_maps(f.read())
+        except OSError:
+            return False
+        images = Unwinder(root=f"/proc/{self.pid}/root", map_files=f"/proc/{self.pid}/map_files")
+        for m in maps:
+            if not (m.executable and cpython.may_hold_interpreter(m.path)):
+                continue
+            data = images.image(m)
+            if data is None:
+                continue
+            try:
+                interp, _why = cpython.inspect_image(data, m, load_vaddr)
+            except (ValueError, struct.error, IndexError, OSError):
+                interp = None
+            finally:
+                data.close()
+            if interp is not None:
+                try:
+                    self.lib = _load()
+                except (BuildError, OSError):
+                    return False
+                self.interp = interp
+                self.layout = (ctypes.c_int64 * len(cpython.LAYOUT_FIELDS))(*interp.layout(-1))
+                self._buf = ctypes.create_string_buffer(1 << 18)
+                return True
+        return False
+
+    def learn(self, addresses) -> None:
+        """Read the code objects at ``addresses`` not read before."""
+        if self.interp is None:
+            return
+        for address in addresses:
+            if address in self.entries:
+                continue
+            n = self.lib.pyr_code_record(self.pid, address, self.interp.code_type, self.layout,
+                                         self._buf, len(self._buf))
+            entry = None
+            if n:
+                _pid, _addr, entry = parse_code(self._buf.raw[:n], 8, n)
+            self.entries[address] = entry or ["", "", 0, ""]
+
+    def doc(self) -> Dict[str, object]:
+        return {"version": list(self.interp.version)} if self.interp else {}
 
 
 def _decode(width: int, raw: bytes) -> str:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
+from ..capture.pystacks import CodeReader
 from ..capture.ring import MappedFile
 
 HEAP_SHARED_OFFSET = 2048
@@ -42,6 +43,11 @@ ARENA_ALIGN = 64 << 20
 RANGE_ROOT, RANGE_HEAP, RANGE_ARENA_LIKE = 0, 1, 2
 
 NSTAT = 18
+#: A heap stack's return addresses may be followed by this word and the
+#: allocating thread's Python frames (shim/ctprof.h: PYFRAMES_MARK,
+#: PYHEAP_MAX_FRAMES).
+PYFRAMES_MARK = 0xFFFFFFFFFFFFF0F0
+PYHEAP_MAX_FRAMES = 64
 STAT_NAMES = ("alloc_count", "alloc_bytes", "free_count", "free_bytes", "live_count", "live_bytes",
               "peak_count", "peak_bytes", "definite_count", "definite_bytes", "indirect_count",
               "indirect_bytes", "reachable_count", "reachable_bytes", "truncated", "possible_count",
@@ -89,6 +95,10 @@ class HeapProcess:
     scan_error: str = ""
     peak_rss: int = 0
     ring_bytes_used: int = 0
+    #: A CPython process: its version and the code objects its stacks'
+    #: Python frames name (address -> [qualname, filename, firstlineno, line table hex]).
+    python: Dict[str, object] = field(default_factory=dict)
+    python_codes: Dict[int, list] = field(default_factory=dict)
 
 
 class HeapRing(MappedFile):
@@ -105,6 +115,8 @@ class HeapRing(MappedFile):
         self._last_rss = -1.0
         self._totals = (ctypes.c_double * NTOTAL)()
         self._peak_seen = 0.0
+        self.codes = CodeReader(self.pid)
+        self._stacks_named = 0
 
     def ready(self) -> bool:
         return struct.unpack_from("<I", self.map, HEAP_SHARED_OFFSET)[0] == HEAP_MAGIC
@@ -128,8 +140,33 @@ class HeapRing(MappedFile):
             return 0
         self.heartbeat()
         n = self.lib.ctprof_heap_consume(self.consumer, self.address)
-        self._observe(time.monotonic() - self.start)
+        now = time.monotonic()
+        self._observe(now - self.start)
+        self._name_python_frames(now)
         return n
+
+    def _name_python_frames(self, now: float) -> None:
+        """Read the code objects new stacks' Python frames refer to, while
+        the process is alive to be read."""
+        if not self.codes.found(now):
+            return
+        total = self.lib.ctprof_heap_nstacks(self.consumer)
+        if total <= self._stacks_named:
+            return
+        words = (ctypes.c_uint64 * self._stack_words())()
+        stats = (ctypes.c_double * NSTAT)()
+        addresses = set()
+        for sid in range(self._stacks_named, total):
+            d = self.lib.ctprof_heap_stack(self.consumer, sid, words, len(words), stats)
+            stack = words[:d]
+            if PYFRAMES_MARK in stack:
+                addresses.update(stack[stack.index(PYFRAMES_MARK) + 1::2])
+        self._stacks_named = total
+        self.codes.learn(addresses)
+
+    def _stack_words(self) -> int:
+        """Room for one stack: its return addresses, then maybe the Python frames."""
+        return max(1, self.header().get("depth") or 32) + 1 + 2 * PYHEAP_MAX_FRAMES
 
     def detach(self) -> None:
         """The run is over but this process is not: it stops tracking at its
@@ -198,7 +235,9 @@ class HeapRing(MappedFile):
         self._observe(time.monotonic() - self.start, final=True)
         info.totals = dict(zip(TOTAL_NAMES, list(self._totals)))
         n = self.lib.ctprof_heap_nstacks(self.consumer)
-        depth = max(1, info.header.get("depth") or 32)
+        self._name_python_frames(time.monotonic())
+        info.python, info.python_codes = self.codes.doc(), self.codes.entries
+        depth = self._stack_words()
         ips = (ctypes.c_uint64 * depth)()
         stats = (ctypes.c_double * NSTAT)()
         # Kept compact (a large program leaves 100,000 stacks): one int per

@@ -2,10 +2,10 @@
 reports need (totals, peak, leaks, overhead), kept in ``Session.memory``."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..session import RawStack, Session
-from .collect import DETACH_REASONS, HeapProcess
+from ..session import ProcessInfo, RawStack, Session
+from .collect import DETACH_REASONS, PYFRAMES_MARK, HeapProcess
 
 #: The metrics of a memory profile (DESIGN.md), with their units.
 MEMORY_METRICS = {
@@ -63,6 +63,36 @@ def stack_values(stats: Dict[str, float], scanned: bool) -> Dict[str, int]:
     return {k: v for k, v in values.items() if v}
 
 
+def _code_ids(proc: Optional[ProcessInfo], info: HeapProcess) -> Callable[[int], int]:
+    """Code object address -> index in the process's Python code table
+    (:attr:`ProcessInfo.python`, shared with its CPU samples' frames),
+    appending the heap's code objects to it."""
+    if proc is None or not info.python:
+        return lambda address: 0
+    doc = proc.python if proc.python.get("version") == info.python.get("version") else {}
+    codes = list(doc.get("codes", []))
+    proc.python = {"version": info.python["version"], "codes": codes}
+    ids: Dict[int, int] = {}
+
+    def code_id(address: int) -> int:
+        i = ids.get(address)
+        if i is None:
+            i = ids[address] = len(codes)
+            codes.append(info.python_codes.get(address) or ["", "", 0, ""])
+        return i
+    return code_id
+
+
+def _python_words(words: Sequence[int], code_id: Callable[[int], int]) -> Tuple[int, ...]:
+    """A heap stack's Python frames (address, index|flags pairs) with each
+    address replaced by its code table index."""
+    out: List[int] = []
+    for i in range(0, len(words) - 1, 2):
+        out.append(code_id(words[i]))
+        out.append(words[i + 1])
+    return tuple(out)
+
+
 def add_heap_to_session(session: Session, heap: Dict[int, HeapProcess]) -> None:
     """Add the heap's stacks (as raw stacks) and figures to ``session``.
 
@@ -77,6 +107,7 @@ def add_heap_to_session(session: Session, heap: Dict[int, HeapProcess]) -> None:
     for pid, info in heap.items():
         proc = session.processes.get(pid)
         gen = max(0, len(proc.maps) - 1) if proc else 0
+        code_id = _code_ids(proc, info)
         pending, info.stacks = info.stacks, []
         pending.reverse()
         while pending:
@@ -86,10 +117,17 @@ def add_heap_to_session(session: Session, heap: Dict[int, HeapProcess]) -> None:
             values = stack_values(stats, info.scanned)
             if not values:
                 continue
+            py: Tuple[int, ...] = ()
+            if PYFRAMES_MARK in ips:
+                cut = ips.index(PYFRAMES_MARK)
+                py = _python_words(ips[cut + 1:], code_id)
+                ips = ips[:cut]
+                if not ips:
+                    continue
             # Every address is a return address; the resolver treats the
             # first one as exact, so hand it the call instruction itself.
             adjusted = (canonical(ips[0] - 1, ips[0] - 1),) + tuple(map(canonical, ips[1:], ips[1:]))
-            session.stacks.append(RawStack(pid, 0, gen, adjusted, bool(stats.get("truncated")), values))
+            session.stacks.append(RawStack(pid, 0, gen, adjusted, bool(stats.get("truncated")), values, py))
         h = info.header
         timed = h.get("timed_calls", 0)
         session.memory[str(pid)] = {

@@ -13,6 +13,7 @@ self-profiling names them.
 from __future__ import annotations
 
 import os
+import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..profile import Frame
@@ -21,6 +22,24 @@ from .pylines import LineTable
 
 PYFRAME_ENTRY = 1 << 32
 EVAL_FRAME = "_PyEval_EvalFrameDefault"
+
+
+_PACKAGE_ROOT = re.compile(r"/(?:site-packages|dist-packages|lib/python3\.\d+t?)/(.+)\.py$")
+
+
+def module_name(filename: str) -> str:
+    """The dotted module a code object's file is, as far as its path says:
+    ``.../site-packages/pkg/sub.py`` and ``.../lib/python3.11/json/decoder.py``
+    are ``pkg.sub`` and ``json.decoder``, ``<frozen importlib._bootstrap>``
+    is ``importlib._bootstrap``, anything else its file name without ``.py``."""
+    if filename.startswith("<frozen ") and filename.endswith(">"):
+        return filename[len("<frozen "):-1]
+    m = _PACKAGE_ROOT.search(filename)
+    if m:
+        dotted = m.group(1).replace("/", ".")
+        return dotted[:-len(".__init__")] if dotted.endswith(".__init__") else dotted
+    base = os.path.basename(filename)
+    return base[:-3] if base.endswith(".py") else base
 
 
 class PythonFrames:
@@ -53,7 +72,7 @@ class PythonFrames:
         if line is None:
             line = firstlineno
         base = os.path.basename(filename)
-        module = base[:-3] if base.endswith(".py") else base
+        module = module_name(filename)
         return Frame(f"{module}.{qualname} ({base}:{line})", module, "python", filename or None, line)
 
     def _line(self, pid: int, code_id: int, version, entry: list, index: int) -> Optional[int]:

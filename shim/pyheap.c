@@ -1,0 +1,127 @@
+/* Python frames for heap events: the allocating thread's own frame chain,
+ * read inside the malloc hooks (the "mem" build only).
+ *
+ * The layouts come from the controller (CTPROF_PYLAYOUTS, one per CPython
+ * minor version, from ctprof/capture/cpython.py); which one applies is
+ * decided here, at load time, from the interpreter's own exported
+ * `Py_Version` (3.11+) or `Py_GetVersion()` text.  A program that is not a
+ * CPython interpreter has no `_PyRuntime` and pays one branch per event.
+ *
+ * The thread's PyThreadState is what PyGILState_GetThisThreadState()
+ * reads: the interpreter's thread-specific key.  The hooks run on that
+ * thread between two of its own steps, so its chain is consistent; still,
+ * every page is checked readable before it is read (one syscall per new
+ * page per event), so a torn or freed structure ends the walk instead of
+ * faulting. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include "ctprof.h"
+#include "pywalk.h"
+
+static int64_t layout[PYL_COUNT];
+static uint64_t runtime;
+static int ready;
+
+struct checked_pages {
+    uint64_t good[8];
+    int n;
+};
+
+static int page_known(struct checked_pages *c, uint64_t page)
+{
+    for (int i = 0; i < c->n; i++)
+        if (c->good[i] == page)
+            return 1;
+    if (!page_readable(page))
+        return 0;
+    c->good[c->n++ & 7] = page;
+    if (c->n > 8)
+        c->n = 8;
+    return 1;
+}
+
+static int read_local(void *ctx, uint64_t addr, void *buf, size_t len)
+{
+    struct checked_pages *c = ctx;
+    if (addr < 4096 || addr + len < addr || addr + len > 0x800000000000ull)
+        return -1;
+    for (uint64_t page = addr & ~4095ull; page < addr + len; page += 4096)
+        if (!page_known(c, page))
+            return -1;
+    memcpy(buf, (const void *)(uintptr_t)addr, len);
+    return 0;
+}
+
+/* The running interpreter's version as 0x03MM, or 0. */
+static int64_t interpreter_version(void)
+{
+    const unsigned long *hex = dlsym(RTLD_DEFAULT, "Py_Version");
+    if (hex)
+        return (int64_t)((*hex >> 16) & 0xffff);
+    const char *(*get_version)(void) = (const char *(*)(void))dlsym(RTLD_DEFAULT, "Py_GetVersion");
+    const char *text = get_version ? get_version() : NULL;
+    if (!text || text[0] != '3' || text[1] != '.')
+        return 0;
+    return 0x0300 + strtol(text + 2, NULL, 10);
+}
+
+/* CTPROF_PYLAYOUTS: "0x309:v,v,...;0x30a:v,v,..." (PYL_COUNT values each). */
+static int pick_layout(const char *spec, int64_t version)
+{
+    while (spec && *spec) {
+        char *end;
+        int64_t v = strtoll(spec, &end, 0);
+        if (*end != ':')
+            return 0;
+        const char *p = end + 1;
+        int i = 0;
+        for (; i < PYL_COUNT; i++) {
+            layout[i] = strtoll(p, &end, 10);
+            p = *end == ',' ? end + 1 : end;
+        }
+        if (v == version && layout[PYL_VERSION] == version)
+            return 1;
+        spec = strchr(p, ';');
+        if (spec)
+            spec++;
+    }
+    return 0;
+}
+
+void pyheap_init(void)
+{
+    ready = 0;
+    const char *spec = getenv("CTPROF_PYLAYOUTS");
+    void *rt = dlsym(RTLD_DEFAULT, "_PyRuntime");
+    if (!spec || !rt || dlsym(RTLD_DEFAULT, "_Py_GetRefTotal"))
+        return;                                 /* not CPython, or a debug build */
+    int64_t version = interpreter_version();
+    if (version && pick_layout(spec, version)) {
+        runtime = (uint64_t)(uintptr_t)rt;
+        ready = 1;
+    }
+}
+
+int pyheap_append(uint64_t *out, int room)
+{
+    if (!ready || room < 3)
+        return 0;
+    struct checked_pages pages = {{0}, 0};
+    struct pyw w = {layout, read_local, &pages};
+    /* Py_tss_t: {int _is_initialized; pthread_key_t _key;} */
+    uint32_t tss[2];
+    if (read_local(&pages, runtime + (uint64_t)layout[PYL_RUNTIME_AUTOTSS], tss, 8) != 0 || !tss[0])
+        return 0;
+    uint64_t ts = (uint64_t)(uintptr_t)pthread_getspecific((pthread_key_t)tss[1]);
+    int max = (room - 1) / 2;
+    if (max > PYHEAP_MAX_FRAMES)
+        max = PYHEAP_MAX_FRAMES;
+    int n = ts ? pyw_frames(&w, ts, out + 1, max) : 0;
+    if (!n)
+        return 0;
+    out[0] = PYFRAMES_MARK;
+    return 1 + 2 * n;
+}
