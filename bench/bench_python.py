@@ -301,23 +301,35 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def cpu_cells(runs: List[Run]) -> Tuple[List[str], str, str, str]:
+def with_python_frames(name: str, runs: List[Run], kind: str, notes: List[str]) -> List[Run]:
+    """The runs whose ``kind`` ('cpu' or 'heap') stacks hold Python frames;
+    a note for the others (a share of 0 would drag the median down)."""
+    have = [r for r in runs if getattr(r, kind) is not None]
+    good = [r for r in have if has_python_frames(getattr(r, kind))]
+    if good and len(good) < len(have):
+        notes.append(f"{name}: {len(have) - len(good)} of {len(have)} runs had no Python frames in its "
+                     f"{'CPU' if kind == 'cpu' else 'heap'} stacks; its figures are from the other {len(good)}")
+    return good
+
+
+def cpu_cells(name: str, runs: List[Run], notes: List[str]) -> Tuple[List[str], str, str, str]:
     """Per function 'share (±points)', the worst difference, the sample
     count and libz beneath zlib_heavy; medians over runs."""
     stacks = [r.cpu for r in runs if r.cpu is not None]
     if not stacks:
         return ["-"] * len(CPU_FUNCTIONS), "-", "-", "-"
     samples = statistics.median(sum(v for _, v in s) for s in stacks)
-    if not any(has_python_frames(s) for s in stacks):
+    runs = with_python_frames(name, runs, "cpu", notes)
+    if not runs:
         return ["no Python frames"] + [""] * (len(CPU_FUNCTIONS) - 1), "-", f"{samples:.0f}", "-"
     cells, worst = [], 0.0
-    for name in CPU_FUNCTIONS:
+    for function in CPU_FUNCTIONS:
         shares, diffs = [], []
         for r in runs:
             total = sum(v for _, v in r.cpu) or 1.0
-            share = inclusive(r.cpu, name) / total
+            share = inclusive(r.cpu, function) / total
             shares.append(share)
-            diffs.append(share - float(r.truth["share"][name]))  # type: ignore[index]
+            diffs.append(share - float(r.truth["share"][function]))  # type: ignore[index]
         diff = statistics.median(diffs)
         worst = max(worst, abs(diff))
         cells.append(f"{pct(statistics.median(shares))} ({100 * diff:+.1f})")
@@ -326,25 +338,27 @@ def cpu_cells(runs: List[Run]) -> Tuple[List[str], str, str, str]:
     return cells, f"{100 * worst:.1f}", f"{samples:.0f}", pct(under / total) if total else "-"
 
 
-def heap_cell(runs: List[Run]) -> str:
-    stacks = [r for r in runs if r.heap is not None]
-    if not stacks:
+def heap_cell(name: str, runs: List[Run], notes: List[str]) -> str:
+    if not any(r.heap is not None for r in runs):
         return "-"
-    if not any(has_python_frames(r.heap) for r in stacks):
+    runs = with_python_frames(name, runs, "heap", notes)
+    if not runs:
         return "no Python frames"
-    got = statistics.median(inclusive(r.heap, ALLOC_FUNCTION) for r in stacks)
-    asked = float(stacks[0].truth["alloc_bytes"][ALLOC_FUNCTION])  # type: ignore[index]
+    got = statistics.median(inclusive(r.heap, ALLOC_FUNCTION) for r in runs)
+    asked = float(runs[0].truth["alloc_bytes"][ALLOC_FUNCTION])  # type: ignore[index]
     return f"{got / 2**20:.2f} MiB ({got - asked:+,.0f} B, {100 * (got / asked - 1):+.4f}%)"
 
 
 def print_table(results: Dict[str, List[Run]], runs: int, rounds: int, python: str) -> None:
     plain = results["plain"]
     base = statistics.median(r.wall for r in plain)
+    base_cpu = statistics.median(float(r.truth["process_cpu_s"]) for r in plain)  # type: ignore[arg-type]
     truth = {n: statistics.median(float(r.truth["share"][n]) for r in plain) for n in CPU_FUNCTIONS}  # type: ignore[index]
     asked = float(plain[0].truth["alloc_bytes"][ALLOC_FUNCTION])  # type: ignore[index]
     print(f"## Python frames: ctprof, py-spy, memray on one workload ({os.path.basename(WORKLOAD)} {rounds}, "
           f"{python}; medians of {runs} interleaved runs)\n")
-    head = ["tool", "wall s", "vs plain", "of which analysis s", "peak RSS", "CPU samples"] + list(CPU_FUNCTIONS) + [
+    notes: List[str] = []
+    head = ["tool", "runs", "wall s", "vs plain", "of which analysis s", "workload CPU s", "peak RSS", "CPU samples"] + list(CPU_FUNCTIONS) + [
         "worst points", "libz beneath zlib_heavy", f"{ALLOC_FUNCTION} bytes"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
@@ -352,24 +366,36 @@ def print_table(results: Dict[str, List[Run]], runs: int, rounds: int, python: s
         wall = statistics.median(r.wall for r in rs)
         analysis = f"{statistics.median(r.analysis for r in rs):.2f}" if any(r.analysis for r in rs) else "-"
         rss = f"{statistics.median(r.rss_kb for r in rs) / 1024:.0f} MiB"
+        work = statistics.median(float(r.truth["process_cpu_s"]) for r in rs)  # type: ignore[arg-type]
+        work_cell = f"{work:.2f} ({100 * (work / base_cpu - 1):+.1f}%)"
         if name == "plain":
             cells = [pct(truth[n]) for n in CPU_FUNCTIONS] + ["-", "-", f"{asked / 2**20:.2f} MiB"]
-            row = [f"plain (the workload's own {ALLOC_FUNCTION} bytes and thread_time shares)",
-                   f"{wall:.2f}", "1.00x", analysis, rss, "-"] + cells
+            row = [f"plain (the workload's own {ALLOC_FUNCTION} bytes and thread_time shares)", str(len(rs)),
+                   f"{wall:.2f}", "1.00x", analysis, f"{work:.2f}", rss, "-"] + cells
         else:
-            shares, worst, samples, beneath = cpu_cells(rs)
-            row = [name, f"{wall:.2f}", f"{wall / base:.2f}x", analysis, rss, samples] + shares + [
-                worst, beneath, heap_cell(rs)]
+            shares, worst, samples, beneath = cpu_cells(name, rs, notes)
+            row = [name, str(len(rs)), f"{wall:.2f}", f"{wall / base:.2f}x", analysis, work_cell, rss, samples] + shares + [
+                worst, beneath, heap_cell(name, rs, notes)]
         print("| " + " | ".join(row) + " |")
+    for note in notes:
+        print(f"\n{note}")
     print(f"\nShares: samples whose stack holds the function (inclusive), in brackets the points of difference "
           f"from the workload's own share in the same run.  A share p from n samples has a standard deviation of "
-          f"sqrt(p(1-p)/n): about {100 * (0.25 / max(1.0, base * HZ)) ** 0.5:.1f} points at the plain run's "
-          f"{base * HZ:.0f} samples.  Heap: bytes of allocations whose stack holds {ALLOC_FUNCTION} (ctprof: all "
+          f"sqrt(p(1-p)/n): at most {100 * (0.25 / max(1.0, base_cpu * HZ)) ** 0.5:.1f} points at the "
+          f"{base_cpu * HZ:.0f} samples of the plain run's CPU time.  Workload CPU s: the process's own CPU time "
+          f"(time.process_time at exit), what in-process sampling or hooks cost it, steadier than wall time on a "
+          f"busy machine.  Heap: bytes of allocations whose stack holds {ALLOC_FUNCTION} (ctprof: all "
           f"allocated; memray: live at the peak, which these are) against the {asked:.0f} bytes it asked for "
           f"(best effort for memray: its csv transform).")
 
 
 # ---------------------------------------------------------------- main
+
+def first_and_last(e: Exception) -> str:
+    """The failed command and the last line of its stderr."""
+    lines = [l for l in str(e).splitlines() if l.strip()]
+    return lines[0] + (f" ... {lines[-1].strip()}" if len(lines) > 1 else "")
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -396,7 +422,7 @@ def main() -> int:
                 run_once(tool, [python, WORKLOAD, "2"], tmp)
                 usable.append(tool)
             except ToolFailed as e:
-                print(f"{tool.name}: skipped, it failed here: {str(e).splitlines()[0]}")
+                print(f"{tool.name}: skipped, it failed here: {first_and_last(e)}")
                 if tool.name == "plain":
                     print(str(e))
                     return 1
@@ -407,7 +433,7 @@ def main() -> int:
                 try:
                     results[tool.name].append(run_once(tool, cmd, tmp))
                 except ToolFailed as e:
-                    print(f"{tool.name}: a run failed: {str(e).splitlines()[0]}")
+                    print(f"{tool.name}: a run failed: {first_and_last(e)}")
         print_table({name: rs for name, rs in results.items() if rs}, runs, rounds, python)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
