@@ -14,7 +14,8 @@
  * page per event), so a torn or freed structure ends the walk instead of
  * faulting. */
 #define _GNU_SOURCE
-#include <dlfcn.h>
+#include <elf.h>
+#include <link.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,13 +56,83 @@ static int read_local(void *ctx, uint64_t addr, void *buf, size_t len)
     return 0;
 }
 
+/* ---- symbols of the loaded objects, without dlsym ------------------------ */
+
+struct lookup {
+    const char *name;
+    uint32_t hash;
+    void *found;
+};
+
+static uint32_t gnu_hash(const char *s)
+{
+    uint32_t h = 5381;
+    for (; *s; s++)
+        h = h * 33 + (unsigned char)*s;
+    return h;
+}
+
+/* dl_iterate_phdr callback: look `name` up in this object's DT_GNU_HASH. */
+static int lookup_in_object(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    struct lookup *l = arg;
+    const ElfW(Dyn) *dyn = NULL;
+    for (int i = 0; i < info->dlpi_phnum; i++)
+        if (info->dlpi_phdr[i].p_type == PT_DYNAMIC)
+            dyn = (const ElfW(Dyn) *)(info->dlpi_addr + info->dlpi_phdr[i].p_vaddr);
+    const ElfW(Sym) *symtab = NULL;
+    const char *strtab = NULL;
+    const uint32_t *gh = NULL;
+    for (; dyn && dyn->d_tag != DT_NULL; dyn++) {
+        /* the loader has relocated these to addresses, except in the vdso */
+        uintptr_t v = dyn->d_un.d_ptr;
+        if (v < info->dlpi_addr)
+            v += info->dlpi_addr;
+        if (dyn->d_tag == DT_SYMTAB)
+            symtab = (const ElfW(Sym) *)v;
+        else if (dyn->d_tag == DT_STRTAB)
+            strtab = (const char *)v;
+        else if (dyn->d_tag == DT_GNU_HASH)
+            gh = (const uint32_t *)v;
+    }
+    if (!symtab || !strtab || !gh)
+        return 0;
+    uint32_t nbuckets = gh[0], symoffset = gh[1], bloom_size = gh[2];
+    if (!nbuckets)
+        return 0;
+    const uint32_t *buckets = gh + 4 + bloom_size * (sizeof(ElfW(Addr)) / 4);
+    const uint32_t *chain = buckets + nbuckets;
+    uint32_t i = buckets[l->hash % nbuckets];
+    if (i < symoffset)
+        return 0;
+    for (;; i++) {
+        uint32_t h = chain[i - symoffset];
+        const ElfW(Sym) *sym = &symtab[i];
+        if ((h | 1) == (l->hash | 1) && sym->st_shndx != SHN_UNDEF && sym->st_value
+            && strcmp(strtab + sym->st_name, l->name) == 0) {
+            l->found = (void *)(info->dlpi_addr + sym->st_value);
+            return 1;
+        }
+        if (h & 1)
+            return 0;
+    }
+}
+
+static void *find_symbol(const char *name)
+{
+    struct lookup l = {name, gnu_hash(name), NULL};
+    dl_iterate_phdr(lookup_in_object, &l);
+    return l.found;
+}
+
 /* The running interpreter's version as 0x03MM, or 0. */
 static int64_t interpreter_version(void)
 {
-    const unsigned long *hex = dlsym(RTLD_DEFAULT, "Py_Version");
+    const unsigned long *hex = find_symbol("Py_Version");
     if (hex)
         return (int64_t)((*hex >> 16) & 0xffff);
-    const char *(*get_version)(void) = (const char *(*)(void))dlsym(RTLD_DEFAULT, "Py_GetVersion");
+    const char *(*get_version)(void) = (const char *(*)(void))find_symbol("Py_GetVersion");
     const char *text = get_version ? get_version() : NULL;
     if (!text || text[0] != '3' || text[1] != '.')
         return 0;
@@ -95,8 +166,8 @@ void pyheap_init(void)
 {
     ready = 0;
     const char *spec = getenv("CTPROF_PYLAYOUTS");
-    void *rt = dlsym(RTLD_DEFAULT, "_PyRuntime");
-    if (!spec || !rt || dlsym(RTLD_DEFAULT, "_Py_GetRefTotal"))
+    void *rt = spec ? find_symbol("_PyRuntime") : NULL;
+    if (!rt || find_symbol("_Py_GetRefTotal"))
         return;                                 /* not CPython, or a debug build */
     int64_t version = interpreter_version();
     if (version && pick_layout(spec, version)) {

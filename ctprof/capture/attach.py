@@ -232,10 +232,9 @@ def _initial_maps(sampler: KernelSampler, pid: int) -> None:
         raise AttachError(f"no such process: {pid} (it has exited)") from None
     if not text.strip():
         raise AttachError(f"process {pid} has no user memory (a kernel thread?): nothing to sample")
-    proc = sampler.process(pid)
     for m in parse_maps(text):
         if m.executable:
-            proc.add_mapping(m)
+            sampler.add_mapping(pid, m)
 
 
 def attach_process(pid: int, opts: AttachOptions,

@@ -478,7 +478,11 @@ class KernelSampler:
             path = ""
         perms = ("r" if prot & _PROT_READ else "-") + ("w" if prot & _PROT_WRITE else "-") + "x" \
             + ("s" if flags & _MAP_SHARED else "p")
-        mapping = Mapping(addr, addr + length, perms, pgoff, f"{maj:02x}:{mnr:02x}", ino, path, deleted)
+        self.add_mapping(pid, Mapping(addr, addr + length, perms, pgoff, f"{maj:02x}:{mnr:02x}", ino, path, deleted))
+
+    def add_mapping(self, pid: int, mapping: Mapping) -> None:
+        """An executable mapping of ``pid`` (from a record, or from
+        ``/proc/PID/maps`` when attaching)."""
         self.process(pid).add_mapping(mapping)
         if self.python is not None:
             self.python.mapped(pid, mapping, self.rings.values())
