@@ -254,7 +254,7 @@ def install_peers(python: str, venv: str) -> Dict[str, str]:
     return skipped
 
 
-def make_tools(python: str, venv: str, skipped: Dict[str, str], ctprof_env: Dict[str, str]) -> List[Tool]:
+def make_tools(venv: str, skipped: Dict[str, str], ctprof_env: Dict[str, str]) -> List[Tool]:
     ctprof = [sys.executable, "-m", "ctprof", "run", "--hz", str(HZ)]
     tools = [
         Tool("plain", lambda cmd, tmp: cmd),
@@ -352,18 +352,21 @@ def heap_cell(name: str, runs: List[Run], notes: List[str]) -> str:
 def print_table(results: Dict[str, List[Run]], runs: int, rounds: int, python: str) -> None:
     plain = results["plain"]
     base = statistics.median(r.wall for r in plain)
+    base_min = min(r.wall for r in plain)
     base_cpu = statistics.median(float(r.truth["process_cpu_s"]) for r in plain)  # type: ignore[arg-type]
     truth = {n: statistics.median(float(r.truth["share"][n]) for r in plain) for n in CPU_FUNCTIONS}  # type: ignore[index]
     asked = float(plain[0].truth["alloc_bytes"][ALLOC_FUNCTION])  # type: ignore[index]
     print(f"## Python frames: ctprof, py-spy, memray on one workload ({os.path.basename(WORKLOAD)} {rounds}, "
           f"{python}; medians of {runs} interleaved runs)\n")
     notes: List[str] = []
-    head = ["tool", "runs", "wall s", "vs plain", "of which analysis s", "workload CPU s", "peak RSS", "CPU samples"] + list(CPU_FUNCTIONS) + [
+    head = ["tool", "runs", "wall s (fastest)", "vs plain (fastest)", "of which analysis s", "workload CPU s", "peak RSS", "CPU samples"] + list(CPU_FUNCTIONS) + [
         "worst points", "libz beneath zlib_heavy", f"{ALLOC_FUNCTION} bytes"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for name, rs in results.items():
         wall = statistics.median(r.wall for r in rs)
+        fastest = min(r.wall for r in rs)
+        wall_cell = f"{wall:.2f} ({fastest:.2f})"
         analysis = f"{statistics.median(r.analysis for r in rs):.2f}" if any(r.analysis for r in rs) else "-"
         rss = f"{statistics.median(r.rss_kb for r in rs) / 1024:.0f} MiB"
         work = statistics.median(float(r.truth["process_cpu_s"]) for r in rs)  # type: ignore[arg-type]
@@ -371,10 +374,10 @@ def print_table(results: Dict[str, List[Run]], runs: int, rounds: int, python: s
         if name == "plain":
             cells = [pct(truth[n]) for n in CPU_FUNCTIONS] + ["-", "-", f"{asked / 2**20:.2f} MiB"]
             row = [f"plain (the workload's own {ALLOC_FUNCTION} bytes and thread_time shares)", str(len(rs)),
-                   f"{wall:.2f}", "1.00x", analysis, f"{work:.2f}", rss, "-"] + cells
+                   wall_cell, "1.00x", analysis, f"{work:.2f}", rss, "-"] + cells
         else:
             shares, worst, samples, beneath = cpu_cells(name, rs, notes)
-            row = [name, str(len(rs)), f"{wall:.2f}", f"{wall / base:.2f}x", analysis, work_cell, rss, samples] + shares + [
+            row = [name, str(len(rs)), wall_cell, f"{wall / base:.2f}x ({fastest / base_min:.2f}x)", analysis, work_cell, rss, samples] + shares + [
                 worst, beneath, heap_cell(name, rs, notes)]
         print("| " + " | ".join(row) + " |")
     for note in notes:
@@ -384,7 +387,7 @@ def print_table(results: Dict[str, List[Run]], runs: int, rounds: int, python: s
           f"sqrt(p(1-p)/n): at most {100 * (0.25 / max(1.0, base_cpu * HZ)) ** 0.5:.1f} points at the "
           f"{base_cpu * HZ:.0f} samples of the plain run's CPU time.  Workload CPU s: the process's own CPU time "
           f"(time.process_time at exit), what in-process sampling or hooks cost it, steadier than wall time on a "
-          f"busy machine.  Heap: bytes of allocations whose stack holds {ALLOC_FUNCTION} (ctprof: all "
+          f"busy machine; in brackets after wall times, the fastest run (interference only ever adds time).  Heap: bytes of allocations whose stack holds {ALLOC_FUNCTION} (ctprof: all "
           f"allocated; memray: live at the peak, which these are) against the {asked:.0f} bytes it asked for "
           f"(best effort for memray: its csv transform).")
 
@@ -415,7 +418,7 @@ def main() -> int:
     ctprof_env = dict(os.environ, PYTHONPATH=ROOT)
     tmp = tempfile.mkdtemp(prefix="ctprof-bench-python-")
     try:
-        tools = make_tools(python, venv, skipped, ctprof_env)
+        tools = make_tools(venv, skipped, ctprof_env)
         usable = []
         for tool in tools:  # warm the shim build, caches, page cache; drop what cannot run here
             try:
