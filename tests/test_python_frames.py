@@ -302,9 +302,11 @@ def test_run_keeps_the_call_chain_in_order(work_run, which):
             where = [py_index(names, WORK, q) for q in chain]
             present = [i for i in where if i is not None]
             assert present == sorted(present), f"{python}: out of order: {names}"
-            if None not in where:
+            # complete, under the interpreter's entry (a chain read after the
+            # thread moved on can put <module> above _start: counted, not
+            # excused; test_native_frames_belong_... checks that exactly)
+            if None not in where and ("Py_RunMain" in names[:where[0]] or "Py_BytesMain" in names[:where[0]]):
                 complete += value
-                assert "Py_RunMain" in names[:where[0]] or "Py_BytesMain" in names[:where[0]], names
         assert total > 50, f"{python}: {total} samples in inner"
         assert complete >= 0.95 * total, f"{python}: complete chain on {complete} of {total} samples of inner"
 
