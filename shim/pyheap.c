@@ -10,9 +10,11 @@
  * The thread's PyThreadState is what PyGILState_GetThisThreadState()
  * reads: the interpreter's thread-specific key.  The hooks run on that
  * thread between two of its own steps, so its chain is consistent; still,
- * every page is checked readable before it is read (one syscall per new
- * page per event), so a torn or freed structure ends the walk instead of
- * faulting. */
+ * every page is checked readable before its first read, so a layout that
+ * does not fit (an interpreter patched beyond its minor version) ends the
+ * walk instead of faulting.  The pages found readable are remembered per
+ * thread (the frames of one thread live in a few pages that stay mapped
+ * while they are in its chain), so an event costs no syscall once warm. */
 #define _GNU_SOURCE
 #include <elf.h>
 #include <link.h>
@@ -26,31 +28,28 @@ static int64_t layout[PYL_COUNT];
 static uint64_t runtime;
 static int ready;
 
-struct checked_pages {
-    uint64_t good[8];
-    int n;
-};
+#define KNOWN_PAGES 32
+static __thread uint64_t known_pages[KNOWN_PAGES] CTPROF_TLS;
+static __thread unsigned known_next CTPROF_TLS;
 
-static int page_known(struct checked_pages *c, uint64_t page)
+static int page_known(uint64_t page)
 {
-    for (int i = 0; i < c->n; i++)
-        if (c->good[i] == page)
+    for (int i = 0; i < KNOWN_PAGES; i++)
+        if (known_pages[i] == page)
             return 1;
     if (!page_readable(page))
         return 0;
-    c->good[c->n++ & 7] = page;
-    if (c->n > 8)
-        c->n = 8;
+    known_pages[known_next++ % KNOWN_PAGES] = page;
     return 1;
 }
 
 static int read_local(void *ctx, uint64_t addr, void *buf, size_t len)
 {
-    struct checked_pages *c = ctx;
+    (void)ctx;
     if (addr < 4096 || addr + len < addr || addr + len > 0x800000000000ull)
         return -1;
     for (uint64_t page = addr & ~4095ull; page < addr + len; page += 4096)
-        if (!page_known(c, page))
+        if (!page_known(page))
             return -1;
     memcpy(buf, (const void *)(uintptr_t)addr, len);
     return 0;
@@ -180,17 +179,16 @@ int pyheap_append(uint64_t *out, int room)
 {
     if (!ready || room < 3)
         return 0;
-    struct checked_pages pages = {{0}, 0};
-    struct pyw w = {layout, read_local, &pages};
+    struct pyw w = {layout, read_local, NULL};
     /* Py_tss_t: {int _is_initialized; pthread_key_t _key;} */
     uint32_t tss[2];
-    if (read_local(&pages, runtime + (uint64_t)layout[PYL_RUNTIME_AUTOTSS], tss, 8) != 0 || !tss[0])
+    if (read_local(NULL, runtime + (uint64_t)layout[PYL_RUNTIME_AUTOTSS], tss, 8) != 0 || !tss[0])
         return 0;
     uint64_t ts = (uint64_t)(uintptr_t)pthread_getspecific((pthread_key_t)tss[1]);
     int max = (room - 1) / 2;
     if (max > PYHEAP_MAX_FRAMES)
         max = PYHEAP_MAX_FRAMES;
-    int n = ts ? pyw_frames(&w, ts, out + 1, max) : 0;
+    int n = ts ? pyw_frames(&w, ts, out + 1, max, NULL) : 0;
     if (!n)
         return 0;
     out[0] = PYFRAMES_MARK;

@@ -11,6 +11,15 @@
  * The first time it meets a code object it also copies its names and line
  * table, so nothing has to be read after the process is gone.
  *
+ * The thread may have moved on between the sample and the read.  A read is
+ * kept only if the sample itself shows the innermost frame read was running
+ * then: the eval loop keeps that frame's address and an instruction
+ * pointer into its code in registers, or spills them to the C stack when it
+ * calls out, so both appear among the sample's registers and stack copy.
+ * A read that fails the check is counted (pyr_counts) and the sample keeps
+ * its native frames only: a Python function is never shown above C code it
+ * did not call.
+ *
  * The Python drain consumes each ring only up to this thread's cursor
  * (pyr_cursor) after taking the output (pyr_take), so every sample it
  * decodes already has its Python frames, and the kernel can never reuse
@@ -40,7 +49,7 @@
 #define MAX_DEPTH 512
 #define MAX_TEXT 65536
 #define PERF_RECORD_SAMPLE 9
-#define IDLE_NS 500000          /* poll period when the rings are idle */
+#define IDLE_NS 200000          /* poll period when the rings are idle */
 
 enum { OUT_SAMPLE = 1, OUT_CODE = 2 };
 
@@ -73,7 +82,8 @@ static unsigned char *out;
 static size_t out_len, out_cap;
 static pthread_t thread;
 static int running, stop_flag;
-static uint64_t samples_read, samples_missed;
+static uint64_t samples_read, samples_missed, samples_stale;
+static int sample_regs = 18;     /* registers in each sample (PERF_SAMPLE_REGS_USER) */
 
 /* ---- memory of another process -------------------------------------------- */
 
@@ -224,8 +234,50 @@ static struct proc *find_proc(int pid)
     return NULL;
 }
 
-static void read_sample(uint32_t pid, uint32_t tid, uint64_t time)
+/* Does the sample (registers and stack copy, as 64-bit words) show the
+ * thread running frame `leaf` of code object `code`? */
+static int sample_shows(const struct pyw *w, const uint64_t *words, size_t nwords, uint64_t leaf, uint64_t code)
 {
+    uint64_t lo, hi;
+    if (pyw_code_range(w, code, &lo, &hi) != 0)
+        return 0;
+    int frame_seen = 0, instr_seen = 0;
+    for (size_t i = 0; i < nwords && !(frame_seen && instr_seen); i++) {
+        frame_seen |= words[i] == leaf;
+        instr_seen |= words[i] >= lo && words[i] < hi;
+    }
+    return frame_seen && instr_seen;
+}
+
+/* The registers and stack copy of a sample record's body, as words. */
+static const uint64_t *sample_words(const unsigned char *body, size_t len, size_t *nwords)
+{
+    size_t regs_at = 24, size_at = regs_at + 8 * (size_t)sample_regs;   /* pid tid time abi regs size */
+    *nwords = 0;
+    if (len < size_at + 8)
+        return NULL;
+    uint64_t abi, stack_size, dyn = 0;
+    memcpy(&abi, body + 16, 8);
+    memcpy(&stack_size, body + size_at, 8);
+    if (!abi)
+        return NULL;
+    if (stack_size && size_at + 8 + stack_size + 8 <= len)
+        memcpy(&dyn, body + size_at + 8 + stack_size, 8);
+    if (dyn > stack_size)
+        dyn = stack_size;
+    /* registers then stack are contiguous but for the 8-byte size between:
+     * the size word is a small number, harmless to scan along */
+    *nwords = (size_at + 8 + dyn - regs_at) / 8;
+    return (const uint64_t *)(body + regs_at);
+}
+
+static void read_sample(const unsigned char *body, size_t len)
+{
+    uint32_t pid, tid;
+    uint64_t time;
+    memcpy(&pid, body, 4);
+    memcpy(&tid, body + 4, 4);
+    memcpy(&time, body + 8, 8);
     static uint64_t frames[2 * MAX_DEPTH];
     static unsigned char rec[32 + 16 * MAX_DEPTH];
     pthread_mutex_lock(&lock);
@@ -242,7 +294,15 @@ static void read_sample(uint32_t pid, uint32_t tid, uint64_t time)
         p->last_tid = tid;
         p->last_tstate = ts;
     }
-    int n = ts ? pyw_frames(&w, ts, frames, MAX_DEPTH) : 0;
+    uint64_t leaf = 0;
+    int n = ts ? pyw_frames(&w, ts, frames, MAX_DEPTH, &leaf) : 0;
+    size_t nwords;
+    const uint64_t *words = sample_words(body, len, &nwords);
+    if (n && !(words && sample_shows(&w, words, nwords, leaf, frames[0]))) {
+        samples_stale++;
+        pthread_mutex_unlock(&lock);
+        return;
+    }
     for (int i = 0; i < n; i++) {
         uint64_t code = frames[2 * i];
         if (!seen_before(&p->seen, code, fingerprint(&w, code)))
@@ -288,13 +348,10 @@ static int scan_ring(struct perf_ring *r)
         if (size < 8 || pos + size > head)
             break;
         if (type == PERF_RECORD_SAMPLE && size >= 24) {
-            uint32_t ids[2];
-            uint64_t time;
-            unsigned char body[16];
-            perf_copy(r, pos + 8, body, 16);
-            memcpy(ids, body, 8);
-            memcpy(&time, body + 8, 8);
-            read_sample(ids[0], ids[1], time);
+            static uint64_t words[65536 / 8];   /* a record's size is 16 bits */
+            unsigned char *body = (unsigned char *)words;
+            perf_copy(r, pos + 8, body, size - 8u);
+            read_sample(body, size - 8u);
         }
         pos += size;
         work = 1;
@@ -423,14 +480,22 @@ CTPROF_API size_t pyr_take(void *dst, size_t cap)
     return n;
 }
 
-/* Samples read with Python frames, and samples of registered processes
- * where none could be read (not running Python, or a torn read). */
-CTPROF_API void pyr_counts(uint64_t *read, uint64_t *missed)
+/* Samples read with Python frames; samples of registered processes where
+ * none could be read (not running Python, or a torn read); samples whose
+ * thread had moved on before its frames were read. */
+CTPROF_API void pyr_counts(uint64_t *read, uint64_t *missed, uint64_t *stale)
 {
     pthread_mutex_lock(&lock);
     *read = samples_read;
     *missed = samples_missed;
+    *stale = samples_stale;
     pthread_mutex_unlock(&lock);
+}
+
+/* How many registers each sample carries (popcount of sample_regs_user). */
+CTPROF_API void pyr_set_sample_regs(int n)
+{
+    sample_regs = n;
 }
 
 /* The output record of one code object of process `pid`, read now, into

@@ -95,7 +95,7 @@ static uint64_t instruction_index(const int64_t *L, const unsigned char *f, uint
     return (instr - first) / 2;
 }
 
-int pyw_frames(const struct pyw *w, uint64_t tstate, uint64_t *out, int max)
+int pyw_frames(const struct pyw *w, uint64_t tstate, uint64_t *out, int max, uint64_t *leaf)
 {
     const int64_t *L = w->layout;
     if (!tstate || max <= 0 || L[PYL_FRAME_BACK] < 0 || L[PYL_FRAME_CODE] < 0)
@@ -124,6 +124,8 @@ int pyw_frames(const struct pyw *w, uint64_t tstate, uint64_t *out, int max)
         uint64_t flags = 0;
         if (L[PYL_VERSION] < 0x030B || (L[PYL_FRAME_IS_ENTRY] >= 0 && f[L[PYL_FRAME_IS_ENTRY]]))
             flags = PYW_ENTRY;
+        if (!n && leaf)
+            *leaf = frame;
         out[2 * n] = code;
         out[2 * n + 1] = (instruction_index(L, f, code) & 0xffffffffull) | flags;
         n++;
@@ -132,6 +134,25 @@ int pyw_frames(const struct pyw *w, uint64_t tstate, uint64_t *out, int max)
     if (n && L[PYL_FRAME_OWNER] >= 0)
         out[2 * (n - 1) + 1] |= PYW_ENTRY;   /* the outermost call's first frame */
     return n;
+}
+
+int pyw_code_range(const struct pyw *w, uint64_t code, uint64_t *lo, uint64_t *hi)
+{
+    const int64_t *L = w->layout;
+    uint64_t units = 0, bytes = 0, co_code;
+    if (L[PYL_CODE_ADAPTIVE] >= 0) {             /* 3.11+: the code object holds them */
+        if (read_u64(w, code + (uint64_t)L[PYL_BYTES_SIZE], &units) != 0)
+            return -1;
+        *lo = code + (uint64_t)L[PYL_CODE_ADAPTIVE];
+        *hi = *lo + 2 * units;
+        return 0;
+    }
+    co_code = ptr_at(w, code, L[PYL_CODE_CODE]);  /* 3.9/3.10: a bytes object */
+    if (!co_code || read_u64(w, co_code + (uint64_t)L[PYL_BYTES_SIZE], &bytes) != 0)
+        return -1;
+    *lo = co_code + (uint64_t)L[PYL_BYTES_DATA];
+    *hi = *lo + bytes;
+    return 0;
 }
 
 size_t pyw_str(const struct pyw *w, uint64_t obj, void *buf, size_t cap, int *width)

@@ -49,6 +49,7 @@ enum pyw_field {
     PYL_UNICODE_COMPACT_DATA,
     PYL_BYTES_SIZE,
     PYL_BYTES_DATA,
+    PYL_CODE_CODE,               /* co_code, a bytes object (3.9/3.10), else -1 */
     PYL_COUNT
 };
 
@@ -73,8 +74,13 @@ uint64_t pyw_tstate_of(const struct pyw *w, uint64_t runtime, uint32_t tid);
 int pyw_is_thread(const struct pyw *w, uint64_t tstate, uint32_t tid);
 
 /* The frames of `tstate`, leaf first, as described above; returns how many
- * pairs were written (at most `max`). */
-int pyw_frames(const struct pyw *w, uint64_t tstate, uint64_t *out, int max);
+ * pairs were written (at most `max`).  `leaf`, if not NULL, receives the
+ * address of the innermost frame recorded. */
+int pyw_frames(const struct pyw *w, uint64_t tstate, uint64_t *out, int max, uint64_t *leaf);
+
+/* [*lo, *hi): the addresses of `code`'s instructions, where the eval loop's
+ * instruction pointer points while it runs that code.  0 on success. */
+int pyw_code_range(const struct pyw *w, uint64_t code, uint64_t *lo, uint64_t *hi);
 
 /* Read a str object: its characters' width (1, 2 or 4; 0 when unreadable
  * or not a compact str) and up to `cap` bytes of its data into `buf`.

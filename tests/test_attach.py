@@ -199,7 +199,7 @@ def test_attach_follows_short_threads(build, tmp_path):
     finally:
         target.kill()
         target.wait()
-    assert profile.total("samples") > 500
+    assert profile.total("samples") > 200          # 0.2 s of CPU: a busy machine gives less than 2 s
     assert share(profile, lambda n: any(f.startswith("short_thread_work") for f in n)) > 0.8
     assert len(set(profile.tids)) > 50
 

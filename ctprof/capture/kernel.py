@@ -542,6 +542,7 @@ class KernelSampler:
         from .ring import raw_stacks
         infos: Dict[int, ProcessInfo] = {}
         stacks: List[RawStack] = []
+        stale_note = self.python.summary_note() if self.python is not None else ""
         for pid, p in sorted(self.procs.items()):
             if not p.gens and not p.samples and not p.mappings:
                 continue                        # seen only as a parent
@@ -555,6 +556,8 @@ class KernelSampler:
             if self.python is not None:
                 info.python = self.python.process_doc(pid)
                 info.notes.extend(self.python.notes.get(pid, []))
+                if info.python and stale_note:
+                    info.notes.append(stale_note)
             # JIT names; anyone can create files in /tmp: see read_shared_file.
             info.perf_map, note = read_shared_file(f"/tmp/perf-{pid}.map", process_uid(pid, os.geteuid()))
             if note:

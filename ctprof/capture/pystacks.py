@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Set, Tuple
 
 from ..errors import BuildError
 from ..symbols.maps import Mapping
-from . import cpython
+from . import cpython, perf
 from .build import shim_path
 
 _OUT_SAMPLE, _OUT_CODE = 1, 2
@@ -48,7 +48,8 @@ def _load():
     lib.pyr_pending.restype = ctypes.c_size_t
     lib.pyr_take.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     lib.pyr_take.restype = ctypes.c_size_t
-    lib.pyr_counts.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64)]
+    lib.pyr_counts.argtypes = [ctypes.POINTER(ctypes.c_uint64)] * 3
+    lib.pyr_set_sample_regs.argtypes = [ctypes.c_int]
     lib.pyr_code_record.argtypes = [ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64, ctypes.POINTER(ctypes.c_int64),
                                     ctypes.c_void_p, ctypes.c_size_t]
     lib.pyr_code_record.restype = ctypes.c_size_t
@@ -156,6 +157,7 @@ class PythonStacks:
             self.failed = f"Python frames are off: the frame reader could not be built ({err})"
             return False
         self.pthread_tid = lib.pyr_pthread_tid_offset()
+        lib.pyr_set_sample_regs(bin(perf.REGS_MASK).count("1"))
         self.lib = lib
         for ring in rings:
             self.add_ring(ring)
@@ -198,12 +200,24 @@ class PythonStacks:
             self.collect()
             self.rings.clear()
 
-    def counts(self) -> Tuple[int, int]:
+    def counts(self) -> Tuple[int, int, int]:
+        """Samples of CPython processes read with Python frames, read with
+        none (no Python running), and left without them because the thread
+        had moved on before they could be read."""
         if self.lib is None:
-            return 0, 0
-        read, missed = ctypes.c_uint64(), ctypes.c_uint64()
-        self.lib.pyr_counts(ctypes.byref(read), ctypes.byref(missed))
-        return read.value, missed.value
+            return 0, 0, 0
+        read, missed, stale = ctypes.c_uint64(), ctypes.c_uint64(), ctypes.c_uint64()
+        self.lib.pyr_counts(ctypes.byref(read), ctypes.byref(missed), ctypes.byref(stale))
+        return read.value, missed.value, stale.value
+
+    def summary_note(self) -> str:
+        """One line on the samples left without Python frames, if any."""
+        read, _missed, stale = self.counts()
+        if not stale:
+            return ""
+        return (f"{stale} of {read + stale} samples of Python threads "
+                f"({100.0 * stale / (read + stale):.1f}%) show native frames only: the thread had moved "
+                f"on to other Python code before its frames could be read")
 
     def _parse(self, data: bytes) -> None:
         off = 0

@@ -86,10 +86,9 @@ def _code_ids(proc: Optional[ProcessInfo], info: HeapProcess) -> Callable[[int],
 def _python_words(words: Sequence[int], code_id: Callable[[int], int]) -> Tuple[int, ...]:
     """A heap stack's Python frames (address, index|flags pairs) with each
     address replaced by its code table index."""
-    out: List[int] = []
-    for i in range(0, len(words) - 1, 2):
-        out.append(code_id(words[i]))
-        out.append(words[i + 1])
+    n = len(words) & ~1
+    out = list(words[:n])
+    out[0:n:2] = map(code_id, words[0:n:2])
     return tuple(out)
 
 

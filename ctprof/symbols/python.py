@@ -54,6 +54,12 @@ class PythonFrames:
                 self.codes[pid] = ((int(version[0]), int(version[1])), codes)
         self._tables: Dict[Tuple[int, int], Optional[LineTable]] = {}
         self._frames: Dict[Tuple[int, int, int], Frame] = {}
+        # Memos for merge (a heap profile has tens of thousands of stacks
+        # sharing a few hundred Python frames): frame ids of one profile's
+        # intern, groups per Python part, and which native ids are the eval loop.
+        self._ids: Dict[Tuple[int, int, int], int] = {}
+        self._group_memo: Dict[Tuple[int, Tuple[int, ...]], List[List[int]]] = {}
+        self._eval_memo: Dict[Tuple[int, ...], bool] = {}
 
     def frame(self, pid: int, code_id: int, index: int) -> Frame:
         key = (pid, code_id, index)
@@ -69,11 +75,12 @@ class PythonFrames:
             return Frame("[python frame]", "", "python")
         qualname, filename, firstlineno = str(entry[0]), str(entry[1]), int(entry[2])
         line = self._line(pid, code_id, version, entry, index)
-        if line is None:
-            line = firstlineno
+        if line is None or line < 0:
+            line = firstlineno if firstlineno >= 0 else None
         base = os.path.basename(filename)
         module = module_name(filename)
-        return Frame(f"{module}.{qualname} ({base}:{line})", module, "python", filename or None, line)
+        where = f"{base}:{line}" if line is not None else base
+        return Frame(f"{module}.{qualname} ({where})", module, "python", filename or None, line)
 
     def _line(self, pid: int, code_id: int, version, entry: list, index: int) -> Optional[int]:
         key = (pid, code_id)
@@ -93,8 +100,17 @@ class PythonFrames:
         ``_PyEval_EvalFrameDefault`` frame, innermost first, is replaced by
         the next group of Python frames; groups left over (a native stack
         cut short) go above the root."""
-        groups = self._groups(pid, py, intern)
-        is_eval = [any(frame_of(i).name.startswith(EVAL_FRAME) for i in ids) for ids in native]
+        key = (pid, tuple(py))
+        groups = self._group_memo.get(key)
+        if groups is None:
+            groups = self._group_memo[key] = self._groups(pid, py, intern)
+        memo = self._eval_memo
+        is_eval = []
+        for ids in native:
+            flag = memo.get(ids)
+            if flag is None:
+                flag = memo[ids] = any(frame_of(i).name.startswith(EVAL_FRAME) for i in ids)
+            is_eval.append(flag)
         evals = sum(is_eval)
         out: List[int] = []
         for extra in range(len(groups) - 1, evals - 1, -1):
@@ -113,9 +129,14 @@ class PythonFrames:
         """The Python frames as groups, innermost group first, each root first."""
         groups: List[List[int]] = []
         current: List[int] = []
+        ids = self._ids
         for i in range(0, len(py) - 1, 2):
             word = py[i + 1]
-            current.append(intern(self.frame(pid, py[i], word & 0xFFFFFFFF)))
+            key = (pid, py[i], word & 0xFFFFFFFF)
+            fid = ids.get(key)
+            if fid is None:
+                fid = ids[key] = intern(self.frame(*key))
+            current.append(fid)
             if word & PYFRAME_ENTRY:
                 groups.append(current[::-1])
                 current = []

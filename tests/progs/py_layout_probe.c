@@ -73,6 +73,7 @@ int main(void) {
     P("code_adaptive", offsetof(PyCodeObject, co_code_adaptive));
     P("code_qualname", offsetof(PyCodeObject, co_qualname));
     P("code_linetable", offsetof(PyCodeObject, co_linetable));
+    P("code_code", -1);
 #else
     P("frame_back", offsetof(PyFrameObject, f_back));
     P("frame_code", offsetof(PyFrameObject, f_code));
@@ -82,6 +83,7 @@ int main(void) {
     P("frame_is_entry", -1);
     P("code_adaptive", -1);
     P("code_qualname", -1);
+    P("code_code", offsetof(PyCodeObject, co_code));
 #if PY_VERSION_HEX >= 0x030A0000
     P("code_linetable", offsetof(PyCodeObject, co_linetable));
 #else
