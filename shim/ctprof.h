@@ -320,7 +320,7 @@ int unwind_caller(const struct stack_bounds *b, uint64_t *ips, int max, int *tru
  * nothing touched.) */
 int page_readable(uint64_t page);
 
-/* ---- Python frames of heap events (pyheap.c, "mem" build) ----------------
+/* ---- Python frames of heap events (pylocal.c, "mem" build) ---------------
  * A heap event's return addresses may be followed by PYFRAMES_MARK and the
  * allocating thread's Python frames, two words each (pywalk.h's format):
  * the controller splits them off (ctprof/memory/model.py). */
@@ -438,14 +438,12 @@ void ctprof_forget_tid(void);             /* in a fork child */
 size_t fmt_u64(char *out, uint64_t v);    /* AS-safe decimal formatting */
 void path_join3(char *out, size_t cap, const char *a, const char *b, const char *c);
 
-/* ---- pyframes.c (the "self" variant only) -----------------------------------
- * Python frames of the calling thread, for CPython 3.11/3.12 (compiled
- * against the running interpreter's headers; a stub elsewhere). */
-/* Locate the interpreter's thread-state key.  Not AS-safe; 1 if supported. */
-int pyframes_init(void);
-/* Fill out[2*i], out[2*i+1] (code address, lasti | PYFRAME_ENTRY), leaf
- * first; returns the frame count.  AS-safe: every frame read is checked for
- * readability first and the walk is bounded. */
-int pyframes_capture(uint64_t *out, int max);
+/* ---- pylocal.c: Python frames of the calling thread ("self" build too) ---
+ * pylocal_set_layout: read frames with this layout (pywalk.h's PYL_COUNT
+ * values) in the interpreter this process runs; 1 if it has one.
+ * pylocal_frames: the calling thread's frames, pywalk.h's pairs, leaf
+ * first; AS-safe (checked reads, no locks, no allocation). */
+int pylocal_set_layout(const int64_t *values);
+int pylocal_frames(uint64_t *out, int max);
 
 #endif

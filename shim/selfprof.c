@@ -7,7 +7,7 @@
  * the fallback is timer_create on the thread's CPU clock with
  * SIGEV_THREAD_ID.  The handler finds its slot by si_fd / si_value, unwinds
  * the native stack (unwind.c), adds the thread's Python frames
- * (pyframes.c) and writes one REC_PYSAMPLE record into a ring (ring.c) that
+ * (pylocal.c) and writes one REC_PYSAMPLE record into a ring (ring.c) that
  * the Python side drains with ctprof_ring_drain.
  *
  * The handler is async-signal-safe: no malloc, no locks, no stdio; scratch
@@ -97,7 +97,7 @@ static void take_sample(int i, void *uc)
     }
     int truncated = 0;
     int n = unwind_stack(cfg_unwind, uc, &slots[i].bounds, scratch.words, cfg_depth, &truncated);
-    int np = have_python && cfg_python ? pyframes_capture(scratch.words + n, cfg_pydepth) : 0;
+    int np = have_python && cfg_python ? pylocal_frames(scratch.words + n, cfg_pydepth) : 0;
     uint32_t size = (uint32_t)(sizeof(struct rec_sample) + (size_t)n * 8 + (size_t)np * 16);
     struct rec_sample *rec = ring_reserve(&ring, size);
     if (rec) {
@@ -168,7 +168,6 @@ CTPROF_API int ctprof_self_start(const char *dir, unsigned hz, int max_depth, in
         return -EBUSY;
     if (!unwinder_ready) {
         unwind_init();
-        have_python = pyframes_init();
         unwinder_ready = 1;
     }
     cfg_hz = hz ? hz : 99;
@@ -210,14 +209,13 @@ CTPROF_API int ctprof_self_start(const char *dir, unsigned hz, int max_depth, in
     return 0;
 }
 
-/* 1 if this build reads Python frames. */
-CTPROF_API int ctprof_self_python_frames(void)
+/* Read Python frames with this layout (ctprof/capture/cpython.py, the
+ * running interpreter's version); 1 if this process has the interpreter. */
+CTPROF_API int ctprof_self_python_layout(const int64_t *layout)
 {
-    if (!unwinder_ready) {
-        unwind_init();
-        have_python = pyframes_init();
-        unwinder_ready = 1;
-    }
+    if (__atomic_load_n(&running, __ATOMIC_SEQ_CST))
+        return have_python;
+    have_python = pylocal_set_layout(layout);
     return have_python;
 }
 

@@ -167,8 +167,8 @@ def test_attach_api(build):
 # -- self-profiling -----------------------------------------------------------------
 
 def _python_frames_expected() -> bool:
-    from ctprof.capture.selfprof import python_build_flags
-    return bool(python_build_flags())
+    from ctprof.capture.selfprof import python_layout
+    return python_layout() is not None
 
 
 def test_self_profile_python_and_native_frames_in_one_stack():

@@ -34,8 +34,8 @@ LIBS = ["-ldl"]  # no libm: its pages would count in the profiled program's RSS 
 COMMON_SOURCES = ("util.c", "ring.c", "cfi.c", "unwind.c", "sampler.c", "maps.c", "preload.c", "collect.c")
 VARIANTS = {
     "cpu": COMMON_SOURCES,
-    "mem": COMMON_SOURCES + ("heap.c", "heaphooks.c", "pyheap.c", "pywalk.c"),
-    "self": COMMON_SOURCES + ("selfprof.c", "pyframes.c"),
+    "mem": COMMON_SOURCES + ("heap.c", "heaphooks.c", "pylocal.c", "pywalk.c"),
+    "self": COMMON_SOURCES + ("selfprof.c", "pylocal.c", "pywalk.c"),
     # The controller's Python-frame reader (capture/pystacks.py), never preloaded.
     "pyreader": ("pyreader.c", "pywalk.c"),
 }

@@ -1,13 +1,14 @@
 """Self-profiling: sample threads of this Python process (``ctprof.profile``).
 
-The "self" build of the shim (``shim/selfprof.c`` + ``shim/pyframes.c``,
-compiled against this interpreter's headers) is loaded with ctypes.  A
+The "self" build of the shim (``shim/selfprof.c``, with ``shim/pylocal.c``
+reading Python frames by this interpreter's layout from :mod:`.cpython`)
+is loaded with ctypes.  A
 daemon "ctprof-drain" thread arms a per-thread CPU timer for each selected
 thread (perf_event task-clock delivered to that thread, or a POSIX timer on
 its CPU clock), drains the ring the signal handler writes into, and watches
 for threads that start or end.  Each sample holds the native return
-addresses and, on CPython 3.11/3.12, the thread's Python frames as (code
-object address, instruction offset).  At the end the native frames are
+addresses and, on CPython 3.9 to 3.13, the thread's Python frames as (code
+object address, instruction index).  At the end the native frames are
 symbolised like any other session and the Python frames take the place of
 the ``_PyEval_EvalFrameDefault`` frame that ran them, as ``py-spy --native``
 shows them.
@@ -33,6 +34,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 from ..errors import BuildError, CtprofError, UsageError
 from ..profile import Frame, Profile, merge_identical
 from ..session import ProcessInfo, Session
+from ..symbols.pylines import line_for
+from . import cpython
 from . import ring as ringmod
 from .build import shim_path
 
@@ -49,31 +52,22 @@ _lib_cache: Dict[str, object] = {}
 _active_lock = threading.Lock()
 
 
-def python_build_flags() -> List[str]:
-    """Compiler flags for reading Python frames in this interpreter, or []
-    when its version or installed headers do not allow it."""
-    if not ((3, 11) <= sys.version_info[:2] <= (3, 12)) or sys.implementation.name != "cpython":
-        return []
-    include = sysconfig.get_paths().get("include") or ""
-    if not os.path.isfile(os.path.join(include, "internal", "pycore_frame.h")):
-        return []
-    return ["-DCTPROF_PYTHON=1", f"-I{include}"]
+def python_layout() -> Optional[List[int]]:
+    """The frame layout of this interpreter (:mod:`.cpython`), or None
+    when it is not a supported CPython (3.9-3.13, release, with the GIL)."""
+    version = sys.version_info[:2]
+    if (sys.implementation.name != "cpython" or version not in cpython.LAYOUTS
+            or hasattr(sys, "gettotalrefcount") or sysconfig.get_config_var("Py_GIL_DISABLED")):
+        return None
+    return cpython.Interpreter(version, 0, 0, sys.executable).layout(-1)
 
 
 def load_library():
-    """The compiled "self" shim, loaded once per process (with Python-frame
-    support where this interpreter's headers allow it)."""
+    """The compiled "self" shim, loaded once per process."""
     lib = _lib_cache.get("lib")
     if lib is not None:
         return lib
-    flags = python_build_flags()
-    try:
-        path = shim_path("self", extra_flags=flags)
-    except BuildError:
-        if not flags:
-            raise
-        path = shim_path("self")          # native frames only
-    lib = ctypes.CDLL(path)
+    lib = ctypes.CDLL(shim_path("self"))
     lib.ctprof_self_start.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_int, ctypes.c_int,
                                       ctypes.c_int, ctypes.c_int]
     lib.ctprof_self_start.restype = ctypes.c_int
@@ -83,8 +77,8 @@ def load_library():
     lib.ctprof_self_remove_thread.restype = ctypes.c_int
     lib.ctprof_self_stop.argtypes = []
     lib.ctprof_self_stop.restype = ctypes.c_long
-    lib.ctprof_self_python_frames.argtypes = []
-    lib.ctprof_self_python_frames.restype = ctypes.c_int
+    lib.ctprof_self_python_layout.argtypes = [ctypes.POINTER(ctypes.c_int64)]
+    lib.ctprof_self_python_layout.restype = ctypes.c_int
     lib.ctprof_ring_drain.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
     lib.ctprof_ring_drain.restype = ctypes.c_size_t
     _lib_cache["lib"] = lib
@@ -206,15 +200,10 @@ class CodeRegistry:
         key = (id(code), lasti)
         if key in self._lines:
             return self._lines[key]
-        offset = lasti * 2
-        line = code.co_firstlineno
-        try:
-            for start, end, ln in code.co_lines():
-                if start <= offset < end:
-                    line = ln if ln is not None else line
-                    break
-        except (AttributeError, ValueError):
-            pass
+        table = code.co_lnotab if sys.version_info < (3, 10) else code.co_linetable
+        line = line_for(sys.version_info[:2], table, code.co_firstlineno, lasti)
+        if line is None:
+            line = code.co_firstlineno
         self._lines[key] = line
         return line
 
@@ -371,7 +360,9 @@ class SelfSampler:
         if not _active_lock.acquire(blocking=False):
             raise CtprofError("another ctprof.profile() session is already running in this process")
         try:
-            self.python_frames = bool(self.python and self.lib.ctprof_self_python_frames())
+            layout = python_layout() if self.python else None
+            self.python_frames = bool(layout and self.lib.ctprof_self_python_layout(
+                (ctypes.c_int64 * len(layout))(*layout)))
             self.codes.scan()
             self._snapshot_maps()
             self.session_dir = make_session_dir()
@@ -457,7 +448,7 @@ class SelfSampler:
                           exit_status=None, processes={pid: info}, stacks=stacks)
         session.notes.append("self-profile of this Python process"
                              + (" with Python frames" if self.python_frames else
-                                " (native frames only: Python frames need CPython 3.11/3.12 and its headers)"))
+                                f" (native frames only: Python frames need {cpython.SUPPORTED})"))
         session.notes.extend(self.errors[:5])
 
         resolver = Resolver(session, progress=False)

@@ -1,16 +1,20 @@
-/* Python frames for heap events: the allocating thread's own frame chain,
- * read inside the malloc hooks (the "mem" build only).
+/* Python frames of the calling thread, read in its own process: by the
+ * heap hooks (the "mem" build: each allocation's Python frames) and by the
+ * self-profiling signal handler (the "self" build, ctprof.profile()).
  *
- * The layouts come from the controller (CTPROF_PYLAYOUTS, one per CPython
- * minor version, from ctprof/capture/cpython.py); which one applies is
- * decided here, at load time, from the interpreter's own exported
- * `Py_Version` (3.11+) or `Py_GetVersion()` text.  A program that is not a
+ * The layouts come from the Python side (ctprof/capture/cpython.py): for
+ * the heap hooks in CTPROF_PYLAYOUTS, one per CPython minor version, the
+ * one that applies decided here at load time from the interpreter's own
+ * exported `Py_Version` (3.11+) or `Py_GetVersion()` text; for
+ * self-profiling, the running interpreter's one, through
+ * ctprof_self_python_layout.  A program that is not a
  * CPython interpreter has no `_PyRuntime` and pays one branch per event.
  *
  * The thread's PyThreadState is what PyGILState_GetThisThreadState()
  * reads: the interpreter's thread-specific key.  The hooks run on that
- * thread between two of its own steps, so its chain is consistent; still,
- * every page is checked readable before its first read, so a layout that
+ * thread between two of its own steps, so its chain is consistent (the
+ * signal handler may find it half updated); every page is checked
+ * readable before its first read, so a layout that
  * does not fit (an interpreter patched beyond its minor version) ends the
  * walk instead of faulting.  The pages found readable are remembered per
  * thread (the frames of one thread live in a few pages that stay mapped
@@ -175,9 +179,21 @@ void pyheap_init(void)
     }
 }
 
-int pyheap_append(uint64_t *out, int room)
+int pylocal_set_layout(const int64_t *values)
 {
-    if (!ready || room < 3)
+    ready = 0;
+    void *rt = find_symbol("_PyRuntime");
+    if (!rt)
+        return 0;
+    memcpy(layout, values, sizeof layout);
+    runtime = (uint64_t)(uintptr_t)rt;
+    ready = 1;
+    return 1;
+}
+
+int pylocal_frames(uint64_t *out, int max)
+{
+    if (!ready || max <= 0)
         return 0;
     struct pyw w = {layout, read_local, NULL};
     /* Py_tss_t: {int _is_initialized; pthread_key_t _key;} */
@@ -185,10 +201,15 @@ int pyheap_append(uint64_t *out, int room)
     if (read_local(NULL, runtime + (uint64_t)layout[PYL_RUNTIME_AUTOTSS], tss, 8) != 0 || !tss[0])
         return 0;
     uint64_t ts = (uint64_t)(uintptr_t)pthread_getspecific((pthread_key_t)tss[1]);
+    return ts ? pyw_frames(&w, ts, out, max, NULL) : 0;
+}
+
+int pyheap_append(uint64_t *out, int room)
+{
     int max = (room - 1) / 2;
     if (max > PYHEAP_MAX_FRAMES)
         max = PYHEAP_MAX_FRAMES;
-    int n = ts ? pyw_frames(&w, ts, out + 1, max, NULL) : 0;
+    int n = pylocal_frames(out + 1, max);
     if (!n)
         return 0;
     out[0] = PYFRAMES_MARK;
