@@ -27,13 +27,16 @@ import mmap
 import os
 import struct
 from array import array
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .symbols import elf as _elf
 from .symbols.maps import Mapping, MapTable
 
 # DWARF register numbers on x86-64.
 RSP, RBP, RA = 7, 6, 16
+#: rbx, rbp, r12-r15 (DWARF numbers): preserved across calls, so a caller's
+#: values of them are recovered exactly at each frame.
+CALLEE_SAVED = (3, 6, 12, 13, 14, 15)
 _U8 = struct.Struct("<Q")
 
 # Register rules.
@@ -551,6 +554,20 @@ def load_vaddr(info: "_elf.ElfFile", file_off: int, size: int = 1) -> Optional[i
     return best
 
 
+#: At most this much of one frame's stack is handed to ``watched``.
+MAX_WATCHED_FRAME = 16384
+
+
+def _frame_words(stack, stack_base: int, sp: int, cfa: int) -> List[int]:
+    """The 8-byte words of the stack copy in [sp, cfa): one frame's slots."""
+    lo = max(sp, stack_base) - stack_base
+    hi = min(cfa, sp + MAX_WATCHED_FRAME, stack_base + len(stack)) - stack_base
+    lo += (-lo) % 8
+    if hi <= lo:
+        return []
+    return list(memoryview(stack)[lo:hi - (hi - lo) % 8].cast("B").cast("Q"))
+
+
 class Unwinder:
     """Unwind samples of one process from registers and stack copies.
 
@@ -615,10 +632,18 @@ class Unwinder:
         return mod
 
     def unwind(self, maps: MapTable, regs: Dict[int, int], stack, stack_base: int,
-               max_depth: int) -> Tuple[List[int], bool]:
+               max_depth: int, watch: Sequence[Tuple[int, int]] = (),
+               watched: Optional[List[int]] = None) -> Tuple[List[int], bool]:
         """Return addresses leaf first (``ips[0]`` the interrupted pc) and
         whether ``max_depth`` cut the chain.  ``regs`` uses DWARF numbers
-        (7 = rsp, 16 = rip); ``stack`` is the bytes copied from ``stack_base``."""
+        (7 = rsp, 16 = rip); ``stack`` is the bytes copied from ``stack_base``.
+
+        ``watch``: address ranges of a function; the values the innermost
+        frame running in one of them held are appended to ``watched``: its
+        registers (all of them if it is the interrupted frame, else the
+        callee-saved ones the unwinding recovered: the values live across
+        its call) and the words of its own stack frame (where it keeps the
+        others across a call)."""
         size = len(stack)
         limit = stack_base + size
 
@@ -635,6 +660,11 @@ class Unwinder:
         stats = self.stats
         while True:
             look = pc if first or signal else pc - 1
+            watching = False
+            if watch and watched is not None and any(lo <= look < hi for lo, hi in watch):
+                watched.extend(regs.values() if first else (regs[r] for r in CALLEE_SAVED if r in regs))
+                watch = ()
+                watching = True
             m = maps.find(look)
             row = None
             if m is not None:
@@ -651,6 +681,8 @@ class Unwinder:
                     cfa = None if base is None else (base + row.cfa_off) & 0xFFFFFFFFFFFFFFFF
                 if cfa is None:
                     break
+                if watching:
+                    watched.extend(_frame_words(stack, stack_base, regs.get(RSP, 0), cfa))
                 ra_rule = row.rules.get(row.ra_reg)
                 if ra_rule is None or ra_rule[0] == UNDEF:
                     break                                    # outermost frame (_start, clone)

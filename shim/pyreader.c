@@ -14,11 +14,15 @@
  * The thread may have moved on between the sample and the read.  A read is
  * kept only if the sample itself shows the innermost frame read was running
  * then: the eval loop keeps that frame's address and an instruction
- * pointer into its code in registers, or spills them to the C stack when it
- * calls out, so both appear among the sample's registers and stack copy.
- * A read that fails the check is counted (pyr_counts) and the sample keeps
- * its native frames only: a Python function is never shown above C code it
- * did not call.
+ * pointer into its code in registers, or saves them on the C stack when it
+ * calls out.  Here the check is coarse (both values anywhere among the
+ * sample's registers and stack copy: a failure is certain to be stale);
+ * the controller repeats it exactly once the sample is unwound, against
+ * the registers of the innermost _PyEval_EvalFrameDefault activation
+ * (ctprof/capture/kernel.py), with the leaf frame and code range sent
+ * along.  A read that fails is counted and the sample keeps its native
+ * frames only: a Python function is never shown above C code it did not
+ * call.
  *
  * The Python drain consumes each ring only up to this thread's cursor
  * (pyr_cursor) after taking the output (pyr_take), so every sample it
@@ -27,7 +31,8 @@
  *
  * Output records (native endian), each 8-byte aligned:
  *   u32 type, u32 total bytes, then
- *   type 1 (sample): u32 pid, u32 tid, u64 time, u32 n, u32 0, n x (u64 code, u64 index|flags)
+ *   type 1 (sample): u32 pid, u32 tid, u64 time, u32 n, u32 0, u64 leaf frame address,
+ *                    u64 lo, u64 hi (its code's instructions), n x (u64 code, u64 index|flags)
  *   type 2 (code):   u32 pid, i32 firstlineno, u64 address, then three
  *                    strings (qualname, filename, line table), each
  *                    u32 width (0 missing, 1/2/4 str, 1 bytes), u32 nbytes, bytes padded to 8. */
@@ -236,11 +241,14 @@ static struct proc *find_proc(int pid)
 
 /* Does the sample (registers and stack copy, as 64-bit words) show the
  * thread running frame `leaf` of code object `code`? */
-static int sample_shows(const struct pyw *w, const uint64_t *words, size_t nwords, uint64_t leaf, uint64_t code)
+static int sample_shows(const struct pyw *w, const uint64_t *words, size_t nwords, uint64_t leaf, uint64_t code,
+                        uint64_t *lo_out, uint64_t *hi_out)
 {
     uint64_t lo, hi;
     if (pyw_code_range(w, code, &lo, &hi) != 0)
         return 0;
+    *lo_out = lo;
+    *hi_out = hi;
     int frame_seen = 0, instr_seen = 0;
     for (size_t i = 0; i < nwords && !(frame_seen && instr_seen); i++) {
         frame_seen |= words[i] == leaf;
@@ -279,7 +287,7 @@ static void read_sample(const unsigned char *body, size_t len)
     memcpy(&tid, body + 4, 4);
     memcpy(&time, body + 8, 8);
     static uint64_t frames[2 * MAX_DEPTH];
-    static unsigned char rec[32 + 16 * MAX_DEPTH];
+    static unsigned char rec[56 + 16 * MAX_DEPTH];
     pthread_mutex_lock(&lock);
     struct proc *p = find_proc((int)pid);
     if (!p) {
@@ -298,7 +306,8 @@ static void read_sample(const unsigned char *body, size_t len)
     int n = ts ? pyw_frames(&w, ts, frames, MAX_DEPTH, &leaf) : 0;
     size_t nwords;
     const uint64_t *words = sample_words(body, len, &nwords);
-    if (n && !(words && sample_shows(&w, words, nwords, leaf, frames[0]))) {
+    uint64_t lo = 0, hi = 0;
+    if (n && !(words && sample_shows(&w, words, nwords, leaf, frames[0], &lo, &hi))) {
         samples_stale++;
         pthread_mutex_unlock(&lock);
         return;
@@ -309,13 +318,15 @@ static void read_sample(const unsigned char *body, size_t len)
             emit_code(p, &w, code);
     }
     if (n) {
-        uint32_t head[4] = {OUT_SAMPLE, (uint32_t)(32 + 16 * n), pid, tid};
+        uint32_t head[4] = {OUT_SAMPLE, (uint32_t)(56 + 16 * n), pid, tid};
         uint32_t count[2] = {(uint32_t)n, 0};
+        uint64_t check[3] = {leaf, lo, hi};
         memcpy(rec, head, 16);
         memcpy(rec + 16, &time, 8);
         memcpy(rec + 24, count, 8);
-        memcpy(rec + 32, frames, 16 * (size_t)n);
-        emit(rec, 32 + 16 * (size_t)n);
+        memcpy(rec + 32, check, 24);
+        memcpy(rec + 56, frames, 16 * (size_t)n);
+        emit(rec, 56 + 16 * (size_t)n);
         samples_read++;
     } else {
         samples_missed++;

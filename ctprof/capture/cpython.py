@@ -75,6 +75,8 @@ LAYOUTS: Dict[Tuple[int, int], Dict[str, int]] = {
               "runtime_autotss": 2160, "unicode_ascii_data": 40, "unicode_compact_data": 56},
 }
 SUPPORTED = "CPython 3.9 to 3.13 (x86-64 release builds)"
+#: The evaluation loop: each of its activations runs one or more Python frames.
+EVAL_FRAME = "_PyEval_EvalFrameDefault"
 
 #: The file name of an image that may hold an interpreter.
 _IMAGE_NAME = re.compile(r"^(?:lib)?python(\d)\.(\d+)([a-z]*)(?:\.so(?:\.[\d.]+)?)?$")
@@ -88,6 +90,8 @@ class Interpreter:
     runtime: int                 # address of _PyRuntime in the process
     code_type: int               # address of PyCode_Type (0 if not found)
     path: str
+    #: where _PyEval_EvalFrameDefault (and its .cold part) lies in the process
+    eval_ranges: Tuple[Tuple[int, int], ...] = ()
 
     def layout(self, pthread_tid: int) -> List[int]:
         values = dict(LAYOUTS[self.version], pthread_tid=pthread_tid)
@@ -143,7 +147,8 @@ def inspect_image(data, mapping: Mapping, load_vaddr) -> Tuple[Optional[Interpre
     info = _elf.parse(data)
     if not info.is64 or info.endian != "<":
         return None, ""
-    syms = _data_symbols(data, info, ("_PyRuntime", "PyCode_Type", "Py_Version", "_Py_GetRefTotal"))
+    syms = _data_symbols(data, info, ("_PyRuntime", "PyCode_Type", "Py_Version", "_Py_GetRefTotal",
+                                      EVAL_FRAME, EVAL_FRAME + ".cold"))
     if "_PyRuntime" not in syms:
         return None, ""
     m = _IMAGE_NAME.match(os.path.basename(mapping.path))
@@ -162,5 +167,7 @@ def inspect_image(data, mapping: Mapping, load_vaddr) -> Tuple[Optional[Interpre
     va = load_vaddr(info, mapping.offset, mapping.end - mapping.start)
     bias = mapping.start - (va if va is not None else mapping.offset)
     code_type = syms.get("PyCode_Type", (0, 0))[0]
+    evals = tuple((bias + v, bias + v + max(size, 1)) for v, size in
+                  (syms[n] for n in (EVAL_FRAME, EVAL_FRAME + ".cold") if n in syms))
     return Interpreter(version, bias + syms["_PyRuntime"][0], bias + code_type if code_type else 0,
-                       mapping.path), ""
+                       mapping.path, evals), ""

@@ -495,8 +495,17 @@ class KernelSampler:
             return None
         proc = self.process(s.pid)
         table, gen = proc.current()
-        ips, truncated = self.unwinder.unwind(table, s.regs, s.stack, s.stack_base, self.opts.max_depth)
-        py = self.python.frames_of(s.pid, s.tid, s.time) if self.python is not None else ()
+        py, check = self.python.frames_of(s.pid, s.tid, s.time) if self.python is not None else ((), None)
+        if not py:
+            ips, truncated = self.unwinder.unwind(table, s.regs, s.stack, s.stack_base, self.opts.max_depth)
+            return s, proc, (s.tid, gen, tuple(ips), truncated, ())
+        # Python frames read after the sample: kept only if the registers of
+        # the innermost eval-loop activation at the sample confirm them.
+        values: List[int] = []
+        ips, truncated = self.unwinder.unwind(table, s.regs, s.stack, s.stack_base, self.opts.max_depth,
+                                              self.python.eval_ranges(s.pid), values)
+        if not self.python.confirmed(check, values):
+            py = ()
         return s, proc, (s.tid, gen, tuple(ips), truncated, py)
 
     def _sample(self, buf: bytes, body: int) -> None:

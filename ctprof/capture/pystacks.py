@@ -29,7 +29,7 @@ from .build import shim_path
 
 _OUT_SAMPLE, _OUT_CODE = 1, 2
 _HEAD = struct.Struct("<II")
-_SAMPLE = struct.Struct("<IIQII")            # pid tid time n pad
+_SAMPLE = struct.Struct("<IIQIIQQQ")         # pid tid time n pad leaf-frame code-lo code-hi
 _CODE = struct.Struct("<IiQ")                # pid firstlineno address
 _TEXT = struct.Struct("<II")                 # width nbytes
 _WIDTH_CODEC = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}
@@ -96,6 +96,8 @@ class PythonStacks:
         self.looked: Set[Tuple[int, str]] = set()
         self.notes: Dict[int, List[str]] = {}
         self.pthread_tid = -1
+        self._gone: Dict[int, cpython.Interpreter] = {}
+        self.stale = 0                                     # samples whose frames the controller refused
 
     @property
     def active(self) -> bool:
@@ -141,8 +143,11 @@ class PythonStacks:
     def gone(self, pid: int) -> None:
         """``pid`` exec'd another image or exited: stop reading it (its code
         table stays for the profile)."""
-        if self.interpreters.pop(pid, None) is not None and self.lib is not None:
-            self.lib.pyr_remove_process(pid)
+        interp = self.interpreters.pop(pid, None)
+        if interp is not None:
+            self._gone[pid] = interp              # its last samples are still to be unwound
+            if self.lib is not None:
+                self.lib.pyr_remove_process(pid)
         self.looked = {k for k in self.looked if k[0] != pid}
 
     # -- the reader -----------------------------------------------------------
@@ -213,6 +218,8 @@ class PythonStacks:
     def summary_note(self) -> str:
         """One line on the samples left without Python frames, if any."""
         read, _missed, stale = self.counts()
+        read -= self.stale
+        stale += self.stale
         if not stale:
             return ""
         return (f"{stale} of {read + stale} samples of Python threads "
@@ -232,7 +239,7 @@ class PythonStacks:
             off += size
 
     def _sample(self, data: bytes, off: int) -> None:
-        pid, tid, time, n, _pad = _SAMPLE.unpack_from(data, off)
+        pid, tid, time, n, _pad, leaf, lo, hi = _SAMPLE.unpack_from(data, off)
         codes = self.codes.get(pid)
         if codes is None or len(self.samples) >= MAX_PENDING:
             return
@@ -241,7 +248,7 @@ class PythonStacks:
         for i in range(0, len(words), 2):
             pairs.append(codes.id_of(words[i]))
             pairs.append(words[i + 1])
-        self.samples[(pid, tid, time)] = tuple(pairs)
+        self.samples[(pid, tid, time)] = (tuple(pairs), (leaf, lo, hi))
 
     def _code(self, data: bytes, off: int, end: int) -> None:
         pid, address, entry = parse_code(data, off, end)
@@ -249,9 +256,24 @@ class PythonStacks:
         if codes is not None and entry:
             codes.add(address, entry)
 
-    def frames_of(self, pid: int, tid: int, time: int) -> tuple:
-        """The Python frames read for one sample (``()`` if none)."""
-        return self.samples.pop((pid, tid, time), ())
+    def frames_of(self, pid: int, tid: int, time: int) -> Tuple[tuple, Optional[tuple]]:
+        """The Python frames read for one sample (``()`` if none) and what
+        confirms them: (innermost frame address, its code's instruction range)."""
+        return self.samples.pop((pid, tid, time), ((), None))
+
+    def eval_ranges(self, pid: int) -> Tuple[Tuple[int, int], ...]:
+        interp = self.interpreters.get(pid) or self._gone.get(pid)
+        return interp.eval_ranges if interp is not None else ()
+
+    def confirmed(self, check: tuple, values: List[int]) -> bool:
+        """Were the frames read those running at the sample?  The innermost
+        eval-loop activation held the innermost frame's address and an
+        instruction pointer into its code (``values``: its registers)."""
+        leaf, lo, hi = check
+        ok = leaf in values and any(lo <= v < hi for v in values)
+        if not ok:
+            self.stale += 1
+        return ok
 
     def process_doc(self, pid: int) -> Dict[str, object]:
         """What :attr:`ProcessInfo.python` holds for ``pid``."""
