@@ -320,18 +320,23 @@ int unwind_caller(const struct stack_bounds *b, uint64_t *ips, int max, int *tru
  * nothing touched.) */
 int page_readable(uint64_t page);
 
-/* ---- Python frames of heap events (pylocal.c, "mem" build) ---------------
- * A heap event's return addresses may be followed by PYFRAMES_MARK and the
- * allocating thread's Python frames, two words each (pywalk.h's format):
- * the controller splits them off (ctprof/memory/model.py). */
+/* ---- Python frames of samples and heap events (pylocal.c) -----------------
+ * A sample's or heap event's return addresses may be followed by
+ * PYFRAMES_MARK and the thread's Python frames, two words each (pywalk.h's
+ * format): the controller splits them off (ctprof/capture/pystacks.py). */
 #define PYFRAMES_MARK 0xFFFFFFFFFFFFF0F0ull
 #define PYHEAP_MAX_FRAMES 64
-/* Find the interpreter of this image (constructor time, not AS-safe). */
-void pyheap_init(void);
+#define PYFRAMES_WORDS (1 + 2 * PYHEAP_MAX_FRAMES)
+/* In these events each index word carries the code object's fingerprint
+ * (pyw_fingerprint) in bits 33-63. */
+#define PYFRAME_PRINT_SHIFT 33
+/* Find the interpreter of this image and its layout in CTPROF_PYLAYOUTS
+ * (constructor time, not AS-safe). */
+void pylocal_init_from_env(void);
 /* Append PYFRAMES_MARK and the calling thread's Python frames to `out`
  * (room for `room` words); returns the words written (0: no Python frames).
- * Called from the heap hooks: no allocation, no locks. */
-int pyheap_append(uint64_t *out, int room);
+ * AS-safe: no allocation, no locks. */
+int pylocal_append(uint64_t *out, int room);
 /* Fill ips[] (leaf first) from the interrupted context `uc`.  AS-safe:
  * only cfi.c's walker (never libgcc, nothing lazily bound), every memory
  * read validated, so a sample on a coroutine stack, inside swapcontext or

@@ -27,7 +27,7 @@
 
 #define MAX_HEAP_DEPTH 256
 /* return addresses, then maybe PYFRAMES_MARK and two words per Python frame */
-#define MAX_HEAP_WORDS (MAX_HEAP_DEPTH + 1 + 2 * PYHEAP_MAX_FRAMES)
+#define MAX_HEAP_WORDS (MAX_HEAP_DEPTH + PYFRAMES_WORDS)
 
 static struct ring heap_ring;
 static struct heap_shared *hs;
@@ -312,7 +312,7 @@ void heap_on_alloc(void *ptr, size_t size)
     uint64_t ips[MAX_HEAP_WORDS];
     int truncated = 0;
     int n = unwind_caller(sampler_bounds(), ips, depth, &truncated);
-    n += pyheap_append(ips + n, MAX_HEAP_WORDS - n);
+    n += pylocal_append(ips + n, MAX_HEAP_WORDS - n);
     uint32_t bytes = (uint32_t)(sizeof(struct rec_alloc) + (size_t)n * 8);
     uint32_t tid = (uint32_t)ctprof_gettid();
     struct rec_alloc *rec = reserve(bytes, tid, NULL);
@@ -368,7 +368,7 @@ void heap_realloc_end(void *old, void *ptr, size_t size)
     uint64_t ips[MAX_HEAP_WORDS];
     int truncated = 0;
     int n = unwind_caller(sampler_bounds(), ips, depth, &truncated);
-    n += pyheap_append(ips + n, MAX_HEAP_WORDS - n);
+    n += pylocal_append(ips + n, MAX_HEAP_WORDS - n);
     uint32_t bytes = (uint32_t)(sizeof(struct rec_realloc) + (size_t)n * 8);
     uint32_t tid = (uint32_t)ctprof_gettid();
     struct rec_realloc *rec = reserve(bytes, tid, NULL);
@@ -450,7 +450,6 @@ int heap_init(const char *dir)
         return -1;
     strcpy(heap_dir, dir);
     unwind_init();
-    pyheap_init();
     if (sample_bytes) {
         void *p = mmap(NULL, sizeof(struct sset_stripe) * SSET_STRIPES + FILTER_SIZE, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

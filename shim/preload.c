@@ -553,6 +553,7 @@ __attribute__((constructor)) static void ctprof_start(void)
         return;
     fill_header(&main_ring);
     maps_snapshot(&main_ring, session_dir);
+    pylocal_init_from_env();   /* a CPython program: its Python frames go with each event */
 
     struct sampler_config c;
     c.hz = (unsigned)main_ring.hdr->hz;   /* 0: sampled from outside, no timer here */

@@ -2,8 +2,11 @@
  * heap hooks (the "mem" build: each allocation's Python frames) and by the
  * self-profiling signal handler (the "self" build, ctprof.profile()).
  *
+ * The preloaded shim's signal sampler (`run --sampler signal`) appends them
+ * to its samples as the heap hooks do to their events.
+ *
  * The layouts come from the Python side (ctprof/capture/cpython.py): for
- * the heap hooks in CTPROF_PYLAYOUTS, one per CPython minor version, the
+ * the preloaded shim in CTPROF_PYLAYOUTS, one per CPython minor version, the
  * one that applies decided here at load time from the interpreter's own
  * exported `Py_Version` (3.11+) or `Py_GetVersion()` text; for
  * self-profiling, the running interpreter's one, through
@@ -165,7 +168,7 @@ static int pick_layout(const char *spec, int64_t version)
     return 0;
 }
 
-void pyheap_init(void)
+void pylocal_init_from_env(void)
 {
     ready = 0;
     const char *spec = getenv("CTPROF_PYLAYOUTS");
@@ -204,7 +207,7 @@ int pylocal_frames(uint64_t *out, int max)
     return ts ? pyw_frames(&w, ts, out, max, NULL) : 0;
 }
 
-int pyheap_append(uint64_t *out, int room)
+int pylocal_append(uint64_t *out, int room)
 {
     int max = (room - 1) / 2;
     if (max > PYHEAP_MAX_FRAMES)
@@ -212,6 +215,12 @@ int pyheap_append(uint64_t *out, int room)
     int n = pylocal_frames(out + 1, max);
     if (!n)
         return 0;
+    /* The controller names code objects a little later: a fingerprint in
+     * the spare high bits of each index word lets it tell the code object
+     * recorded here from another allocated at the same address since. */
+    struct pyw w = {layout, read_local, NULL};
+    for (int i = 0; i < n; i++)
+        out[2 + 2 * i] |= (uint64_t)pyw_fingerprint(&w, out[1 + 2 * i]) << PYFRAME_PRINT_SHIFT;
     out[0] = PYFRAMES_MARK;
     return 1 + 2 * n;
 }

@@ -510,15 +510,17 @@ CTPROF_API void pyr_set_sample_regs(int n)
 }
 
 /* The output record of one code object of process `pid`, read now, into
- * `dst` (for heap stacks, whose frames the program's own hooks recorded).
+ * `dst` (for heap stacks, whose frames the program's own hooks recorded),
+ * and its fingerprint now (to compare with the one recorded then).
  * Returns its length, 0 if unreadable, not a code object or over `cap`. */
 CTPROF_API size_t pyr_code_record(int pid, uint64_t code, uint64_t code_type, const int64_t *layout,
-                                  void *dst, size_t cap)
+                                  void *dst, size_t cap, uint32_t *fingerprint)
 {
     unsigned char *rec = malloc(CODE_RECORD_MAX), *text = malloc(MAX_TEXT);
     size_t len = 0;
     if (rec && text) {
         struct pyw w = {layout, read_remote, (void *)(intptr_t)pid};
+        *fingerprint = pyw_fingerprint(&w, code);
         len = code_record(&w, pid, code_type, code, rec, text);
         if (len > cap)
             len = 0;

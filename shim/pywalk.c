@@ -136,6 +136,15 @@ int pyw_frames(const struct pyw *w, uint64_t tstate, uint64_t *out, int max, uin
     return n;
 }
 
+uint32_t pyw_fingerprint(const struct pyw *w, uint64_t code)
+{
+    const int64_t *L = w->layout;
+    uint64_t file = ptr_at(w, code, L[PYL_CODE_FILENAME]), name = ptr_at(w, code, L[PYL_CODE_NAME]);
+    uint64_t h = (file * 0x9E3779B97F4A7C15ull) ^ (name * 0xC2B2AE3D27D4EB4Full);
+    h ^= h >> 29;
+    return (uint32_t)(h & 0x7fffffffu) | 1u;   /* never 0: 0 means "not read" */
+}
+
 int pyw_code_range(const struct pyw *w, uint64_t code, uint64_t *lo, uint64_t *hi)
 {
     const int64_t *L = w->layout;

@@ -78,6 +78,10 @@ int pyw_is_thread(const struct pyw *w, uint64_t tstate, uint32_t tid);
  * address of the innermost frame recorded. */
 int pyw_frames(const struct pyw *w, uint64_t tstate, uint64_t *out, int max, uint64_t *leaf);
 
+/* 31 bits that tell apart two code objects that lived at the same address
+ * (from their name and file name pointers); 0 if unreadable. */
+uint32_t pyw_fingerprint(const struct pyw *w, uint64_t code);
+
 /* [*lo, *hi): the addresses of `code`'s instructions, where the eval loop's
  * instruction pointer points while it runs that code.  0 on success. */
 int pyw_code_range(const struct pyw *w, uint64_t code, uint64_t *lo, uint64_t *hi);

@@ -108,7 +108,8 @@ int sampler_owns(int sig, const siginfo_t *si)
 /* Bytes of the per-thread scratch area: the frames, then room for a maps
  * snapshot's path and copy buffer (maps.c), so nothing big lands on the
  * interrupted thread's stack, which may be 16 KiB in all. */
-static size_t scratch_need(void) { return ((size_t)cfg.max_depth + 1) * sizeof(uint64_t) + MAPS_BUF_BYTES; }
+static size_t frame_words(void) { return (size_t)cfg.max_depth + 1 + PYFRAMES_WORDS; }
+static size_t scratch_need(void) { return frame_words() * sizeof(uint64_t) + MAPS_BUF_BYTES; }
 
 static void take_sample(void *uc)
 {
@@ -135,10 +136,11 @@ static void take_sample(void *uc)
     if (ts.scratch) {
         int truncated = 0;
         int n = unwind_stack(cfg.unwind, uc, &ts.bounds, ts.scratch, cfg.max_depth, &truncated);
+        n += pylocal_append(ts.scratch + n, (int)(frame_words() - (size_t)n));
         uint32_t gen = __atomic_load_n(&r->hdr->maps_gen, __ATOMIC_ACQUIRE);
         /* The first sample under a new memory map writes its snapshot
          * (dlopen/dlclose only bump the generation: maps.c). */
-        maps_ensure(r, cfg.dir, gen, (char *)(ts.scratch + cfg.max_depth + 1), MAPS_BUF_BYTES);
+        maps_ensure(r, cfg.dir, gen, (char *)(ts.scratch + frame_words()), MAPS_BUF_BYTES);
         uint32_t size = (uint32_t)(sizeof(struct rec_sample) + (size_t)n * 8);
         struct rec_sample *rec = ring_reserve(r, size);
         if (rec) {

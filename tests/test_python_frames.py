@@ -635,3 +635,163 @@ def test_unsupported_interpreter_gets_native_frames_and_a_note(tmp_path, which):
         assert n > 100
         assert sum(v for names, v, _ in stacks if "_PyEval_EvalFrameDefault" in names) >= 0.9 * n
         assert sum(v for names, v, _ in stacks if "deflate" in names) >= 0.2 * n
+
+
+# ---------------------------------------------------------------------------
+# In-process capture: the heap hooks (run --mem), the signal sampler, and
+# self-profiling, each reading Python frames in the program itself.
+
+HEAP = "pyf_heap"
+HEAP_SOURCE = '''\
+import json, sys
+
+keep = []
+
+
+def big_buffers(n, size):
+    for _ in range(n):
+        keep.append(bytearray(size))
+
+
+def small_objects(indexes):
+    out = [None] * len(indexes)
+    for i in indexes:
+        out[i] = bytearray(100)
+    keep.append(out)
+
+
+def main(result_path):
+    big_buffers(20, 1 << 20)
+    indexes = list(range(20000))       # made here: small_objects allocates no int
+    small_objects(indexes)
+    # What each function allocated, by the interpreter's own account: with
+    # PYTHONMALLOC=malloc every object is one malloc of its getsizeof.
+    expected = {"big_buffers": 20 * sys.getsizeof(bytearray(1 << 20)),
+                "small_objects": 20000 * sys.getsizeof(bytearray(100)) + sys.getsizeof([None] * 20000)}
+    with open(result_path, "w") as f:
+        json.dump(expected, f)
+
+
+main(sys.argv[1])
+'''
+
+
+@pytest.mark.parametrize("which", WHICH)
+def test_mem_bytes_per_python_function(tmp_path, which):
+    """run --mem: each Python function's allocated bytes within 1% of what it
+    allocated (PYTHONMALLOC=malloc, so small objects reach malloc too), with
+    the interpreter's C code beneath it and its caller above."""
+    for python in supported_interpreters(which):
+        script = str(tmp_path / (HEAP + ".py"))
+        with open(script, "w") as f:
+            f.write(HEAP_SOURCE)
+        result = str(tmp_path / "expected.json")
+        proc = ctprof(["run", "--mem", "-o", "heap.ctprof", "--", python, script, result], cwd=str(tmp_path),
+                      env={"PYTHONMALLOC": "malloc"})
+        assert proc.returncode == 0, proc.stderr.decode()
+        profile, _ = load_profile(str(tmp_path / "heap.ctprof"))
+        with open(result) as f:
+            expected = json.load(f)
+        got: Dict[str, int] = {}
+        callers_ok = beneath_ok = 0
+        for names, value, _ in samples_of_metric(profile, "alloc_bytes"):
+            for qualname in expected:
+                at = py_index(names, HEAP, qualname)
+                if at is None:
+                    continue
+                got[qualname] = got.get(qualname, 0) + value
+                if py_index(names[:at], HEAP, "main") is not None:
+                    callers_ok += value
+                if at + 1 < len(names) and not FRAME.match(names[at + 1]):
+                    beneath_ok += value
+        for qualname, want in expected.items():
+            assert want * 0.99 <= got.get(qualname, 0) <= want * 1.01, \
+                f"{python}: {qualname} allocated {got.get(qualname, 0)} bytes, the script {want}"
+        total = sum(got.values())
+        assert callers_ok >= 0.99 * total, f"{python}: main above on {callers_ok} of {total} bytes"
+        assert beneath_ok >= 0.99 * total, f"{python}: native frames beneath on {beneath_ok} of {total} bytes"
+
+
+def samples_of_metric(profile, metric: str) -> List[Tuple[Tuple[str, ...], int, Optional[int]]]:
+    values = profile.values[metric]
+    return [(tuple(profile.frames[i].name for i in stack), values[k], profile.tids[k] if profile.tids else None)
+            for k, stack in enumerate(profile.stacks) if values[k]]
+
+
+@pytest.mark.parametrize("which", WHICH)
+def test_signal_sampler_reads_python_frames_in_the_program(tmp_path, which):
+    """--sampler signal: the handler reads the thread's frames at the
+    sample itself, so deflate is beneath compress_work on nearly every one
+    of its samples and the shares match the script's own CPU time."""
+    for python in supported_interpreters(which):
+        script = str(tmp_path / (WORK + ".py"))
+        with open(script, "w") as f:
+            f.write(WORK_SOURCE)
+        result = str(tmp_path / "spent.json")
+        proc = ctprof(["run", "--sampler", "signal", "--hz", HZ, "-o", "sig.ctprof", "--",
+                       python, script, result, "0.4"], cwd=str(tmp_path))
+        assert proc.returncode == 0, proc.stderr.decode()
+        profile, _ = load_profile(str(tmp_path / "sig.ctprof"))
+        with open(result) as f:
+            spent = json.load(f)
+        counts = {"compress_work": 0, "inner": 0}
+        beneath = 0
+        total = 0
+        for names, value, _ in samples_of(profile):
+            total += value
+            for qualname in counts:
+                at = py_index(names, WORK, qualname)
+                if at is not None:
+                    counts[qualname] += value
+                    if qualname == "compress_work" and "deflate" in names[at + 1:]:
+                        beneath += value
+        assert counts["compress_work"] > 50 and beneath >= 0.9 * counts["compress_work"], (python, counts, beneath)
+        for qualname, n in counts.items():
+            share, want = n / total, spent[qualname] / spent["total"]
+            assert abs(share - want) <= tolerance(want, total), (python, qualname, share, want)
+
+
+SELF = "pyf_self"
+SELF_SOURCE = '''\
+import json, os, sys, time, zlib
+import ctprof
+
+DATA = os.urandom(1 << 16)
+
+
+def squeeze_for(seconds):
+    start = time.thread_time()
+    while time.thread_time() - start < seconds:
+        zlib.compress(DATA, 6)
+
+
+with ctprof.profile(hz=499) as p:
+    squeeze_for(0.4)
+result = p.result
+stacks = result.named_stacks()
+json.dump({"python_frames": result.metadata.get("python_frames"),
+           "total": result.total(),
+           "squeeze": sum(v for n, v in stacks if any(".squeeze_for (" in x for x in n)),
+           "deflate_beneath": sum(v for n, v in stacks
+                                  if any(".squeeze_for (" in x for x in n) and "deflate" in n)},
+          open(sys.argv[1], "w"))
+'''
+
+
+@pytest.mark.parametrize("which", WHICH)
+def test_self_profiling_reads_python_frames(tmp_path, which):
+    """ctprof.profile() inside each interpreter: Python frames without the
+    interpreter's headers, with deflate beneath them."""
+    for python in supported_interpreters(which):
+        script = str(tmp_path / (SELF + ".py"))
+        with open(script, "w") as f:
+            f.write(SELF_SOURCE)
+        result = str(tmp_path / "self.json")
+        from conftest import ctprof_env
+        proc = subprocess.run([python, script, result], cwd=str(tmp_path), capture_output=True, timeout=120,
+                              env=ctprof_env())
+        assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+        with open(result) as f:
+            got = json.load(f)
+        assert got["python_frames"] is True, (python, got)
+        assert got["squeeze"] >= 0.8 * got["total"] and got["deflate_beneath"] >= 0.8 * got["squeeze"], (python, got)

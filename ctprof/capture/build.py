@@ -31,11 +31,12 @@ LIBS = ["-ldl"]  # no libm: its pages would count in the profiled program's RSS 
 #: ``ctprof run``; "mem" adds the heap hooks (``--mem``: CPU-only runs must
 #: not pay for them); "self" is loaded into Python with ctypes for
 #: self-profiling.  Headers are always hashed.
-COMMON_SOURCES = ("util.c", "ring.c", "cfi.c", "unwind.c", "sampler.c", "maps.c", "preload.c", "collect.c")
+COMMON_SOURCES = ("util.c", "ring.c", "cfi.c", "unwind.c", "sampler.c", "maps.c", "preload.c", "collect.c",
+                  "pylocal.c", "pywalk.c")
 VARIANTS = {
     "cpu": COMMON_SOURCES,
-    "mem": COMMON_SOURCES + ("heap.c", "heaphooks.c", "pylocal.c", "pywalk.c"),
-    "self": COMMON_SOURCES + ("selfprof.c", "pylocal.c", "pywalk.c"),
+    "mem": COMMON_SOURCES + ("heap.c", "heaphooks.c"),
+    "self": COMMON_SOURCES + ("selfprof.c",),
     # The controller's Python-frame reader (capture/pystacks.py), never preloaded.
     "pyreader": ("pyreader.c", "pywalk.c"),
 }

@@ -99,7 +99,7 @@ class Interpreter:
 
 
 def layouts_env() -> str:
-    """Every layout, for the heap hooks (shim/pyheap.c picks the one of
+    """Every layout, for the preloaded shim (shim/pylocal.c picks the one of
     the interpreter it finds itself in): ``0x30b:v,v,...;...``."""
     return ";".join(f"{LAYOUTS[v]['version']:#x}:" + ",".join(str(x) for x in Interpreter(v, 0, 0, "").layout(-1))
                     for v in sorted(LAYOUTS))

@@ -234,6 +234,7 @@ class Collector:
         for bit, text in ringmod.NOTES.items():
             if int(h["notes"]) & bit:
                 info.notes.append(text)
+        info.python = ring.python_doc()
         if perf_map_note:
             info.notes.append(perf_map_note)
         return info

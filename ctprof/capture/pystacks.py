@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from ..errors import BuildError
 from ..symbols.maps import Mapping
@@ -33,6 +33,16 @@ _SAMPLE = struct.Struct("<IIQIIQQQ")         # pid tid time n pad leaf-frame cod
 _CODE = struct.Struct("<IiQ")                # pid firstlineno address
 _TEXT = struct.Struct("<II")                 # width nbytes
 _WIDTH_CODEC = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}
+#: In-process events (heap hooks, the signal sampler) may carry, after their
+#: return addresses, this word and the thread's Python frames as (code
+#: object address, index | entry flag) pairs (shim/ctprof.h).
+PYFRAMES_MARK = 0xFFFFFFFFFFFFF0F0
+PYHEAP_MAX_FRAMES = 64
+#: ... each index word carrying the code object's fingerprint in bits 33-63
+#: (shim/pywalk.c pyw_fingerprint): the address may hold another code object
+#: by the time the controller reads it.
+PRINT_SHIFT = 33
+INDEX_AND_ENTRY = (1 << PRINT_SHIFT) - 1
 #: Samples waiting for the drain beyond this many are dropped (a drain that
 #: stopped must not grow the controller without bound).
 MAX_PENDING = 1_000_000
@@ -51,7 +61,7 @@ def _load():
     lib.pyr_counts.argtypes = [ctypes.POINTER(ctypes.c_uint64)] * 3
     lib.pyr_set_sample_regs.argtypes = [ctypes.c_int]
     lib.pyr_code_record.argtypes = [ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64, ctypes.POINTER(ctypes.c_int64),
-                                    ctypes.c_void_p, ctypes.c_size_t]
+                                    ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint32)]
     lib.pyr_code_record.restype = ctypes.c_size_t
     return lib
 
@@ -301,10 +311,35 @@ def parse_code(data: bytes, off: int, end: int) -> Tuple[int, int, Optional[list
     return pid, address, [_decode(qw, qualname), _decode(fw, filename), firstlineno, linetable.hex()]
 
 
+def code_addresses(words: Sequence[int]) -> List[Tuple[int, int]]:
+    """The code objects of an in-process event's Python frames, as
+    (address, fingerprint) pairs."""
+    if PYFRAMES_MARK not in words:
+        return []
+    cut = words.index(PYFRAMES_MARK)
+    rest = words[cut + 1:]
+    return [(rest[i], rest[i + 1] >> PRINT_SHIFT) for i in range(0, len(rest) - 1, 2)]
+
+
+def split_python(words: Tuple[int, ...], code_id) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """An in-process event's words as (return addresses, Python frames with
+    each code object replaced by ``code_id((address, fingerprint))``)."""
+    if PYFRAMES_MARK not in words:
+        return words, ()
+    cut = words.index(PYFRAMES_MARK)
+    rest = words[cut + 1:]
+    py: List[int] = []
+    for i in range(0, len(rest) - 1, 2):
+        py.append(code_id((rest[i], rest[i + 1] >> PRINT_SHIFT)))
+        py.append(rest[i + 1] & INDEX_AND_ENTRY)
+    return words[:cut], tuple(py)
+
+
 class CodeReader:
-    """The code objects of one live process, read on demand: heap stacks
-    carry the Python frames the program's hooks recorded (shim/pyheap.c),
-    as code object addresses that must be named while the process lives."""
+    """The code objects of one live process, read on demand: heap events
+    and in-process samples carry the Python frames the program recorded
+    (shim/pylocal.c), as code object addresses that must be named while the
+    process lives."""
 
     RETRY_SECONDS = 1.0
 
@@ -312,7 +347,9 @@ class CodeReader:
         self.pid = pid
         self.interp: Optional[cpython.Interpreter] = None
         self.layout = None
-        self.entries: Dict[int, list] = {}
+        self.entries: Dict[Tuple[int, int], list] = {}   # (address, fingerprint) -> entry
+        self.table: List[list] = []             # the code table raw stacks index
+        self.ids: Dict[Tuple[int, int], int] = {}
         self.lib = None
         self._next_look = 0.0
         self._buf = None
@@ -356,22 +393,40 @@ class CodeReader:
                 return True
         return False
 
-    def learn(self, addresses) -> None:
-        """Read the code objects at ``addresses`` not read before."""
+    def learn(self, keys) -> None:
+        """Read the code objects of ``keys`` ((address, fingerprint) pairs)
+        not read before; one whose fingerprint differs now is gone (its
+        address holds another object) and stays unnamed."""
         if self.interp is None:
             return
-        for address in addresses:
-            if address in self.entries:
+        now_print = ctypes.c_uint32()
+        for key in keys:
+            if key in self.entries:
                 continue
+            address, recorded = key
             n = self.lib.pyr_code_record(self.pid, address, self.interp.code_type, self.layout,
-                                         self._buf, len(self._buf))
+                                         self._buf, len(self._buf), ctypes.byref(now_print))
             entry = None
-            if n:
+            if n and now_print.value == recorded:
                 _pid, _addr, entry = parse_code(self._buf.raw[:n], 8, n)
-            self.entries[address] = entry or ["", "", 0, ""]
+            self.entries[key] = entry or ["", "", 0, ""]
 
     def doc(self) -> Dict[str, object]:
         return {"version": list(self.interp.version)} if self.interp else {}
+
+    def code_id(self, key: Tuple[int, int]) -> int:
+        """The index in :attr:`table` of the code object ``key`` ((address,
+        fingerprint)), added on first use."""
+        i = self.ids.get(key)
+        if i is None:
+            i = self.ids[key] = len(self.table)
+            self.table.append(self.entries.get(key) or ["", "", 0, ""])
+        return i
+
+    def table_doc(self) -> Dict[str, object]:
+        """What :attr:`ProcessInfo.python` holds (the table, filled as raw
+        stacks are made)."""
+        return {"version": list(self.interp.version), "codes": self.table} if self.interp else {}
 
 
 def _decode(width: int, raw: bytes) -> str:

@@ -11,10 +11,12 @@ import ctypes
 import mmap
 import os
 import struct
+import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ..session import RawStack
+from .pystacks import CodeReader, code_addresses, split_python
 
 MAGIC = 0x46525443
 RING_VERSION = 1
@@ -60,6 +62,10 @@ class ProcessCapture:
 
     stacks: Dict[Tuple[int, int, Tuple[int, ...], bool], int] = field(default_factory=dict)
     threads: Dict[int, ThreadStats] = field(default_factory=dict)
+    #: stacks first seen since the last look (kept only when ``track_new``:
+    #: a CPython process, whose code objects must be named while it runs)
+    new_keys: List[tuple] = field(default_factory=list)
+    track_new: bool = False
 
 
 class MappedFile:
@@ -90,6 +96,7 @@ class RingFile(MappedFile):
         self._pending: List[bytes] = []
         self._pending_bytes = 0
         self.capture = ProcessCapture()
+        self.codes: Optional[CodeReader] = None
 
     def header(self) -> Dict[str, object]:
         values = HEADER.unpack_from(self.map, 0)
@@ -114,9 +121,33 @@ class RingFile(MappedFile):
             self._pending.append(bytes(memoryview(buffer)[:n]))
             self._pending_bytes += n
             total += n
-        if decode or self._pending_bytes > PENDING_DECODE_BYTES:
+        python = self._runs_python()
+        if decode or python or self._pending_bytes > PENDING_DECODE_BYTES:
             self.decode_pending()
+        if python:
+            self._name_code_objects()
         return total
+
+    def _runs_python(self) -> bool:
+        """Is this a CPython process whose samples carry Python frames?
+        (Then records are decoded at once, to name their code objects while
+        the process lives.)"""
+        if self.codes is None:
+            self.codes = CodeReader(int(self.header()["pid"]))
+        found = self.codes.found(time.monotonic())
+        self.capture.track_new = found
+        return found
+
+    def _name_code_objects(self) -> None:
+        addresses = set()
+        for key in self.capture.new_keys:
+            addresses.update(code_addresses(key[2]))
+        self.capture.new_keys.clear()
+        self.codes.learn(addresses)
+
+    def python_doc(self) -> Dict[str, object]:
+        """:attr:`ProcessInfo.python` for this process ({} if not CPython)."""
+        return self.codes.table_doc() if self.codes is not None else {}
 
     def decode_pending(self) -> None:
         for chunk in self._pending:
@@ -125,8 +156,16 @@ class RingFile(MappedFile):
         self._pending_bytes = 0
 
     def raw_stacks(self, pid: int) -> List[RawStack]:
-        """Every unique stack sampled so far, with its count."""
-        return raw_stacks(pid, self.capture.stacks)
+        """Every unique stack sampled so far, with its count (Python frames
+        split off the return addresses, their code objects as table indexes)."""
+        codes = self.codes
+        if codes is None or codes.interp is None:
+            return raw_stacks(pid, self.capture.stacks)
+        out = []
+        for (tid, gen, words, truncated), count in self.capture.stacks.items():
+            ips, py = split_python(words, codes.code_id)
+            out.append(RawStack(pid, tid, gen, ips, truncated, {"samples": count}, py))
+        return out
 
 
 def raw_stacks(pid: int, counts: Dict[tuple, int]) -> List[RawStack]:
@@ -152,7 +191,10 @@ def decode_records(buf: memoryview, cap: ProcessCapture) -> None:
             start = off + 8 + SAMPLE_BODY.size
             ips = tuple(buf[start:start + 8 * nips].cast("Q"))
             key = (tid, gen, ips, bool(flags & SAMPLE_TRUNCATED))
-            stacks[key] = stacks.get(key, 0) + 1
+            seen = stacks.get(key)
+            if seen is None and cap.track_new:
+                cap.new_keys.append(key)
+            stacks[key] = (seen or 0) + 1
             t = threads.get(tid)
             if t is None:
                 t = threads[tid] = ThreadStats()

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
-from ..capture.pystacks import CodeReader
+from ..capture.pystacks import PYHEAP_MAX_FRAMES, CodeReader, code_addresses
 from ..capture.ring import MappedFile
 
 HEAP_SHARED_OFFSET = 2048
@@ -43,11 +43,6 @@ ARENA_ALIGN = 64 << 20
 RANGE_ROOT, RANGE_HEAP, RANGE_ARENA_LIKE = 0, 1, 2
 
 NSTAT = 18
-#: A heap stack's return addresses may be followed by this word and the
-#: allocating thread's Python frames (shim/ctprof.h: PYFRAMES_MARK,
-#: PYHEAP_MAX_FRAMES).
-PYFRAMES_MARK = 0xFFFFFFFFFFFFF0F0
-PYHEAP_MAX_FRAMES = 64
 STAT_NAMES = ("alloc_count", "alloc_bytes", "free_count", "free_bytes", "live_count", "live_bytes",
               "peak_count", "peak_bytes", "definite_count", "definite_bytes", "indirect_count",
               "indirect_bytes", "reachable_count", "reachable_bytes", "truncated", "possible_count",
@@ -96,9 +91,9 @@ class HeapProcess:
     peak_rss: int = 0
     ring_bytes_used: int = 0
     #: A CPython process: its version and the code objects its stacks'
-    #: Python frames name (address -> [qualname, filename, firstlineno, line table hex]).
+    #: Python frames name ((address, fingerprint) -> [qualname, filename, firstlineno, line table hex]).
     python: Dict[str, object] = field(default_factory=dict)
-    python_codes: Dict[int, list] = field(default_factory=dict)
+    python_codes: Dict[Tuple[int, int], list] = field(default_factory=dict)
 
 
 class HeapRing(MappedFile):
@@ -158,9 +153,7 @@ class HeapRing(MappedFile):
         addresses = set()
         for sid in range(self._stacks_named, total):
             d = self.lib.ctprof_heap_stack(self.consumer, sid, words, len(words), stats)
-            stack = words[:d]
-            if PYFRAMES_MARK in stack:
-                addresses.update(stack[stack.index(PYFRAMES_MARK) + 1::2])
+            addresses.update(code_addresses(words[:d]))
         self._stacks_named = total
         self.codes.learn(addresses)
 

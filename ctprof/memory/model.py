@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..session import ProcessInfo, RawStack, Session
-from .collect import DETACH_REASONS, PYFRAMES_MARK, HeapProcess
+from ..capture.pystacks import split_python
+from .collect import DETACH_REASONS, HeapProcess
 
 #: The metrics of a memory profile (DESIGN.md), with their units.
 MEMORY_METRICS = {
@@ -63,33 +64,24 @@ def stack_values(stats: Dict[str, float], scanned: bool) -> Dict[str, int]:
     return {k: v for k, v in values.items() if v}
 
 
-def _code_ids(proc: Optional[ProcessInfo], info: HeapProcess) -> Callable[[int], int]:
-    """Code object address -> index in the process's Python code table
+def _code_ids(proc: Optional[ProcessInfo], info: HeapProcess) -> Callable[[Tuple[int, int]], int]:
+    """Code object (address, fingerprint) -> index in the process's Python code table
     (:attr:`ProcessInfo.python`, shared with its CPU samples' frames),
     appending the heap's code objects to it."""
     if proc is None or not info.python:
-        return lambda address: 0
+        return lambda key: 0
     doc = proc.python if proc.python.get("version") == info.python.get("version") else {}
     codes = list(doc.get("codes", []))
     proc.python = {"version": info.python["version"], "codes": codes}
-    ids: Dict[int, int] = {}
+    ids: Dict[Tuple[int, int], int] = {}
 
-    def code_id(address: int) -> int:
-        i = ids.get(address)
+    def code_id(key: Tuple[int, int]) -> int:
+        i = ids.get(key)
         if i is None:
-            i = ids[address] = len(codes)
-            codes.append(info.python_codes.get(address) or ["", "", 0, ""])
+            i = ids[key] = len(codes)
+            codes.append(info.python_codes.get(key) or ["", "", 0, ""])
         return i
     return code_id
-
-
-def _python_words(words: Sequence[int], code_id: Callable[[int], int]) -> Tuple[int, ...]:
-    """A heap stack's Python frames (address, index|flags pairs) with each
-    address replaced by its code table index."""
-    n = len(words) & ~1
-    out = list(words[:n])
-    out[0:n:2] = map(code_id, words[0:n:2])
-    return tuple(out)
 
 
 def add_heap_to_session(session: Session, heap: Dict[int, HeapProcess]) -> None:
@@ -116,13 +108,9 @@ def add_heap_to_session(session: Session, heap: Dict[int, HeapProcess]) -> None:
             values = stack_values(stats, info.scanned)
             if not values:
                 continue
-            py: Tuple[int, ...] = ()
-            if PYFRAMES_MARK in ips:
-                cut = ips.index(PYFRAMES_MARK)
-                py = _python_words(ips[cut + 1:], code_id)
-                ips = ips[:cut]
-                if not ips:
-                    continue
+            ips, py = split_python(ips, code_id)
+            if not ips:
+                continue
             # Every address is a return address; the resolver treats the
             # first one as exact, so hand it the call instruction itself.
             adjusted = (canonical(ips[0] - 1, ips[0] - 1),) + tuple(map(canonical, ips[1:], ips[1:]))

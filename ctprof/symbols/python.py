@@ -72,7 +72,7 @@ class PythonFrames:
         version, codes = self.codes.get(pid, ((0, 0), []))
         entry = codes[code_id] if 0 <= code_id < len(codes) else None
         if not entry or not entry[0]:
-            return Frame("[python frame]", "", "python")
+            return Frame("[python frame: code object not read]", "", "python")
         qualname, filename, firstlineno = str(entry[0]), str(entry[1]), int(entry[2])
         line = self._line(pid, code_id, version, entry, index)
         if line is None or line < 0:
