@@ -221,7 +221,10 @@ static int give_up(uint64_t t, uint64_t moved, uint64_t *checked, uint64_t *stop
         }
         *stopped_since = st == 'T' ? (*stopped_since ? *stopped_since : t) : 0;
     }
-    if ((*stopped_since && t - *stopped_since > STOPPED_NS) || t - moved > STALL_NS) {
+    /* `moved` may be the controller's heartbeat, written after `t` was
+     * read: later than `t`, it means "just now", not a wrapped difference. */
+    uint64_t idle = t > moved ? t - moved : 0;
+    if ((*stopped_since && t - *stopped_since > STOPPED_NS) || idle > STALL_NS) {
         detach(DETACH_CONTROLLER_STALLED);
         return 1;
     }
