@@ -45,16 +45,31 @@ struct rule {
     int32_t cfa_off;      /* CFA = base + cfa_off */
 };
 
-/* ---- the cache: open addressing, pc -> rule ---------------------------- */
+/* ---- the cache: open addressing, pc -> rule ----------------------------
+ * A rule holds only while the code it was computed from stays mapped:
+ * after a dlclose another library may be loaded at the same addresses.
+ * So every rule carries the code generation it was computed in (bumped by
+ * cfi_code_unmapped, at every dlclose), and a rule of an older generation
+ * is recomputed when met, its slot reused in place.  Slots are never
+ * emptied, so no probe chain is ever cut.  A writer marks the key BUSY
+ * before touching a slot; a reader takes a rule only if the key read after
+ * it is still its pc. */
 #define CACHE_BITS 16
 #define CACHE_SIZE (1u << CACHE_BITS)
 #define BUSY (1ull << 63) /* never set in a user pc (pc|1 was: odd return addresses exist) */
 struct slot {
-    uint64_t key;         /* pc, or 0 (empty), or pc|BUSY while being filled */
+    uint64_t key;         /* pc, or 0 (empty), or key|BUSY while being (re)filled */
     struct rule rule;
+    uint32_t gen;         /* code_gen when the rule was computed */
 };
 static struct slot *cache;
 static uint32_t cache_used;
+static uint32_t code_gen;
+
+void cfi_code_unmapped(void)
+{
+    __atomic_fetch_add(&code_gen, 1, __ATOMIC_RELEASE);
+}
 
 void cfi_init(void)
 {
@@ -376,29 +391,58 @@ static struct rule compute_rule(uint64_t pc)
     return out;
 }
 
+/* Put rule `r` for `pc` into slot `s`, whose key was `seen` (0 or a stale
+ * entry); a lost race leaves the slot to the other writer. */
+static void fill_slot(struct slot *s, uint64_t seen, uint64_t pc, struct rule r, uint32_t gen)
+{
+    if (!__atomic_compare_exchange_n(&s->key, &seen, pc | BUSY, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        return;
+    s->rule = r;
+    s->gen = gen;
+    __atomic_store_n(&s->key, pc, __ATOMIC_RELEASE);
+}
+
 static struct rule lookup(uint64_t pc)
 {
     if (!cache)
         return compute_rule(pc);
+    uint32_t gen = __atomic_load_n(&code_gen, __ATOMIC_ACQUIRE);
     uint32_t i = hash_pc(pc);
+    struct slot *stale = NULL;
+    uint64_t stale_key = 0;
     for (int probe = 0; probe < 16; probe++, i = (i + 1) & (CACHE_SIZE - 1)) {
-        uint64_t key = __atomic_load_n(&cache[i].key, __ATOMIC_ACQUIRE);
-        if (key == pc)
-            return cache[i].rule;
+        struct slot *s = &cache[i];
+        uint64_t key = __atomic_load_n(&s->key, __ATOMIC_ACQUIRE);
+        if (key == pc) {
+            struct rule r = s->rule;
+            uint32_t g = s->gen;
+            if (__atomic_load_n(&s->key, __ATOMIC_ACQUIRE) == pc && g == gen)
+                return r;
+            if (!stale) {              /* computed before a dlclose: recompute here */
+                stale = s;
+                stale_key = pc;
+            }
+            continue;
+        }
         if (key == 0) {
             struct rule r = compute_rule(pc);
-            if (__atomic_load_n(&cache_used, __ATOMIC_RELAXED) < CACHE_SIZE / 4 * 3) {
-                uint64_t expect = 0;
-                if (__atomic_compare_exchange_n(&cache[i].key, &expect, pc | BUSY, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
-                    cache[i].rule = r;
-                    __atomic_store_n(&cache[i].key, pc, __ATOMIC_RELEASE);
-                    __atomic_fetch_add(&cache_used, 1, __ATOMIC_RELAXED);
-                }
+            if (stale)
+                fill_slot(stale, stale_key, pc, r, gen);
+            else if (__atomic_load_n(&cache_used, __ATOMIC_RELAXED) < CACHE_SIZE / 4 * 3) {
+                fill_slot(s, 0, pc, r, gen);
+                __atomic_fetch_add(&cache_used, 1, __ATOMIC_RELAXED);
             }
             return r;
         }
+        if (!stale && !(key & BUSY) && s->gen != gen) {
+            stale = s;                 /* another pc's outdated rule: reusable */
+            stale_key = key;
+        }
     }
-    return compute_rule(pc);
+    struct rule r = compute_rule(pc);
+    if (stale)
+        fill_slot(stale, stale_key, pc, r, gen);
+    return r;
 }
 
 /* ---- validated reads ----------------------------------------------------------

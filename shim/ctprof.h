@@ -348,6 +348,8 @@ int unwind_stack(enum unwind_mode mode, void *uc, const struct stack_bounds *b,
 /* ---- cfi.c: cached DWARF CFI unwinder -------------------------------------- */
 /* Allocate the rule cache.  Not AS-safe (mmap once at start). */
 void cfi_init(void);
+/* Code was unmapped (dlclose): cached rules are recomputed when next met. */
+void cfi_code_unmapped(void);
 /* Bytes of the rule cache that are resident (pages touched so far). */
 uint64_t cfi_cache_bytes(void);
 enum {

@@ -193,6 +193,7 @@ CTPROF_API int dlclose(void *handle)
     if (active)
         maps_settle(ring_now());
     int rc = real_dlclose(handle);
+    cfi_code_unmapped();     /* whatever is mapped there next has rules of its own */
     if (active)
         maps_changed(ring_now());
     return rc;

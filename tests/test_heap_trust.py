@@ -334,3 +334,27 @@ def test_metadata_under_ten_percent_measured_outside(build, tmp_path):
     mem = memory_of(p)
     assert 0 < mem["ring_bytes"] + mem["unwind_cache_bytes"] < (with_mem - plain) * 1024 + (64 << 10)
     assert b"metadata in the program" in proc.stderr
+
+
+# ---- 7. checked reads: the unwind-rule cache after dlclose ---------------------
+
+def test_rules_of_an_unloaded_library_are_not_reused(build, tmp_path):
+    """A library is unloaded and another loaded at the same addresses, with
+    the same code but another stack frame at the very pc malloc returns to:
+    the rule cached for the first must not unwind the second (a stale rule
+    reads the return address from the wrong slot and the chain ends at
+    work())."""
+    big = build("trust_relib.c", "-DBIG", shared=True, name="librelib-big.so")
+    small = build("trust_relib.c", shared=True, name="librelib-small.so")
+    proc, p = run_mem(tmp_path, [build("trust_dlclose.c"), big, small])
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    # the case under test: the second library's work() where the first's was
+    assert b"same address" in proc.stdout, proc.stdout
+    whole = partial = 0
+    for names, count in p.named_stacks("alloc_count"):
+        if names and names[-1] == "work":
+            if "main" in names and any(n.startswith("use_library") for n in names):
+                whole += count
+            else:
+                partial += count
+    assert (whole, partial) == (200, 0), (whole, partial)
