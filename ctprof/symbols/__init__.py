@@ -72,13 +72,25 @@ def resolve_session(session: Session, *, demangle: bool = True, lines: bool = Fa
             marker = ips[0] if ips and ips[0] in offcpu.MARKERS else None
             if marker is not None:             # an off-CPU stack: its reason is the leaf
                 ips = ips[1:]
-            native = []
-            for i in range(len(ips) - 1, -1, -1):
-                key = (pid, gen, ips[i], i > 0)
-                ids = addr_ids.get(key)
-                if ids is None:
-                    ids = addr_ids[key] = tuple(intern(f) for f in resolve(pid, gen, ips[i], i > 0))
-                native.append(ids)
+            # Frame ids per address of this (pid, generation): return
+            # addresses and interrupted pcs apart (a pc is looked up as is,
+            # a return address as the call before it).  Plain int keys: a
+            # million frames cost a million dict lookups, no tuple each.
+            tables = addr_ids.get((pid, gen))
+            if tables is None:
+                tables = addr_ids[(pid, gen)] = ({}, {})
+            exact, returns = tables
+            native = list(map(returns.get, ips[:0:-1]))
+            if ips:
+                native.append(exact.get(ips[0]))
+            if None in native:
+                last = len(ips) - 1
+                for k, ids in enumerate(native):
+                    if ids is None:
+                        i = last - k                   # native runs root first, ips leaf first
+                        table = returns if i > 0 else exact
+                        ids = native[k] = table[ips[i]] = tuple(
+                            intern(f) for f in resolve(pid, gen, ips[i], i > 0))
             if s.py:
                 parts.extend(python.merge(pid, native, s.py, profile.frames.__getitem__, intern))
             else:
