@@ -83,7 +83,8 @@ class HeapProcess:
     pid: int
     totals: Dict[str, float] = field(default_factory=dict)
     header: Dict[str, int] = field(default_factory=dict)
-    stacks: List[Tuple[Tuple[int, ...], Dict[str, float]]] = field(default_factory=list)
+    #: (return addresses, the stack's statistics in STAT_NAMES order)
+    stacks: List[Tuple[Tuple[int, ...], Tuple[float, ...]]] = field(default_factory=list)
     timeline: List[Tuple[float, float]] = field(default_factory=list)  # (seconds since start, live bytes)
     peak_time: float = 0.0
     scanned: bool = False
@@ -234,15 +235,15 @@ class HeapRing(MappedFile):
         ips = (ctypes.c_uint64 * depth)()
         stats = (ctypes.c_double * NSTAT)()
         # Kept compact (a large program leaves 100,000 stacks): one int per
-        # distinct address, only the non-zero figures (a missing one is 0).
+        # distinct address; the figures as one tuple (model.stack_values
+        # picks the columns).
         canonical = {}.setdefault
         for sid in range(n):
             d = self.lib.ctprof_heap_stack(self.consumer, sid, ips, depth, stats)
             if d < 0:
                 continue
             frame = ips[:d]
-            info.stacks.append((tuple(map(canonical, frame, frame)),
-                                {k: v for k, v in zip(STAT_NAMES, stats) if v}))
+            info.stacks.append((tuple(map(canonical, frame, frame)), tuple(stats)))
         return info
 
     def close(self) -> None:

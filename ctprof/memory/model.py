@@ -2,11 +2,12 @@
 reports need (totals, peak, leaks, overhead), kept in ``Session.memory``."""
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..session import ProcessInfo, RawStack, Session
 from ..capture.pystacks import split_python
-from .collect import DETACH_REASONS, HeapProcess
+from .collect import DETACH_REASONS, STAT_NAMES, HeapProcess
 
 #: The metrics of a memory profile (DESIGN.md), with their units.
 MEMORY_METRICS = {
@@ -46,15 +47,23 @@ _UNSCANNED_COLUMNS = {k: v for k, v in _SCANNED_COLUMNS.items()
                       if k.startswith(("alloc_", "peak_", "live_"))}
 
 
-def stack_values(stats: Dict[str, float], scanned: bool) -> Dict[str, int]:
-    """The non-zero profile columns of one allocation stack (a missing
-    column is 0).  Without an exit scan (the program crashed, was killed or
-    called _exit) everything still allocated counts as leaked: "live at
-    death"."""
+#: For each of the above: (the profile columns, a getter of their figures
+#: out of a stack's statistics).
+_STAT_INDEX = {name: i for i, name in enumerate(STAT_NAMES)}
+_SCANNED_PLAN = (tuple(_SCANNED_COLUMNS.values()), itemgetter(*(_STAT_INDEX[k] for k in _SCANNED_COLUMNS)))
+_UNSCANNED_PLAN = (tuple(_UNSCANNED_COLUMNS.values()), itemgetter(*(_STAT_INDEX[k] for k in _UNSCANNED_COLUMNS)))
+TRUNCATED_STAT = _STAT_INDEX["truncated"]
+
+
+def stack_values(stats: Sequence[float], scanned: bool) -> Dict[str, int]:
+    """The non-zero profile columns of one allocation stack (``stats`` in
+    STAT_NAMES order; a missing column is 0).  Without an exit scan (the
+    program crashed, was killed or called _exit) everything still allocated
+    counts as leaked: "live at death"."""
     # This runs once for each of 100,000 stacks of a large program: one
-    # pass over the figures the stack has, no call per column.
-    columns = _SCANNED_COLUMNS if scanned else _UNSCANNED_COLUMNS
-    values = {columns[k]: round(v) for k, v in stats.items() if k in columns}
+    # pass over the columns, no dict of the raw figures.
+    columns, figures = _SCANNED_PLAN if scanned else _UNSCANNED_PLAN
+    values = {column: round(v) for column, v in zip(columns, figures(stats)) if v}
     if scanned:
         leaked = values.get("definite_bytes", 0) + values.get("indirect_bytes", 0)
         leaked_n = values.get("definite_count", 0) + values.get("indirect_count", 0)
@@ -114,7 +123,7 @@ def add_heap_to_session(session: Session, heap: Dict[int, HeapProcess]) -> None:
             # Every address is a return address; the resolver treats the
             # first one as exact, so hand it the call instruction itself.
             adjusted = (canonical(ips[0] - 1, ips[0] - 1),) + tuple(map(canonical, ips[1:], ips[1:]))
-            session.stacks.append(RawStack(pid, 0, gen, adjusted, bool(stats.get("truncated")), values, py))
+            session.stacks.append(RawStack(pid, 0, gen, adjusted, bool(stats[TRUNCATED_STAT]), values, py))
         h = info.header
         timed = h.get("timed_calls", 0)
         session.memory[str(pid)] = {
