@@ -335,8 +335,10 @@ int page_readable(uint64_t page);
 void pylocal_init_from_env(void);
 /* Append PYFRAMES_MARK and the calling thread's Python frames to `out`
  * (room for `room` words); returns the words written (0: no Python frames).
- * AS-safe: no allocation, no locks. */
-int pylocal_append(uint64_t *out, int room);
+ * AS-safe: no allocation, no locks.  `in_signal`: called from a signal
+ * handler, which may find the frame chain half updated (every page is then
+ * checked on every read, none remembered). */
+int pylocal_append(uint64_t *out, int room, int in_signal);
 /* Fill ips[] (leaf first) from the interrupted context `uc`.  AS-safe:
  * only cfi.c's walker (never libgcc, nothing lazily bound), every memory
  * read validated, so a sample on a coroutine stack, inside swapcontext or
@@ -451,6 +453,6 @@ void path_join3(char *out, size_t cap, const char *a, const char *b, const char 
  * pylocal_frames: the calling thread's frames, pywalk.h's pairs, leaf
  * first; AS-safe (checked reads, no locks, no allocation). */
 int pylocal_set_layout(const int64_t *values);
-int pylocal_frames(uint64_t *out, int max);
+int pylocal_frames(uint64_t *out, int max, int in_signal);
 
 #endif

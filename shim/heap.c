@@ -315,7 +315,7 @@ void heap_on_alloc(void *ptr, size_t size)
     uint64_t ips[MAX_HEAP_WORDS];
     int truncated = 0;
     int n = unwind_caller(sampler_bounds(), ips, depth, &truncated);
-    n += pylocal_append(ips + n, MAX_HEAP_WORDS - n);
+    n += pylocal_append(ips + n, MAX_HEAP_WORDS - n, 0);
     uint32_t bytes = (uint32_t)(sizeof(struct rec_alloc) + (size_t)n * 8);
     uint32_t tid = (uint32_t)ctprof_gettid();
     struct rec_alloc *rec = reserve(bytes, tid, NULL);
@@ -371,7 +371,7 @@ void heap_realloc_end(void *old, void *ptr, size_t size)
     uint64_t ips[MAX_HEAP_WORDS];
     int truncated = 0;
     int n = unwind_caller(sampler_bounds(), ips, depth, &truncated);
-    n += pylocal_append(ips + n, MAX_HEAP_WORDS - n);
+    n += pylocal_append(ips + n, MAX_HEAP_WORDS - n, 0);
     uint32_t bytes = (uint32_t)(sizeof(struct rec_realloc) + (size_t)n * 8);
     uint32_t tid = (uint32_t)ctprof_gettid();
     struct rec_realloc *rec = reserve(bytes, tid, NULL);

@@ -19,9 +19,12 @@
  * signal handler may find it half updated); every page is checked
  * readable before its first read, so a layout that
  * does not fit (an interpreter patched beyond its minor version) ends the
- * walk instead of faulting.  The pages found readable are remembered per
- * thread (the frames of one thread live in a few pages that stay mapped
- * while they are in its chain), so an event costs no syscall once warm. */
+ * walk instead of faulting.  In the hooks the pages found readable are
+ * remembered per thread (the frames of one thread live in a few pages that
+ * stay mapped while they are in its chain), so an event costs no syscall
+ * once warm.  A signal handler checks every page every time: it may
+ * interrupt the interpreter between freeing a frame's chunk and unlinking
+ * the frame, so a page readable a moment ago may be gone. */
 #define _GNU_SOURCE
 #include <elf.h>
 #include <link.h>
@@ -50,13 +53,13 @@ static int page_known(uint64_t page)
     return 1;
 }
 
+/* `ctx` non-NULL: in a signal handler, no remembered pages. */
 static int read_local(void *ctx, uint64_t addr, void *buf, size_t len)
 {
-    (void)ctx;
     if (addr < 4096 || addr + len < addr || addr + len > 0x800000000000ull)
         return -1;
     for (uint64_t page = addr & ~4095ull; page < addr + len; page += 4096)
-        if (!page_known(page))
+        if (ctx ? !page_readable(page) : !page_known(page))
             return -1;
     memcpy(buf, (const void *)(uintptr_t)addr, len);
     return 0;
@@ -194,31 +197,32 @@ int pylocal_set_layout(const int64_t *values)
     return 1;
 }
 
-int pylocal_frames(uint64_t *out, int max)
+int pylocal_frames(uint64_t *out, int max, int in_signal)
 {
     if (!ready || max <= 0)
         return 0;
-    struct pyw w = {layout, read_local, NULL};
+    void *ctx = in_signal ? (void *)&ready : NULL;
+    struct pyw w = {layout, read_local, ctx};
     /* Py_tss_t: {int _is_initialized; pthread_key_t _key;} */
     uint32_t tss[2];
-    if (read_local(NULL, runtime + (uint64_t)layout[PYL_RUNTIME_AUTOTSS], tss, 8) != 0 || !tss[0])
+    if (read_local(ctx, runtime + (uint64_t)layout[PYL_RUNTIME_AUTOTSS], tss, 8) != 0 || !tss[0])
         return 0;
     uint64_t ts = (uint64_t)(uintptr_t)pthread_getspecific((pthread_key_t)tss[1]);
     return ts ? pyw_frames(&w, ts, out, max, NULL) : 0;
 }
 
-int pylocal_append(uint64_t *out, int room)
+int pylocal_append(uint64_t *out, int room, int in_signal)
 {
     int max = (room - 1) / 2;
     if (max > PYHEAP_MAX_FRAMES)
         max = PYHEAP_MAX_FRAMES;
-    int n = pylocal_frames(out + 1, max);
+    int n = pylocal_frames(out + 1, max, in_signal);
     if (!n)
         return 0;
     /* The controller names code objects a little later: a fingerprint in
      * the spare high bits of each index word lets it tell the code object
      * recorded here from another allocated at the same address since. */
-    struct pyw w = {layout, read_local, NULL};
+    struct pyw w = {layout, read_local, in_signal ? (void *)&ready : NULL};
     for (int i = 0; i < n; i++)
         out[2 + 2 * i] |= (uint64_t)pyw_fingerprint(&w, out[1 + 2 * i]) << PYFRAME_PRINT_SHIFT;
     out[0] = PYFRAMES_MARK;

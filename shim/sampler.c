@@ -136,7 +136,7 @@ static void take_sample(void *uc)
     if (ts.scratch) {
         int truncated = 0;
         int n = unwind_stack(cfg.unwind, uc, &ts.bounds, ts.scratch, cfg.max_depth, &truncated);
-        n += pylocal_append(ts.scratch + n, (int)(frame_words() - (size_t)n));
+        n += pylocal_append(ts.scratch + n, (int)(frame_words() - (size_t)n), 1);
         uint32_t gen = __atomic_load_n(&r->hdr->maps_gen, __ATOMIC_ACQUIRE);
         /* The first sample under a new memory map writes its snapshot
          * (dlopen/dlclose only bump the generation: maps.c). */

@@ -97,7 +97,7 @@ static void take_sample(int i, void *uc)
     }
     int truncated = 0;
     int n = unwind_stack(cfg_unwind, uc, &slots[i].bounds, scratch.words, cfg_depth, &truncated);
-    int np = have_python && cfg_python ? pylocal_frames(scratch.words + n, cfg_pydepth) : 0;
+    int np = have_python && cfg_python ? pylocal_frames(scratch.words + n, cfg_pydepth, 1) : 0;
     uint32_t size = (uint32_t)(sizeof(struct rec_sample) + (size_t)n * 8 + (size_t)np * 16);
     struct rec_sample *rec = ring_reserve(&ring, size);
     if (rec) {
