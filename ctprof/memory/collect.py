@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from array import array
 import struct
 import threading
 import time
@@ -84,7 +85,7 @@ class HeapProcess:
     totals: Dict[str, float] = field(default_factory=dict)
     header: Dict[str, int] = field(default_factory=dict)
     #: (return addresses, the stack's statistics in STAT_NAMES order)
-    stacks: List[Tuple[Tuple[int, ...], Tuple[float, ...]]] = field(default_factory=list)
+    stacks: List[Tuple[Tuple[int, ...], "array[float]"]] = field(default_factory=list)
     timeline: List[Tuple[float, float]] = field(default_factory=list)  # (seconds since start, live bytes)
     peak_time: float = 0.0
     scanned: bool = False
@@ -235,15 +236,15 @@ class HeapRing(MappedFile):
         ips = (ctypes.c_uint64 * depth)()
         stats = (ctypes.c_double * NSTAT)()
         # Kept compact (a large program leaves 100,000 stacks): one int per
-        # distinct address; the figures as one tuple (model.stack_values
-        # picks the columns).
+        # distinct address; the figures as one packed array (no float object
+        # each; model.stack_values picks the columns).
         canonical = {}.setdefault
         for sid in range(n):
             d = self.lib.ctprof_heap_stack(self.consumer, sid, ips, depth, stats)
             if d < 0:
                 continue
             frame = ips[:d]
-            info.stacks.append((tuple(map(canonical, frame, frame)), tuple(stats)))
+            info.stacks.append((tuple(map(canonical, frame, frame)), array("d", stats)))
         return info
 
     def close(self) -> None:
