@@ -4,6 +4,8 @@ saved profile."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from typing import Dict, List, Optional, Tuple
@@ -84,3 +86,37 @@ def has_chain(names, chain) -> bool:
     """True if ``chain`` appears in ``names`` as consecutive frames."""
     n = len(chain)
     return any(tuple(names[i:i + n]) == tuple(chain) for i in range(len(names) - n + 1))
+
+
+# -- CPython interpreters on this machine (Python-frame tests) -----------------
+
+def _pyenv_root() -> Optional[str]:
+    if os.environ.get("PYENV_ROOT"):
+        return os.environ["PYENV_ROOT"]
+    if shutil.which("pyenv"):
+        done = subprocess.run(["pyenv", "root"], capture_output=True, text=True)
+        if done.returncode == 0 and done.stdout.strip():
+            return done.stdout.strip()
+    return None
+
+
+def python_interpreters(which: str) -> List[str]:
+    """Executables for ``which``: "system" (the distribution's python3, first
+    on the default PATH ahead of any shims) or a minor version ("3.11")
+    installed with pyenv.  Skips, saying what is missing, when there is none."""
+    if which == "system":
+        found = shutil.which("python3", path=os.defpath)
+        if not found:
+            pytest.skip(f"no python3 on the default PATH {os.defpath}")
+        return [found]
+    root = _pyenv_root()
+    if not root:
+        pytest.skip(f"CPython {which}: pyenv not found (no pyenv on PATH, PYENV_ROOT unset)")
+    versions = os.path.join(root, "versions")
+    names = sorted(n for n in (os.listdir(versions) if os.path.isdir(versions) else [])
+                   if re.fullmatch(re.escape(which) + r"\.\d+", n))
+    exes = [os.path.join(versions, n, "bin", "python3") for n in names]
+    exes = [e for e in exes if os.access(e, os.X_OK)]
+    if not exes:
+        pytest.skip(f"no CPython {which} under {versions}")
+    return exes

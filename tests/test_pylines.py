@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import random
-import re
-import shutil
 import subprocess
-from typing import Dict, List, Optional
+from typing import Dict
 
 import pytest
 
+from conftest import python_interpreters
 from ctprof.symbols.pylines import LineTable, line_for
 
 MINORS = ["3.9", "3.10", "3.11", "3.12", "3.13"]
@@ -89,37 +87,6 @@ json.dump(out, sys.stdout)
 '''
 
 
-def _pyenv_root() -> Optional[str]:
-    if os.environ.get("PYENV_ROOT"):
-        return os.environ["PYENV_ROOT"]
-    if shutil.which("pyenv"):
-        done = subprocess.run(["pyenv", "root"], capture_output=True, text=True)
-        if done.returncode == 0 and done.stdout.strip():
-            return done.stdout.strip()
-    return None
-
-
-def _interpreters(which: str) -> List[str]:
-    """Executables for ``which``: "system" or a minor version looked up in pyenv."""
-    if which == "system":
-        # The distribution's python3: first on the default PATH, ahead of any shims.
-        found = shutil.which("python3", path=os.defpath)
-        if not found:
-            pytest.skip("no python3 on the default PATH %s" % os.defpath)
-        return [found]
-    root = _pyenv_root()
-    if not root:
-        pytest.skip("CPython %s: pyenv not found (no pyenv on PATH, PYENV_ROOT unset)" % which)
-    versions = os.path.join(root, "versions")
-    names = sorted(n for n in (os.listdir(versions) if os.path.isdir(versions) else [])
-                   if re.fullmatch(re.escape(which) + r"(\.\d+)?[a-z0-9]*", n))
-    exes = [os.path.join(versions, n, "bin", "python3") for n in names]
-    exes = [e for e in exes if os.access(e, os.X_OK)]
-    if not exes:
-        pytest.skip("no CPython %s under %s" % (which, versions))
-    return exes
-
-
 @functools.lru_cache(maxsize=None)
 def _dump(executable: str) -> Dict:
     done = subprocess.run([executable, "-I", "-c", DUMPER], capture_output=True, text=True, timeout=300)
@@ -129,7 +96,7 @@ def _dump(executable: str) -> Dict:
 
 @pytest.mark.parametrize("which", ["system"] + MINORS)
 def test_every_instruction_has_the_interpreters_line(which):
-    for executable in _interpreters(which):
+    for executable in python_interpreters(which):
         dump = _dump(executable)
         version = tuple(dump["version"])
         if which != "system":
@@ -157,7 +124,7 @@ def test_every_instruction_has_the_interpreters_line(which):
 @pytest.mark.parametrize("which", ["system"] + MINORS)
 def test_torn_or_garbage_tables_never_raise(which):
     rng = random.Random(12)
-    for executable in _interpreters(which):
+    for executable in python_interpreters(which):
         dump = _dump(executable)
         version = tuple(dump["version"])
         tables = [(bytes.fromhex(c["table"]), c["firstlineno"], len(c["lines"])) for c in dump["codes"]]

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -24,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
-from conftest import ctprof, load_profile
+from conftest import ctprof, load_profile, python_interpreters
 
 from ctprof.capture import cpython
 
@@ -34,16 +33,6 @@ HZ = "500"
 
 # ---------------------------------------------------------------------------
 # The interpreters
-
-
-def _pyenv_root() -> Optional[str]:
-    if os.environ.get("PYENV_ROOT"):
-        return os.environ["PYENV_ROOT"]
-    if shutil.which("pyenv"):
-        done = subprocess.run(["pyenv", "root"], capture_output=True, text=True)
-        if done.returncode == 0 and done.stdout.strip():
-            return done.stdout.strip()
-    return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -58,25 +47,7 @@ def _describe(executable: str) -> Dict:
 
 
 def interpreters(which: str) -> List[str]:
-    """Executables for ``which``: "system" (the distribution's python3, first
-    on the default PATH ahead of any shims) or a minor version under pyenv.
-    Skips, saying what is missing, when there is none."""
-    if which == "system":
-        found = shutil.which("python3", path=os.defpath)
-        if not found:
-            pytest.skip(f"no python3 on the default PATH {os.defpath}")
-        return [found]
-    root = _pyenv_root()
-    if not root:
-        pytest.skip(f"CPython {which}: pyenv not found (no pyenv on PATH, PYENV_ROOT unset)")
-    versions = os.path.join(root, "versions")
-    names = sorted(n for n in (os.listdir(versions) if os.path.isdir(versions) else [])
-                   if re.fullmatch(re.escape(which) + r"\.\d+", n))
-    exes = [os.path.join(versions, n, "bin", "python3") for n in names]
-    exes = [e for e in exes if os.access(e, os.X_OK)]
-    if not exes:
-        pytest.skip(f"no CPython {which} under {versions}")
-    return exes
+    return python_interpreters(which)
 
 
 def supported_interpreters(which: str) -> List[str]:

@@ -31,7 +31,7 @@ import time
 import types
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
-from ..errors import BuildError, CtprofError, UsageError
+from ..errors import CtprofError, UsageError
 from ..profile import Frame, Profile, merge_identical
 from ..session import ProcessInfo, Session
 from ..symbols.pylines import line_for

@@ -3,7 +3,7 @@ reports need (totals, peak, leaks, overhead), kept in ``Session.memory``."""
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from ..session import ProcessInfo, RawStack, Session
 from ..capture.pystacks import split_python
