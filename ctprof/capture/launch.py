@@ -34,7 +34,7 @@ POLL_SECONDS = 0.05
 KERNEL_POLL_SECONDS = 0.02
 #: After the program exits, how long records of its last forks may take to
 #: arrive before ctprof decides nothing it started is still running.
-FOLLOW_SETTLE_SECONDS = 0.05
+FOLLOW_SETTLE_SECONDS = 0.01
 #: Deeper than this, ``auto`` samples in the program: the kernel's stack
 #: copy (at most 63 KiB) cannot hold thousands of frames.
 KERNEL_MAX_DEPTH = 1024
