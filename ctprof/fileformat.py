@@ -103,10 +103,11 @@ MAX_JSON_DEPTH = 32
 MAX_STACK_FRAMES = 1 << 20
 #: Largest section after inflation; a larger declaration is damage.
 MAX_SECTION_BYTES = 1 << 33
-#: zlib level.  On the profile of a 3.5-million-allocation compile: level 1
-#: 2.8 MB in 0.61 s of CPU for the whole save, 3 2.4 MB in 0.68 s, 6 1.9 MB
-#: in 0.92 s (format 1's gzip JSON: 2.75 MB in 32 s).
-COMPRESS_LEVEL = 6
+#: zlib level.  On the profile of a 3.5-million-allocation compile (99,540
+#: raw stacks), CPU for the whole save, best of 4: level 1 3.3 MB in 0.63 s,
+#: 3 2.9 MB in 0.65 s, 6 2.3 MB in 1.00 s (format 1's gzip JSON: 2.75 MB in
+#: 14 s).  Level 3: the save is part of every run's end-to-end time.
+COMPRESS_LEVEL = 3
 
 _SECTION_HEAD = struct.Struct("<B")
 _SECTION_SIZES = struct.Struct("<cQQ")
