@@ -656,6 +656,29 @@ CTPROF_API int ctprof_heap_stack(struct consumer *c, uint32_t id, uint64_t *ips,
     return n;
 }
 
+/* Stacks `first`, `first`+1, ... packed into `out` (room for `cap` words),
+ * as many as fit whole: each is its depth d, its d ips (leaf first), then
+ * its NSTAT statistics (doubles, bit for bit).  *next receives the first
+ * stack not written; returns the words written.  One call hands the
+ * controller thousands of stacks (a large program leaves 100,000). */
+CTPROF_API size_t ctprof_heap_stacks(struct consumer *c, uint32_t first, uint64_t *out, size_t cap, uint32_t *next)
+{
+    size_t used = 0;
+    uint32_t id = first;
+    for (; id < c->nstacks; id++) {
+        const struct stack_entry *e = &c->stab[c->stack_slot[id]];
+        size_t need = 1 + (size_t)e->depth + NSTAT;
+        if (used + need > cap)
+            break;
+        out[used] = e->depth;
+        memcpy(out + used + 1, c->ippool + e->off, (size_t)e->depth * 8);
+        memcpy(out + used + 1 + e->depth, c->stats + (size_t)id * NSTAT, NSTAT * sizeof(double));
+        used += need;
+    }
+    *next = id;
+    return used;
+}
+
 /* ---- the leak scan -------------------------------------------------------------------
  * Classes as valgrind's memcheck defines them:
  *   still reachable  a chain of start pointers leads to it from a root;

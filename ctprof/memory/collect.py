@@ -44,6 +44,9 @@ ARENA_ALIGN = 64 << 20
 RANGE_ROOT, RANGE_HEAP, RANGE_ARENA_LIKE = 0, 1, 2
 
 NSTAT = 18
+#: Words of the buffer the heap stacks are fetched in (2 MiB: thousands of
+#: stacks a call; a stack has at most a few hundred words).
+STACK_BATCH_WORDS = 1 << 18
 STAT_NAMES = ("alloc_count", "alloc_bytes", "free_count", "free_bytes", "live_count", "live_bytes",
               "peak_count", "peak_bytes", "definite_count", "definite_bytes", "indirect_count",
               "indirect_bytes", "reachable_count", "reachable_bytes", "truncated", "possible_count",
@@ -72,6 +75,8 @@ def bind(shim: str):
     lib.ctprof_heap_nstacks.restype = ctypes.c_uint32
     lib.ctprof_heap_stack.argtypes = [vp, ctypes.c_uint32, u64p, ctypes.c_int, ctypes.POINTER(ctypes.c_double)]
     lib.ctprof_heap_stack.restype = ctypes.c_int
+    lib.ctprof_heap_stacks.argtypes = [vp, ctypes.c_uint32, u64p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint32)]
+    lib.ctprof_heap_stacks.restype = ctypes.c_size_t
     lib.ctprof_heap_scan.argtypes = [vp, ctypes.c_int, u64p, ctypes.c_int, u64p]
     lib.ctprof_heap_scan.restype = ctypes.c_int
     return lib
@@ -232,19 +237,30 @@ class HeapRing(MappedFile):
         n = self.lib.ctprof_heap_nstacks(self.consumer)
         self._name_python_frames(time.monotonic())
         info.python, info.python_codes = self.codes.doc(), self.codes.entries
-        depth = self._stack_words()
-        ips = (ctypes.c_uint64 * depth)()
-        stats = (ctypes.c_double * NSTAT)()
         # Kept compact (a large program leaves 100,000 stacks): one int per
         # distinct address; the figures as one packed array (no float object
-        # each; model.stack_values picks the columns).
+        # each; model.stack_values picks the columns).  The stacks come in
+        # batches of a few thousand per call.
         canonical = {}.setdefault
-        for sid in range(n):
-            d = self.lib.ctprof_heap_stack(self.consumer, sid, ips, depth, stats)
-            if d < 0:
-                continue
-            frame = ips[:d]
-            info.stacks.append((tuple(map(canonical, frame, frame)), array("d", stats)))
+        buf = (ctypes.c_uint64 * STACK_BATCH_WORDS)()
+        raw = memoryview(buf).cast("B")
+        next_id = ctypes.c_uint32()
+        sid = 0
+        while sid < n:
+            used = self.lib.ctprof_heap_stacks(self.consumer, sid, buf, len(buf), ctypes.byref(next_id))
+            if next_id.value == sid:
+                break                       # a stack larger than the buffer (never: a few hundred words)
+            sid = next_id.value
+            words = buf[:used]
+            pos = 0
+            while pos < used:
+                depth = words[pos]
+                frame = words[pos + 1:pos + 1 + depth]
+                stats_at = pos + 1 + depth
+                stats = array("d")
+                stats.frombytes(raw[8 * stats_at:8 * (stats_at + NSTAT)])
+                info.stacks.append((tuple(map(canonical, frame, frame)), stats))
+                pos = stats_at + NSTAT
         return info
 
     def close(self) -> None:
