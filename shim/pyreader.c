@@ -58,7 +58,7 @@
 
 enum { OUT_SAMPLE = 1, OUT_CODE = 2 };
 
-struct seen {                    /* code object address -> fingerprint */
+struct seen {                    /* code object address -> fingerprint (pyw_fingerprint) */
     uint64_t *keys, *prints;
     size_t cap, used;
 };
@@ -87,7 +87,7 @@ static unsigned char *out;
 static size_t out_len, out_cap;
 static pthread_t thread;
 static int running, stop_flag;
-static uint64_t samples_read, samples_missed, samples_stale;
+static uint64_t samples_read, samples_stale;
 static int sample_regs = 18;     /* registers in each sample (PERF_SAMPLE_REGS_USER) */
 
 /* ---- memory of another process -------------------------------------------- */
@@ -133,18 +133,6 @@ static size_t put_text(unsigned char *dst, int width, const void *src, size_t n)
 }
 
 /* ---- code objects ---------------------------------------------------------- */
-
-/* Two words that change when a freed code object's address is reused by
- * another: its filename and name pointers. */
-static uint64_t fingerprint(const struct pyw *w, uint64_t code)
-{
-    const int64_t *L = w->layout;
-    uint64_t a = 0, b = 0;
-    if (w->read(w->ctx, code + (uint64_t)L[PYL_CODE_FILENAME], &a, 8) != 0
-        || w->read(w->ctx, code + (uint64_t)L[PYL_CODE_NAME], &b, 8) != 0)
-        return 0;
-    return (a * 0x9E3779B97F4A7C15ull) ^ b;
-}
 
 static int seen_grow(struct seen *s)
 {
@@ -314,7 +302,7 @@ static void read_sample(const unsigned char *body, size_t len)
     }
     for (int i = 0; i < n; i++) {
         uint64_t code = frames[2 * i];
-        if (!seen_before(&p->seen, code, fingerprint(&w, code)))
+        if (!seen_before(&p->seen, code, pyw_fingerprint(&w, code)))
             emit_code(p, &w, code);
     }
     if (n) {
@@ -328,8 +316,6 @@ static void read_sample(const unsigned char *body, size_t len)
         memcpy(rec + 56, frames, 16 * (size_t)n);
         emit(rec, 56 + 16 * (size_t)n);
         samples_read++;
-    } else {
-        samples_missed++;
     }
     pthread_mutex_unlock(&lock);
 }
@@ -491,14 +477,12 @@ CTPROF_API size_t pyr_take(void *dst, size_t cap)
     return n;
 }
 
-/* Samples read with Python frames; samples of registered processes where
- * none could be read (not running Python, or a torn read); samples whose
- * thread had moved on before its frames were read. */
-CTPROF_API void pyr_counts(uint64_t *read, uint64_t *missed, uint64_t *stale)
+/* Samples read with Python frames, and samples whose thread had moved on
+ * before its frames were read. */
+CTPROF_API void pyr_counts(uint64_t *read, uint64_t *stale)
 {
     pthread_mutex_lock(&lock);
     *read = samples_read;
-    *missed = samples_missed;
     *stale = samples_stale;
     pthread_mutex_unlock(&lock);
 }

@@ -20,10 +20,11 @@ import os
 import re
 import struct
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from ..symbols import elf as _elf
 from ..symbols.maps import Mapping
+from ..unwinder import load_vaddr
 
 #: The order of shim/pywalk.h's ``enum pyw_field``.
 LAYOUT_FIELDS = (
@@ -140,7 +141,25 @@ def _file_bytes_at(data, info: _elf.ElfFile, vaddr: int, size: int) -> Optional[
     return None
 
 
-def inspect_image(data, mapping: Mapping, load_vaddr) -> Tuple[Optional[Interpreter], str]:
+def find_interpreter(image_of: Callable[[Mapping], object], mapping: Mapping) -> Tuple[Optional[Interpreter], str]:
+    """The interpreter in the file behind the executable ``mapping``, read
+    through ``image_of`` (:meth:`ctprof.unwinder.Unwinder.image`: the file
+    as the process sees it), or (None, why not: "" when it simply holds no
+    interpreter)."""
+    if not may_hold_interpreter(mapping.path):
+        return None, ""
+    data = image_of(mapping)
+    if data is None:
+        return None, ""
+    try:
+        return inspect_image(data, mapping)
+    except (ValueError, struct.error, IndexError, OSError):
+        return None, ""
+    finally:
+        data.close()
+
+
+def inspect_image(data, mapping: Mapping) -> Tuple[Optional[Interpreter], str]:
     """The interpreter in the image ``data`` mapped at ``mapping`` (an
     executable mapping of it), or (None, why not: "" when the image simply
     holds no interpreter)."""

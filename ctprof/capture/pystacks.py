@@ -58,7 +58,7 @@ def _load():
     lib.pyr_pending.restype = ctypes.c_size_t
     lib.pyr_take.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     lib.pyr_take.restype = ctypes.c_size_t
-    lib.pyr_counts.argtypes = [ctypes.POINTER(ctypes.c_uint64)] * 3
+    lib.pyr_counts.argtypes = [ctypes.POINTER(ctypes.c_uint64)] * 2
     lib.pyr_set_sample_regs.argtypes = [ctypes.c_int]
     lib.pyr_code_record.argtypes = [ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64, ctypes.POINTER(ctypes.c_int64),
                                     ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint32)]
@@ -66,27 +66,33 @@ def _load():
     return lib
 
 
-class _Codes:
-    """One process's code objects, in the order first seen: the id of a
-    sample's frame is an index here.  An address reused by another code
-    object gets a new id, so earlier samples keep their names."""
+class CodeTable:
+    """One process's code objects in the order first seen: a raw stack's
+    Python frame names one by its index here (``ProcessInfo.python``'s
+    ``codes``).  Keys are what identifies a code object where it was
+    recorded: its address (the reader fingerprints it itself), or (address,
+    fingerprint) for events recorded in the program.  A key given a new
+    entry gets a new index, so earlier samples keep their names."""
 
-    def __init__(self, version: Tuple[int, int]) -> None:
+    def __init__(self, version: Tuple[int, int], entries: Sequence[list] = ()) -> None:
         self.version = version
-        self.entries: List[list] = []
-        self.ids: Dict[int, int] = {}
+        self.entries: List[list] = list(entries)
+        self.ids: Dict[object, int] = {}
 
-    def add(self, address: int, entry: list) -> None:
-        self.ids[address] = len(self.entries)
+    def add(self, key, entry: list) -> None:
+        self.ids[key] = len(self.entries)
         self.entries.append(entry)
 
-    def id_of(self, address: int) -> int:
-        """The id of ``address``; an unknown one gets an empty entry."""
-        i = self.ids.get(address)
+    def id_of(self, key, entry: Optional[list] = None) -> int:
+        """The index of ``key``, added with ``entry`` (or as unnamed) if new."""
+        i = self.ids.get(key)
         if i is None:
-            self.add(address, ["", "", 0, ""])
-            i = self.ids[address]
+            self.add(key, entry or ["", "", 0, ""])
+            i = len(self.entries) - 1
         return i
+
+    def doc(self) -> Dict[str, object]:
+        return {"version": list(self.version), "codes": self.entries}
 
 
 class PythonStacks:
@@ -101,7 +107,7 @@ class PythonStacks:
         self.failed = ""                                   # why the reader could not load
         self.rings: Dict[int, int] = {}                    # id(EventRing) -> reader index
         self.interpreters: Dict[int, cpython.Interpreter] = {}
-        self.codes: Dict[int, _Codes] = {}                 # pid -> its code table
+        self.codes: Dict[int, CodeTable] = {}              # pid -> its code table
         self.samples: Dict[Tuple[int, int, int], tuple] = {}
         self.looked: Set[Tuple[int, str]] = set()
         self.notes: Dict[int, List[str]] = {}
@@ -120,16 +126,7 @@ class PythonStacks:
         if pid in self.interpreters or not cpython.may_hold_interpreter(m.path) or (pid, m.path) in self.looked:
             return
         self.looked.add((pid, m.path))
-        from ..unwinder import load_vaddr
-        data = self.image_of(m)
-        if data is None:
-            return
-        try:
-            interp, why = cpython.inspect_image(data, m, load_vaddr)
-        except (ValueError, struct.error, IndexError, OSError):
-            return
-        finally:
-            data.close()
+        interp, why = cpython.find_interpreter(self.image_of, m)
         if why:
             self.notes.setdefault(pid, []).append(why)
         if interp is not None:
@@ -142,7 +139,7 @@ class PythonStacks:
         layout = (ctypes.c_int64 * len(cpython.LAYOUT_FIELDS))(*interp.layout(self.pthread_tid))
         if self.lib.pyr_add_process(pid, interp.runtime, interp.code_type, layout) == 0:
             self.interpreters[pid] = interp
-            self.codes[pid] = _Codes(interp.version)
+            self.codes[pid] = CodeTable(interp.version)
 
     def forked(self, parent: int, child: int, rings) -> None:
         """A fork child runs the same interpreter at the same addresses."""
@@ -215,21 +212,16 @@ class PythonStacks:
             self.collect()
             self.rings.clear()
 
-    def counts(self) -> Tuple[int, int, int]:
-        """Samples of CPython processes read with Python frames, read with
-        none (no Python running), and left without them because the thread
-        had moved on before they could be read."""
-        if self.lib is None:
-            return 0, 0, 0
-        read, missed, stale = ctypes.c_uint64(), ctypes.c_uint64(), ctypes.c_uint64()
-        self.lib.pyr_counts(ctypes.byref(read), ctypes.byref(missed), ctypes.byref(stale))
-        return read.value, missed.value, stale.value
-
     def summary_note(self) -> str:
-        """One line on the samples left without Python frames, if any."""
-        read, _missed, stale = self.counts()
-        read -= self.stale
-        stale += self.stale
+        """One line on the samples left without Python frames because the
+        thread had moved on before they could be read (refused by the
+        reader, or by the controller once unwound), if any."""
+        if self.lib is None:
+            return ""
+        read_c, stale_c = ctypes.c_uint64(), ctypes.c_uint64()
+        self.lib.pyr_counts(ctypes.byref(read_c), ctypes.byref(stale_c))
+        read = read_c.value - self.stale
+        stale = stale_c.value + self.stale
         if not stale:
             return ""
         return (f"{stale} of {read + stale} samples of Python threads "
@@ -288,9 +280,7 @@ class PythonStacks:
     def process_doc(self, pid: int) -> Dict[str, object]:
         """What :attr:`ProcessInfo.python` holds for ``pid``."""
         codes = self.codes.get(pid)
-        if codes is None:
-            return {}
-        return {"version": list(codes.version), "codes": codes.entries}
+        return codes.doc() if codes is not None else {}
 
 
 def parse_code(data: bytes, off: int, end: int) -> Tuple[int, int, Optional[list]]:
@@ -348,8 +338,7 @@ class CodeReader:
         self.interp: Optional[cpython.Interpreter] = None
         self.layout = None
         self.entries: Dict[Tuple[int, int], list] = {}   # (address, fingerprint) -> entry
-        self.table: List[list] = []             # the code table raw stacks index
-        self.ids: Dict[Tuple[int, int], int] = {}
+        self.table: Optional[CodeTable] = None           # what raw stacks index, once found
         self.lib = None
         self._next_look = 0.0
         self._buf = None
@@ -363,7 +352,7 @@ class CodeReader:
             return False
         self._next_look = now + self.RETRY_SECONDS
         from ..symbols.maps import parse_maps
-        from ..unwinder import Unwinder, load_vaddr
+        from ..unwinder import Unwinder
         try:
             with open(f"/proc/{self.pid}/maps") as f:
                 maps = parse_maps(f.read())
@@ -371,23 +360,14 @@ class CodeReader:
             return False
         images = Unwinder(root=f"/proc/{self.pid}/root", map_files=f"/proc/{self.pid}/map_files")
         for m in maps:
-            if not (m.executable and cpython.may_hold_interpreter(m.path)):
-                continue
-            data = images.image(m)
-            if data is None:
-                continue
-            try:
-                interp, _why = cpython.inspect_image(data, m, load_vaddr)
-            except (ValueError, struct.error, IndexError, OSError):
-                interp = None
-            finally:
-                data.close()
+            interp = cpython.find_interpreter(images.image, m)[0] if m.executable else None
             if interp is not None:
                 try:
                     self.lib = _load()
                 except (BuildError, OSError):
                     return False
                 self.interp = interp
+                self.table = CodeTable(interp.version)
                 self.layout = (ctypes.c_int64 * len(cpython.LAYOUT_FIELDS))(*interp.layout(-1))
                 self._buf = ctypes.create_string_buffer(1 << 18)
                 return True
@@ -411,22 +391,15 @@ class CodeReader:
                 _pid, _addr, entry = parse_code(self._buf.raw[:n], 8, n)
             self.entries[key] = entry or ["", "", 0, ""]
 
-    def doc(self) -> Dict[str, object]:
-        return {"version": list(self.interp.version)} if self.interp else {}
-
     def code_id(self, key: Tuple[int, int]) -> int:
         """The index in :attr:`table` of the code object ``key`` ((address,
         fingerprint)), added on first use."""
-        i = self.ids.get(key)
-        if i is None:
-            i = self.ids[key] = len(self.table)
-            self.table.append(self.entries.get(key) or ["", "", 0, ""])
-        return i
+        return self.table.id_of(key, self.entries.get(key))
 
     def table_doc(self) -> Dict[str, object]:
         """What :attr:`ProcessInfo.python` holds (the table, filled as raw
         stacks are made)."""
-        return {"version": list(self.interp.version), "codes": self.table} if self.interp else {}
+        return self.table.doc() if self.table is not None else {}
 
 
 def _decode(width: int, raw: bytes) -> str:

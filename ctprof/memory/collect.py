@@ -14,7 +14,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ..capture.pystacks import PYHEAP_MAX_FRAMES, CodeReader, code_addresses
 from ..capture.ring import MappedFile
@@ -99,7 +99,7 @@ class HeapProcess:
     ring_bytes_used: int = 0
     #: A CPython process: its version and the code objects its stacks'
     #: Python frames name ((address, fingerprint) -> [qualname, filename, firstlineno, line table hex]).
-    python: Dict[str, object] = field(default_factory=dict)
+    python_version: Optional[Tuple[int, int]] = None
     python_codes: Dict[Tuple[int, int], list] = field(default_factory=dict)
 
 
@@ -236,7 +236,8 @@ class HeapRing(MappedFile):
         info.totals = dict(zip(TOTAL_NAMES, list(self._totals)))
         n = self.lib.ctprof_heap_nstacks(self.consumer)
         self._name_python_frames(time.monotonic())
-        info.python, info.python_codes = self.codes.doc(), self.codes.entries
+        info.python_version = self.codes.interp.version if self.codes.interp else None
+        info.python_codes = self.codes.entries
         # Kept compact (a large program leaves 100,000 stacks): one int per
         # distinct address; the figures as one packed array (no float object
         # each; model.stack_values picks the columns).  The stacks come in

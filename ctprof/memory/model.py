@@ -6,7 +6,7 @@ from operator import itemgetter
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from ..session import ProcessInfo, RawStack, Session
-from ..capture.pystacks import split_python
+from ..capture.pystacks import CodeTable, split_python
 from .collect import DETACH_REASONS, STAT_NAMES, HeapProcess
 
 #: The metrics of a memory profile (DESIGN.md), with their units.
@@ -74,23 +74,15 @@ def stack_values(stats: Sequence[float], scanned: bool) -> Dict[str, int]:
 
 
 def _code_ids(proc: Optional[ProcessInfo], info: HeapProcess) -> Callable[[Tuple[int, int]], int]:
-    """Code object (address, fingerprint) -> index in the process's Python code table
-    (:attr:`ProcessInfo.python`, shared with its CPU samples' frames),
-    appending the heap's code objects to it."""
-    if proc is None or not info.python:
+    """Code object (address, fingerprint) -> index in the process's Python
+    code table (:attr:`ProcessInfo.python`, shared with its CPU samples'
+    frames), appending the heap's code objects to it."""
+    if proc is None or info.python_version is None:
         return lambda key: 0
-    doc = proc.python if proc.python.get("version") == info.python.get("version") else {}
-    codes = list(doc.get("codes", []))
-    proc.python = {"version": info.python["version"], "codes": codes}
-    ids: Dict[Tuple[int, int], int] = {}
-
-    def code_id(key: Tuple[int, int]) -> int:
-        i = ids.get(key)
-        if i is None:
-            i = ids[key] = len(codes)
-            codes.append(info.python_codes.get(key) or ["", "", 0, ""])
-        return i
-    return code_id
+    version = list(info.python_version)
+    table = CodeTable(info.python_version, proc.python.get("codes", []) if proc.python.get("version") == version else [])
+    proc.python = table.doc()
+    return lambda key: table.id_of(key, info.python_codes.get(key))
 
 
 def add_heap_to_session(session: Session, heap: Dict[int, HeapProcess]) -> None:
