@@ -4,12 +4,17 @@ memcheck), and what the tracking cost."""
 from __future__ import annotations
 
 import os
+from itertools import repeat
 from typing import Dict, List, Optional, Tuple
 
 from ..profile import Frame, Profile
 from ..render.top import amount, human
 
 SITE_FRAMES = 4
+#: The innermost frames that decide a site's label: SITE_FRAMES, one more
+#: to tell whether the chain goes on, one for a ``[truncated]`` root (a
+#: stack's only marker, at its root).
+SITE_KEY_FRAMES = SITE_FRAMES + 2
 
 
 def frame_label(frame: Frame) -> str:
@@ -23,7 +28,8 @@ def frame_label(frame: Frame) -> str:
 
 def site_label(profile: Profile, stack: Tuple[int, ...]) -> str:
     """The allocating call chain, innermost first: ``f <- caller <- ...``."""
-    names = [frame_label(profile.frames[i]) for i in reversed(stack) if profile.frames[i].name != "[truncated]"]
+    names = [frame_label(profile.frames[i]) for i in reversed(stack[-SITE_KEY_FRAMES:])
+             if profile.frames[i].name != "[truncated]"]
     label = " <- ".join(names[:SITE_FRAMES])
     return label + (" <- ..." if len(names) > SITE_FRAMES else "")
 
@@ -42,13 +48,24 @@ def sites(profile: Profile, metric: str, count_metric: Optional[str] = None) -> 
         return []
     values = profile.values[metric]
     counts = profile.values.get(count_metric) if count_metric else None
-    merged: Dict[str, List[int]] = {}
-    for i, stack in enumerate(profile.stacks):
-        if not values[i]:
+    # Sum by the frames that decide the label first (a large program has
+    # 100,000 stacks and far fewer such chains), then name each chain once.
+    by_chain: Dict[Tuple[int, ...], List[int]] = {}
+    for stack, value, count in zip(profile.stacks, values, counts if counts else repeat(0)):
+        if not value:
             continue
-        row = merged.setdefault(site_label(profile, stack), [0, 0])
-        row[0] += values[i]
-        row[1] += counts[i] if counts else 0
+        key = stack[-SITE_KEY_FRAMES:]
+        row = by_chain.get(key)
+        if row is None:
+            by_chain[key] = [value, count]
+        else:
+            row[0] += value
+            row[1] += count
+    merged: Dict[str, List[int]] = {}
+    for key, (value, count) in by_chain.items():
+        row = merged.setdefault(site_label(profile, key), [0, 0])
+        row[0] += value
+        row[1] += count
     return sorted(((k, v[0], v[1]) for k, v in merged.items()), key=lambda r: (-r[1], r[0]))
 
 
