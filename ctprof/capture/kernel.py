@@ -334,6 +334,36 @@ class KernelSampler:
                 out[tid] = out.get(tid, 0) + _U64.unpack(data)[0]
         return out
 
+    def settle_cpu(self, infos: Dict[int, ProcessInfo], counts: Dict[int, int]) -> None:
+        """Give each thread of ``infos`` its own CPU time.
+
+        A thread's inherited events report its count when it ends (a READ
+        record), except the thread holding the *original* events: the kernel
+        swaps whole event contexts between a parent and its clone at a
+        context switch (keeping each task's counts with it), so after a
+        parent waited for its child the child may hold the events opened on
+        the parent.  That thread has no READ record; its time is the total
+        our events counted (``counts``, every descendant summed in by the
+        kernel) less every READ.  It is whoever has none, not necessarily
+        the program's first thread: charging the remainder to the first
+        thread reported a compiler driver that only waited with its child's
+        ten seconds.  Threads still running at the end have no READ either;
+        several without one share the remainder by their samples."""
+        remainder = sum(counts.values()) - sum(ns for p in infos.values() for ns in p.thread_cpu_ns.values())
+        missing = [(p, tid) for p in infos.values() for tid in sorted(p.threads.keys() | {p.pid})
+                   if tid not in p.thread_cpu_ns]
+        if not missing or remainder <= 0:
+            return
+        if len(missing) == 1:
+            p, tid = missing[0]
+            p.thread_cpu_ns[tid] = remainder
+            return
+        samples = sum(p.thread_samples.get(tid, 0) for p, tid in missing)
+        for p, tid in missing:
+            n = p.thread_samples.get(tid, 0)
+            if n:
+                p.thread_cpu_ns[tid] = remainder * n // samples
+
     def close(self) -> None:
         if self.python is not None:
             self.python.stop()              # its thread reads the rings

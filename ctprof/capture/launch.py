@@ -498,16 +498,9 @@ def _finish_kernel(kernel: KernelSampler, main_pid: int, end_ns: int) -> Tuple[D
     kernel.close()
     procs, stacks = kernel.process_infos(end_ns)
     notes: List[str] = []
+    kernel.settle_cpu(procs, counts)
     main = procs.get(main_pid)
     if main is not None:
-        # Our event on the program's first thread counts it and, summed in by
-        # the kernel, every thread and process it started; those reported
-        # their own time at exit (READ records).
-        # (A READ record now and then names the first thread instead of the
-        # one that ended; the total stays exact either way.)
-        children = sum(ns for p in procs.values() for tid, ns in p.thread_cpu_ns.items()
-                       if (p.pid, tid) != (main_pid, main_pid))
-        main.thread_cpu_ns[main_pid] = max(0, counts.get(main_pid, 0) - children)
         main.dropped += kernel.lost
     period = 1.0 / kernel.opts.hz
     for p in procs.values():
