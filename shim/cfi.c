@@ -463,15 +463,6 @@ struct reader {
     int budget;
 };
 
-void cfi_thread_exit(void)
-{
-    uint8_t *p = read_page;
-    read_page = NULL;
-    read_page_addr = 0;
-    if (p)
-        munmap(p, 4096);
-}
-
 /* Is the page at `page` mapped readable?  Asked of the kernel without
  * touching it: rt_sigprocmask with an invalid `how` copies the new set in
  * first, so EFAULT means unreadable and EINVAL readable. */
@@ -540,6 +531,169 @@ static int read_word(struct reader *m, uint64_t addr, uint64_t *out)
 #define GREG_RSP 15
 #define GREG_RIP 16
 
+/* ---- the thread's last walk (CFI_MEMO: heap hooks) ----------------------------------
+ * Consecutive allocations of a thread mostly come from the same callers:
+ * above some frame the stack is the one the last walk found.  So each
+ * thread keeps its last walk: the state each step started from (pc, sp,
+ * rbp) and the stack words it read there.  A step depends on nothing else:
+ * its rule on the pc and the code generation, its next state on those
+ * words.  So when a new walk reaches a state of the last one, and every
+ * word the last walk read from that step on still holds what it held, the
+ * rest of the walk would find the same frames: they are copied, not looked
+ * up (a load and a compare per frame instead of a cache probe).  Only walks
+ * whose every read was a plain load from the thread's own stack, and that
+ * ended on their own (the stack's end or the depth limit), are kept. */
+struct memo_step {
+    uint64_t pc, sp, fp;          /* the state the step started from, */
+    uint32_t exact, fp_used;      /* ... and whether its rule or a later one (before rbp is restored) uses rbp */
+    uint64_t ra_at, ra;           /* the return address read (ra_at 0: none) */
+    uint64_t rbp_at, rbp;         /* the saved rbp read (rbp_at 0: none) */
+};
+struct memo {
+    uint32_t steps;               /* 0: nothing kept */
+    uint32_t gen;                 /* code_gen during the walk */
+    uint64_t stack_hi;            /* the stack it was on */
+    int stopped;                  /* it stopped at its depth limit, in state `rest` */
+    struct memo_step rest;
+    struct memo_step step[];
+};
+/* Room for the depth limit's frames plus the leading frames that are
+ * walked but not recorded (the shim's own). */
+#define MEMO_SPARE_STEPS 16
+/* Beside the memo, the thread keeps the rules it used last in a small
+ * table of its own: a hit costs no probe of the shared cache (whose
+ * slots, spread over a megabyte, mostly miss the CPU's caches). */
+#define THREAD_RULE_BITS 7
+struct thread_rule {
+    uint64_t pc;
+    uint32_t gen;
+    struct rule rule;
+};
+static __thread struct thread_rule *thread_rules CTPROF_TLS;
+static __thread struct memo *memos[2] CTPROF_TLS;     /* last walk, next walk: mmap'ed on first need */
+static __thread uint32_t memo_cap CTPROF_TLS, memo_cur CTPROF_TLS;
+static __thread size_t memo_bytes CTPROF_TLS;
+static __thread int memo_busy CTPROF_TLS;
+
+static void memo_free(void)
+{
+    void *p = thread_rules;
+    size_t bytes = memo_bytes;
+    thread_rules = NULL;
+    memos[0] = memos[1] = NULL;
+    memo_cap = 0;
+    memo_bytes = 0;
+    if (p)
+        munmap(p, bytes);
+}
+
+/* The calling thread's last walk (NULL: none usable) and the record for
+ * this one; both NULL when the memo is in use (a nested walk) or cannot
+ * be had. */
+static void memo_open(struct memo **last, struct memo **next, int max, uint64_t stack_hi)
+{
+    *last = *next = NULL;
+    if (memo_busy || max < 1)
+        return;
+    if (!memos[0]) {
+        uint32_t cap = (uint32_t)max + MEMO_SPARE_STEPS;
+        size_t rules = sizeof(struct thread_rule) << THREAD_RULE_BITS;
+        size_t one = (sizeof(struct memo) + cap * sizeof(struct memo_step) + 63) & ~(size_t)63;
+        size_t bytes = (rules + 2 * one + 4095) & ~(size_t)4095;
+        char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return;
+        thread_rules = (struct thread_rule *)p;
+        memos[0] = (struct memo *)(p + rules);
+        memos[1] = (struct memo *)(p + rules + one);
+        memo_cap = cap;
+        memo_bytes = bytes;
+        memo_cur = 0;
+    }
+    memo_busy = 1;
+    struct memo *l = memos[memo_cur], *x = memos[memo_cur ^ 1];
+    uint32_t gen = __atomic_load_n(&code_gen, __ATOMIC_ACQUIRE);
+    *last = l->steps && l->gen == gen && l->stack_hi == stack_hi ? l : NULL;
+    x->steps = 0;
+    x->gen = gen;
+    x->stack_hi = stack_hi;
+    x->stopped = 0;
+    *next = x;
+}
+
+/* This walk becomes the thread's last one (with its steps only if `keep`).
+ * A step's rbp need match only where the walk uses it: in most optimized
+ * code rbp is an ordinary register, different at every call, and only a
+ * frame whose CFA is rbp-based (or the state a stopped walk would resume
+ * from) looks at it before some frame's saved rbp replaces it. */
+static void memo_close(struct memo *next, uint32_t steps, int keep)
+{
+    if (!next)
+        return;
+    next->steps = keep && steps <= memo_cap ? steps : 0;
+    uint32_t used = (uint32_t)next->stopped;
+    for (uint32_t i = next->steps; i-- > 0;) {
+        struct memo_step *s = &next->step[i];
+        used = s->fp_used || (!s->rbp_at && used);
+        s->fp_used = used;
+    }
+    memo_cur ^= 1;
+    memo_busy = 0;
+}
+
+/* lookup() through the thread's own table (only while it holds the memo:
+ * an ordinary context, never a signal handler). */
+static struct rule thread_lookup(uint64_t pc, uint32_t gen)
+{
+    struct thread_rule *e = &thread_rules[(pc * 0x9e3779b97f4a7c15ull) >> (64 - THREAD_RULE_BITS)];
+    if (e->pc == pc && e->gen == gen)
+        return e->rule;
+    struct rule r = lookup(pc);
+    e->pc = pc;
+    e->gen = gen;
+    e->rule = r;
+    return r;
+}
+
+/* Does every word the last walk read from its step j on still hold the
+ * value it read? */
+static int memo_holds(const struct memo *last, uint32_t j, const struct stack_bounds *direct)
+{
+    for (uint32_t i = j; i < last->steps; i++) {
+        const struct memo_step *s = &last->step[i];
+        if (s->ra_at && (s->ra_at < direct->lo || s->ra_at + 8 > direct->hi ||
+                         *(const uint64_t *)(uintptr_t)s->ra_at != s->ra))
+            return 0;
+        if (s->rbp_at && (s->rbp_at < direct->lo || s->rbp_at + 8 > direct->hi ||
+                          *(const uint64_t *)(uintptr_t)s->rbp_at != s->rbp))
+            return 0;
+    }
+    return 1;
+}
+
+/* Room for the next step of this walk in `next` (NULL: not kept). */
+static struct memo_step *memo_record(struct memo *next, uint32_t *kept, uint64_t pc, uint64_t sp, uint64_t fp,
+                                     int exact)
+{
+    if (!next || *kept >= memo_cap) {
+        *kept = memo_cap + 1;      /* too long to keep */
+        return NULL;
+    }
+    struct memo_step *s = &next->step[(*kept)++];
+    *s = (struct memo_step){pc, sp, fp, (uint32_t)exact, 0, 0, 0, 0, 0};
+    return s;
+}
+
+void cfi_thread_exit(void)
+{
+    uint8_t *p = read_page;
+    read_page = NULL;
+    read_page_addr = 0;
+    if (p)
+        munmap(p, 4096);
+    memo_free();
+}
+
 int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds *b,
                uint64_t *ips, int max, uint64_t skip_lo, uint64_t skip_hi, int flags, int *truncated)
 {
@@ -555,21 +709,71 @@ int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds 
     } else if (flags & CFI_STRICT) {
         return -1;
     }
-    int n = 0;
+    /* The memo holds only plain loads from the thread's stack. */
+    struct memo *last = NULL, *next = NULL;
+    if ((flags & CFI_MEMO) && !(flags & CFI_ANY_MEMORY) && m.direct.hi)
+        memo_open(&last, &next, max, m.direct.hi);
+    uint32_t j = 0, kept = 0;   /* j: the first step of `last` not below sp; kept: steps in `next` */
+    int n = 0, keep = 0;
     int exact = 1;      /* pc is exact (the leaf, or resumed after a signal), not a return address */
     *truncated = 0;
     for (int steps = 0; steps < max + 256; steps++) {
+        if (last) {
+            while (j < last->steps && last->step[j].sp < sp)
+                j++;
+            const struct memo_step *at = &last->step[j];
+            if (j < last->steps && at->sp == sp && at->pc == pc && (at->fp == fp || !at->fp_used) &&
+                at->exact == (uint32_t)exact && memo_holds(last, j, &m.direct)) {
+                /* The rest is the last walk's: its frames, then where it
+                 * stopped.  Each step's rbp is this walk's (it may differ
+                 * where nothing uses it), until a frame restores it. */
+                for (uint32_t i = j; i < last->steps; i++, steps++) {
+                    struct memo_step s = last->step[i];
+                    s.fp = fp;
+                    if (n > 0 || s.pc < skip_lo || s.pc >= skip_hi) {
+                        if (n == max) {
+                            *truncated = 1;
+                            next->stopped = 1;
+                            next->rest = s;
+                            keep = 1;
+                            goto done;
+                        }
+                        ips[n++] = s.pc;
+                    }
+                    if (kept < memo_cap)
+                        next->step[kept] = s;
+                    kept++;
+                    if (s.rbp_at)
+                        fp = s.rbp;
+                }
+                if (!last->stopped) {
+                    keep = 1;
+                    goto done;
+                }
+                pc = last->rest.pc;
+                sp = last->rest.sp;
+                exact = (int)last->rest.exact;
+                last = NULL;
+                continue;
+            }
+        }
         if (n > 0 || pc < skip_lo || pc >= skip_hi) {
             if (n == max) {
                 *truncated = 1;
-                return n;
+                if (next) {
+                    next->stopped = 1;
+                    next->rest = (struct memo_step){pc, sp, fp, (uint32_t)exact, 0, 0, 0, 0, 0};
+                }
+                keep = 1;
+                goto done;
             }
             ips[n++] = pc;
         }
+        struct memo_step *rec = memo_record(next, &kept, pc, sp, fp, exact);
         struct rule r = {RULE_COMPLEX, 0, 0, NO_OFFSET, 0};
         if (flags & CFI_RULES) {
             /* A return address points after the call: look up the call itself. */
-            r = lookup(exact ? pc : pc - 1);
+            r = next ? thread_lookup(exact ? pc : pc - 1, next->gen) : lookup(exact ? pc : pc - 1);
             if (r.kind == RULE_COMPLEX && !exact)
                 r = lookup(pc);   /* a sigreturn trampoline's FDE may start at pc itself */
             if (r.kind == RULE_PLT) {
@@ -586,40 +790,61 @@ int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds 
         uint64_t cfa, ra, next_fp = fp;
         int resumed = 0;    /* the next pc is an interrupted one, not a return address */
         if (r.kind == RULE_END) {
-            return n;
+            keep = 1;
+            goto done;
         } else if (r.kind == RULE_SIGNAL) {
             /* The kernel's frame: resume from the interrupted registers
              * (the interrupted rsp stands where a cfa would). */
             uint64_t g = sp + UC_GREGS;
+            kept = memo_cap + 1;      /* not kept: its reads are not recorded */
             if (!read_word(&m, g + 8 * GREG_RIP, &ra) || !read_word(&m, g + 8 * GREG_RSP, &cfa) ||
                 !read_word(&m, g + 8 * GREG_RBP, &next_fp))
-                return n;
+                goto done;
             resumed = 1;
         } else if (r.kind == RULE_OK) {
             cfa = (r.cfa_rbp ? fp : sp) + (int64_t)r.cfa_off;
-            if (cfa & 7 || cfa <= sp || cfa - sp > MAX_FRAME_BYTES)
-                return n;
-            if (!read_word(&m, cfa + (int64_t)r.ra_off, &ra))
-                return n;
-            if (r.rbp_off != NO_OFFSET && !read_word(&m, cfa + (int64_t)r.rbp_off, &next_fp))
-                return n;
+            if (cfa & 7 || cfa <= sp || cfa - sp > MAX_FRAME_BYTES) {
+                keep = 1;
+                goto done;
+            }
+            uint64_t ra_at = cfa + (int64_t)r.ra_off, rbp_at = cfa + (int64_t)r.rbp_off;
+            if (!read_word(&m, ra_at, &ra))
+                goto done;
+            if (r.rbp_off != NO_OFFSET && !read_word(&m, rbp_at, &next_fp))
+                goto done;
+            if (rec) {
+                rec->fp_used = r.cfa_rbp;
+                rec->ra_at = ra_at;
+                rec->ra = ra;
+                if (r.rbp_off != NO_OFFSET) {
+                    rec->rbp_at = rbp_at;
+                    rec->rbp = next_fp;
+                }
+            }
         } else {
             /* No rule (JIT code, no FDE, DWARF expressions): the
              * frame-pointer chain, validated like everything else. */
-            if (flags & CFI_STRICT)
-                return -1;
+            if (flags & CFI_STRICT) {
+                n = -1;
+                goto done;
+            }
+            kept = memo_cap + 1;      /* not kept: its reads are not recorded */
             if (fp & 7 || fp < sp || fp - sp > MAX_FRAME_BYTES)
-                return n;
+                goto done;
             if (!read_word(&m, fp, &next_fp) || !read_word(&m, fp + 8, &ra))
-                return n;
+                goto done;
             cfa = fp + 16;
         }
-        if (ra < 4096)
-            return n;
+        if (ra < 4096) {
+            keep = 1;
+            goto done;
+        }
         sp = cfa;
         fp = next_fp;
         pc = ra;
         exact = resumed;
     }
+done:
+    memo_close(next, kept, keep);
     return n;
 }

@@ -360,6 +360,8 @@ enum {
                              (signal handlers: coroutine stacks, sigaltstack) */
     CFI_STRICT = 4,       /* a frame without a rule fails the walk (-1): the
                              caller has a better fallback (libgcc) */
+    CFI_MEMO = 8,         /* start from the thread's last walk where it still
+                             holds (ordinary context only: heap hooks) */
 };
 /* Unwind from registers (pc, sp, fp) within stack bounds `b`, leaf first.
  * The first pc is exact, later ones return addresses.  Leading frames whose

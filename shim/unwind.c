@@ -116,7 +116,7 @@ __attribute__((noinline)) int unwind_caller(const struct stack_bounds *b, uint64
     uint64_t pc, sp, fp;
     __asm__ volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2" : "=r"(pc), "=r"(sp), "=r"(fp));
     *truncated = 0;
-    int n = cfi_unwind(pc, sp, fp, b, ips, max, shim_lo, shim_hi, CFI_RULES | CFI_STRICT, truncated);
+    int n = cfi_unwind(pc, sp, fp, b, ips, max, shim_lo, shim_hi, CFI_RULES | CFI_STRICT | CFI_MEMO, truncated);
     if (n > 0)
         return n;
     struct dwarf_state s = {shim_lo, shim_hi, ips, max, 0, 0, 0, 0};

@@ -358,3 +358,55 @@ def test_rules_of_an_unloaded_library_are_not_reused(build, tmp_path):
             else:
                 partial += count
     assert (whole, partial) == (200, 0), (whole, partial)
+
+
+PATH_SIZES = {"path_a": 24, "path_b": 40, "path_c": 56}
+
+
+def heap_callers_schedule(rounds):
+    """How many blocks heap_callers.c allocates through each (path, depth):
+    the program's own schedule, path_of(i) and depth_of(i)."""
+    expected = {}
+    for i in range(rounds):
+        key = (("path_a", "path_b", "path_c")[(i * 7 + i // 3) % 3], 3 + (i // 2) % 3)
+        expected[key] = expected.get(key, 0) + 1
+    return expected
+
+
+@pytest.mark.parametrize("depth_limit", [None, "6"], ids=["whole-stacks", "cut-at-6-frames"])
+def test_each_caller_chain_keeps_its_own_allocations(build, tmp_path, depth_limit):
+    """Three paths allocate alternately, with their own sizes, from
+    recursions of changing depth, one rbp-based frame among them: the
+    hooks' unwinder starts from the thread's last walk wherever it still
+    holds, and must notice each time the callers changed.  Every stack
+    through path_X must hold only path_X's size, with the program's own
+    count per path -- and per recursion depth when stacks are whole.  Cut
+    at 6 frames, every walk stops inside the recursion and the next one
+    may resume where the last stopped."""
+    rounds = 30000
+    options = ("--mem-depth", depth_limit) if depth_limit else ()
+    proc, p = run_mem(tmp_path, [build("heap_callers.c", "-g"), str(rounds)], *options)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    got_count, got_bytes = {}, {}
+    for i, stack in enumerate(p.stacks):
+        names = [p.frames[f].name for f in stack if p.frames[f].name != "[truncated]"]
+        count = p.values["alloc_count"][i]
+        if not count or "descend" not in names:
+            continue
+        assert names[-1] == "leaf" and names[-2] in PATH_SIZES, names
+        path = names[-2]
+        key = (path, names.count("descend") - 1) if depth_limit is None else path
+        if depth_limit is None:
+            assert "main" in names, names
+        else:
+            assert len(names) == 6 and names[:4] == ["descend"] * 4, names
+        got_count[key] = got_count.get(key, 0) + count
+        got_bytes[key] = got_bytes.get(key, 0) + p.values["alloc_bytes"][i]
+    expected = heap_callers_schedule(rounds)
+    if depth_limit is not None:
+        per_path = {}
+        for (path, _), n in expected.items():
+            per_path[path] = per_path.get(path, 0) + n
+        expected = per_path
+    assert got_count == expected
+    assert got_bytes == {key: n * PATH_SIZES[key if isinstance(key, str) else key[0]] for key, n in expected.items()}
