@@ -72,8 +72,6 @@ line saying so.
 """
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import math
 import struct
@@ -86,6 +84,7 @@ from itertools import islice
 from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import FormatError
+from .nogc import paused_collector
 from .profile import Frame, Profile
 from .session import ProcessInfo, RawStack, Session
 
@@ -285,23 +284,9 @@ def _raw_arrays(session: Session, doc: Dict[str, Any]) -> Dict[str, array]:
     return cols
 
 
-@contextlib.contextmanager
-def _no_collector() -> Iterator[None]:
-    """Pause the cyclic garbage collector: building or flattening 100,000
-    stacks creates no cycles, and its passes over the growing heap would
-    otherwise cost about a third of a load."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def save_to(out: BinaryIO, profile: Profile, session: Optional[Session] = None) -> None:
     """Write ``profile`` and the raw ``session`` to the binary file ``out``."""
-    with _no_collector():
+    with paused_collector():
         _save_to(out, profile, session)
 
 
@@ -390,7 +375,7 @@ def load_bytes(data: bytes, label: str, with_session: bool = True) -> Tuple[Prof
                           f"(this ctprof reads version {FORMAT_VERSION})")
     try:
         meta, cols = _read_sections(memoryview(data)[len(MAGIC) + 4:])
-        with _no_collector():
+        with paused_collector():
             return _Validator(label, meta, cols).build(with_session)
     except _Damage as err:
         raise FormatError(f"{label}: damaged profile: {err}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from operator import itemgetter
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
+from ..nogc import paused_collector
 from ..session import ProcessInfo, RawStack, Session
 from ..capture.pystacks import CodeTable, split_python
 from .collect import DETACH_REASONS, STAT_NAMES, HeapProcess
@@ -48,10 +49,17 @@ _UNSCANNED_COLUMNS = {k: v for k, v in _SCANNED_COLUMNS.items()
 
 
 #: For each of the above: (the profile columns, a getter of their figures
-#: out of a stack's statistics).
+#: out of a stack's statistics, the columns "leaked" adds up: bytes, then
+#: counts).
+def _plan(table: Dict[str, str], leaked_bytes: Sequence[str], leaked_counts: Sequence[str]):
+    columns = tuple(table.values())
+    figures = itemgetter(*(_STAT_INDEX[k] for k in table))
+    return columns, figures, tuple(leaked_bytes), tuple(leaked_counts)
+
+
 _STAT_INDEX = {name: i for i, name in enumerate(STAT_NAMES)}
-_SCANNED_PLAN = (tuple(_SCANNED_COLUMNS.values()), itemgetter(*(_STAT_INDEX[k] for k in _SCANNED_COLUMNS)))
-_UNSCANNED_PLAN = (tuple(_UNSCANNED_COLUMNS.values()), itemgetter(*(_STAT_INDEX[k] for k in _UNSCANNED_COLUMNS)))
+_SCANNED_PLAN = _plan(_SCANNED_COLUMNS, ("definite_bytes", "indirect_bytes"), ("definite_count", "indirect_count"))
+_UNSCANNED_PLAN = _plan(_UNSCANNED_COLUMNS, ("live_bytes",), ("live_count",))
 TRUNCATED_STAT = _STAT_INDEX["truncated"]
 
 
@@ -62,15 +70,18 @@ def stack_values(stats: Sequence[float], scanned: bool) -> Dict[str, int]:
     counts as leaked: "live at death"."""
     # This runs once for each of 100,000 stacks of a large program: one
     # pass over the columns, no dict of the raw figures.
-    columns, figures = _SCANNED_PLAN if scanned else _UNSCANNED_PLAN
+    columns, figures, leaked_bytes, leaked_counts = _SCANNED_PLAN if scanned else _UNSCANNED_PLAN
     values = {column: round(v) for column, v in zip(columns, figures(stats)) if v}
-    if scanned:
-        leaked = values.get("definite_bytes", 0) + values.get("indirect_bytes", 0)
-        leaked_n = values.get("definite_count", 0) + values.get("indirect_count", 0)
-    else:
-        leaked, leaked_n = values.get("live_bytes", 0), values.get("live_count", 0)
-    values["leaked_bytes"], values["leaked_count"] = leaked, leaked_n
-    return {k: v for k, v in values.items() if v}
+    get = values.get
+    leaked = get(leaked_bytes[0], 0) + (get(leaked_bytes[1], 0) if len(leaked_bytes) > 1 else 0)
+    if leaked:
+        values["leaked_bytes"] = leaked
+    leaked_n = get(leaked_counts[0], 0) + (get(leaked_counts[1], 0) if len(leaked_counts) > 1 else 0)
+    if leaked_n:
+        values["leaked_count"] = leaked_n
+    if 0 in values.values():       # a sampled weight below one half
+        values = {k: v for k, v in values.items() if v}
+    return values
 
 
 def _code_ids(proc: Optional[ProcessInfo], info: HeapProcess) -> Callable[[Tuple[int, int]], int]:
@@ -85,6 +96,36 @@ def _code_ids(proc: Optional[ProcessInfo], info: HeapProcess) -> Callable[[Tuple
     return lambda key: table.id_of(key, info.python_codes.get(key))
 
 
+def _add_stacks(session: Session, heap: Dict[int, HeapProcess]) -> None:
+    """The heap's stacks as raw stacks (see :func:`add_heap_to_session`)."""
+    calls: Dict[int, int] = {}
+    call_of = calls.setdefault
+    append = session.stacks.append
+    for pid, info in heap.items():
+        proc = session.processes.get(pid)
+        gen = max(0, len(proc.maps) - 1) if proc else 0
+        code_id = _code_ids(proc, info)
+        scanned = info.scanned
+        pending, info.stacks = info.stacks, []
+        pending.reverse()
+        while pending:
+            ips, stats = pending.pop()
+            if not ips:
+                continue
+            values = stack_values(stats, scanned)
+            if not values:
+                continue
+            ips, py = split_python(ips, code_id)
+            if not ips:
+                continue
+            # Every address is a return address; the resolver treats the
+            # first one as exact, so hand it the call instruction itself
+            # (one int object per distinct call; the other addresses come
+            # from HeapRing.finish as one shared int object per address).
+            call = ips[0] - 1
+            append(RawStack(pid, 0, gen, (call_of(call, call),) + ips[1:], bool(stats[TRUNCATED_STAT]), values, py))
+
+
 def add_heap_to_session(session: Session, heap: Dict[int, HeapProcess]) -> None:
     """Add the heap's stacks (as raw stacks) and figures to ``session``.
 
@@ -94,28 +135,9 @@ def add_heap_to_session(session: Session, heap: Dict[int, HeapProcess]) -> None:
     their non-zero values (a missing metric is 0), and every address is one
     shared int object (a few thousand distinct addresses fill millions of
     frames)."""
-    addresses: Dict[int, int] = {}
-    canonical = addresses.setdefault
+    with paused_collector():           # 100,000 new objects, no cycles
+        _add_stacks(session, heap)
     for pid, info in heap.items():
-        proc = session.processes.get(pid)
-        gen = max(0, len(proc.maps) - 1) if proc else 0
-        code_id = _code_ids(proc, info)
-        pending, info.stacks = info.stacks, []
-        pending.reverse()
-        while pending:
-            ips, stats = pending.pop()
-            if not ips:
-                continue
-            values = stack_values(stats, info.scanned)
-            if not values:
-                continue
-            ips, py = split_python(ips, code_id)
-            if not ips:
-                continue
-            # Every address is a return address; the resolver treats the
-            # first one as exact, so hand it the call instruction itself.
-            adjusted = (canonical(ips[0] - 1, ips[0] - 1),) + tuple(map(canonical, ips[1:], ips[1:]))
-            session.stacks.append(RawStack(pid, 0, gen, adjusted, bool(stats[TRUNCATED_STAT]), values, py))
         h = info.header
         timed = h.get("timed_calls", 0)
         session.memory[str(pid)] = {
