@@ -65,6 +65,7 @@ struct slot {
 static struct slot *cache;
 static uint32_t cache_used;
 static uint32_t code_gen;
+static uint64_t memo_total_bytes;  /* every thread's memo (below), for the metadata figure */
 
 void cfi_code_unmapped(void)
 {
@@ -83,10 +84,15 @@ void cfi_init(void)
 
 uint64_t cfi_cache_bytes(void)
 {
-    /* Rules land at random slots: each one touches a page until all are. */
-    uint64_t pages = (sizeof(struct slot) * CACHE_SIZE + 4095) / 4096;
-    uint64_t used = __atomic_load_n(&cache_used, __ATOMIC_RELAXED);
-    return (used < pages ? used : pages) * 4096;
+    /* The kernel knows which of its pages were touched (mincore). */
+    enum { PAGES = (sizeof(struct slot) * CACHE_SIZE + 4095) / 4096 };
+    unsigned char vec[PAGES];
+    if (!cache || mincore(cache, sizeof(struct slot) * CACHE_SIZE, vec) != 0)
+        return 0;
+    uint64_t resident = 0;
+    for (int i = 0; i < PAGES; i++)
+        resident += vec[i] & 1;
+    return resident * 4096 + __atomic_load_n(&memo_total_bytes, __ATOMIC_RELAXED);
 }
 
 /* Nearby pcs share cache pages: each 4 KiB page of code hashes to a run of
@@ -574,6 +580,7 @@ static __thread struct memo *memos[2] CTPROF_TLS;     /* last walk, next walk: m
 static __thread uint32_t memo_cap CTPROF_TLS, memo_cur CTPROF_TLS;
 static __thread size_t memo_bytes CTPROF_TLS;
 static __thread int memo_busy CTPROF_TLS;
+static __thread int memo_gone CTPROF_TLS;  /* the thread is exiting: no new mmap to leak */
 
 static void memo_free(void)
 {
@@ -583,8 +590,10 @@ static void memo_free(void)
     memos[0] = memos[1] = NULL;
     memo_cap = 0;
     memo_bytes = 0;
-    if (p)
+    if (p) {
         munmap(p, bytes);
+        __atomic_fetch_sub(&memo_total_bytes, bytes, __ATOMIC_RELAXED);
+    }
 }
 
 /* The calling thread's last walk (NULL: none usable) and the record for
@@ -593,7 +602,7 @@ static void memo_free(void)
 static void memo_open(struct memo **last, struct memo **next, int max, uint64_t stack_hi)
 {
     *last = *next = NULL;
-    if (memo_busy || max < 1)
+    if (memo_busy || memo_gone || max < 1)
         return;
     if (!memos[0]) {
         uint32_t cap = (uint32_t)max + MEMO_SPARE_STEPS;
@@ -609,6 +618,7 @@ static void memo_open(struct memo **last, struct memo **next, int max, uint64_t 
         memo_cap = cap;
         memo_bytes = bytes;
         memo_cur = 0;
+        __atomic_fetch_add(&memo_total_bytes, bytes, __ATOMIC_RELAXED);
     }
     memo_busy = 1;
     struct memo *l = memos[memo_cur], *x = memos[memo_cur ^ 1];
@@ -692,6 +702,7 @@ void cfi_thread_exit(void)
     if (p)
         munmap(p, 4096);
     memo_free();
+    memo_gone = 1;
 }
 
 int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds *b,

@@ -13,10 +13,15 @@
  * "indirectly lost" and the others "definitely lost". */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
+#include <unistd.h>
+#include <linux/futex.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include "ctprof.h"
 
@@ -51,6 +56,9 @@ struct live_entry {
 };
 
 struct consumer {
+    /* Held by whoever touches the rest: the drainer thread while it
+     * consumes, the controller's Python while it reads figures or scans. */
+    pthread_mutex_t lock;
     double sample_bytes;
     int pid;
     /* the record the reader is stuck on, if any (see writer_gone) */
@@ -59,8 +67,7 @@ struct consumer {
     int64_t stuck_cpu;
     int started;
     unsigned char *batch;     /* records copied out, awaiting bookkeeping */
-    uint64_t rd;              /* consumed up to here; published to writers page by page */
-    uint64_t punched;         /* ring positions before this are punched out */
+    uint64_t rd;              /* consumed up to here (and published to the writers) */
     struct stack_entry *stab;
     uint32_t stab_cap, nstacks;
     uint32_t *stack_slot;     /* id -> slot in stab */
@@ -116,6 +123,7 @@ CTPROF_API struct consumer *ctprof_heap_new(double sample_bytes, int pid)
     struct consumer *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
+    pthread_mutex_init(&c->lock, NULL);
     c->sample_bytes = sample_bytes;
     c->pid = pid;
     c->stab_cap = 1024;
@@ -131,10 +139,14 @@ CTPROF_API struct consumer *ctprof_heap_new(double sample_bytes, int pid)
     return c;
 }
 
+static void drainer_remove(struct consumer *c);
+
 CTPROF_API void ctprof_heap_delete(struct consumer *c)
 {
     if (!c)
         return;
+    drainer_remove(c);
+    pthread_mutex_destroy(&c->lock);
     free(c->stab);
     free(c->stack_slot);
     free(c->ippool);
@@ -507,43 +519,6 @@ static int writer_gone(struct consumer *c, const struct heap_shared *hs, uint64_
     return now - c->stuck_since > 1000000000ull && (state == 'S' || state == 'D');
 }
 
-/* Give back the pages the reader has passed, so that a ring that is mostly
- * idle costs the program only what is in flight (the metadata figure), not
- * its whole size: writers fault in fresh zero pages when they come round
- * again.  Only when little was in flight (`punch`): a program that keeps the
- * ring full has all of it resident at its peak anyway, and would pay a page
- * fault per 4 KiB of events for nothing.  Only whole pages below `upto`, and
- * before read_pos is published past them (a writer may reuse a page only
- * after that). */
-static void punch_behind(struct consumer *c, unsigned char *data, uint64_t mask, uint64_t upto, int punch)
-{
-    uint64_t from = c->punched;
-    if (upto <= from)
-        return;
-    if (upto - from > mask + 1)
-        from = upto - (mask + 1);
-    for (uint64_t a = from; punch && a < upto;) {
-        uint64_t off = a & mask, len = upto - a;
-        if (len > mask + 1 - off)
-            len = mask + 1 - off;
-        madvise(data + off, len, MADV_REMOVE);
-        a += len;
-    }
-    c->punched = upto;
-}
-
-/* Consumed up to `rd`: punch and publish up to its page boundary (the rest
- * of that page is zeroed and stays ours until the page is done). */
-static void publish(struct consumer *c, struct ring_header *h, unsigned char *data, uint64_t mask, uint64_t rd,
-                    int punch)
-{
-    uint64_t upto = rd & ~4095ull;
-    if (upto <= c->punched)
-        return;
-    punch_behind(c, data, mask, upto, punch);
-    __atomic_store_n(&h->read_pos, upto, __ATOMIC_RELEASE);
-}
-
 /* Process a batch of records copied out of the ring. */
 static void process_batch(struct consumer *c, const unsigned char *buf, size_t len)
 {
@@ -558,7 +533,7 @@ static void process_batch(struct consumer *c, const unsigned char *buf, size_t l
 /* Consume every committed record of the mapped .heap file at `file_base`:
  * copy a batch out, give the space back to the writers at once, then do the
  * bookkeeping (the slow part) while they go on.  Returns the bytes consumed. */
-CTPROF_API size_t ctprof_heap_consume(struct consumer *c, void *file_base)
+static size_t consume_locked(struct consumer *c, void *file_base)
 {
     struct ring_header *h = file_base;
     struct heap_shared *hs = (struct heap_shared *)((char *)file_base + HEAP_SHARED_OFFSET);
@@ -575,11 +550,10 @@ CTPROF_API size_t ctprof_heap_consume(struct consumer *c, void *file_base)
         if (!c->batch)
             return 0;
         c->started = 1;
-        c->rd = c->punched = __atomic_load_n(&h->read_pos, __ATOMIC_RELAXED);
+        c->rd = __atomic_load_n(&h->read_pos, __ATOMIC_RELAXED);
     }
     uint64_t rd = c->rd, start = rd;
     uint64_t w = __atomic_load_n(&h->write_pos, __ATOMIC_ACQUIRE);
-    int punch = w - rd < cap / 4;
     for (;;) {
         size_t len = 0;
         while (rd < w && len + HEAP_MAX_RECORD <= BATCH_BYTES) {
@@ -626,7 +600,7 @@ CTPROF_API size_t ctprof_heap_consume(struct consumer *c, void *file_base)
                 w = __atomic_load_n(&h->write_pos, __ATOMIC_ACQUIRE);
         }
         c->rd = rd;
-        publish(c, h, data, mask, rd, punch);
+        __atomic_store_n(&h->read_pos, rd, __ATOMIC_RELEASE);  /* the space is the writers' again */
         if (!len)
             break;
         process_batch(c, c->batch, len);
@@ -635,17 +609,17 @@ CTPROF_API size_t ctprof_heap_consume(struct consumer *c, void *file_base)
     return rd - start;
 }
 
-CTPROF_API void ctprof_heap_totals(struct consumer *c, double *out)
+static void totals_locked(struct consumer *c, double *out)
 {
     c->totals[T_STACKS] = c->nstacks;
     memcpy(out, c->totals, sizeof c->totals);
 }
 
-CTPROF_API uint32_t ctprof_heap_nstacks(struct consumer *c) { return c->nstacks; }
+static uint32_t nstacks_locked(struct consumer *c) { return c->nstacks; }
 
 /* Stack `id`: copies up to `max` ips (leaf first) and its NSTAT statistics;
  * returns the depth. */
-CTPROF_API int ctprof_heap_stack(struct consumer *c, uint32_t id, uint64_t *ips, int max, double *stats)
+static int stack_locked(struct consumer *c, uint32_t id, uint64_t *ips, int max, double *stats)
 {
     if (id >= c->nstacks)
         return -1;
@@ -661,7 +635,7 @@ CTPROF_API int ctprof_heap_stack(struct consumer *c, uint32_t id, uint64_t *ips,
  * its NSTAT statistics (doubles, bit for bit).  *next receives the first
  * stack not written; returns the words written.  One call hands the
  * controller thousands of stacks (a large program leaves 100,000). */
-CTPROF_API size_t ctprof_heap_stacks(struct consumer *c, uint32_t first, uint64_t *out, size_t cap, uint32_t *next)
+static size_t stacks_locked(struct consumer *c, uint32_t first, uint64_t *out, size_t cap, uint32_t *next)
 {
     size_t used = 0;
     uint32_t id = first;
@@ -889,7 +863,7 @@ static void free_scan(struct scan *s)
  * malloc puts its thread arenas) is heap if it holds a tracked block, else a
  * root (a thread stack can start there too).  Returns 0, or -1 if memory
  * could not be read. */
-CTPROF_API int ctprof_heap_scan(struct consumer *c, int pid, const uint64_t *ranges, int nranges, uint64_t *heartbeat)
+static int scan_locked(struct consumer *c, int pid, const uint64_t *ranges, int nranges, uint64_t *heartbeat)
 {
     struct scan s = {c, pid, NULL, 0, NULL, 0, NULL, 8u << 20, heartbeat};
     /* each block enters the work list at most four times (possibly,
@@ -955,4 +929,202 @@ CTPROF_API int ctprof_heap_scan(struct consumer *c, int pid, const uint64_t *ran
     c->totals[T_SCANNED] = 1;
     free_scan(&s);
     return 0;
+}
+
+/* ---- the entry points of the controller's Python: each under the consumer's lock ---- */
+
+CTPROF_API size_t ctprof_heap_consume(struct consumer *c, void *file_base)
+{
+    pthread_mutex_lock(&c->lock);
+    size_t r = consume_locked(c, file_base);
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
+CTPROF_API void ctprof_heap_totals(struct consumer *c, double *out)
+{
+    pthread_mutex_lock(&c->lock);
+    totals_locked(c, out);
+    pthread_mutex_unlock(&c->lock);
+}
+
+CTPROF_API uint32_t ctprof_heap_nstacks(struct consumer *c)
+{
+    pthread_mutex_lock(&c->lock);
+    uint32_t r = nstacks_locked(c);
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
+CTPROF_API int ctprof_heap_stack(struct consumer *c, uint32_t id, uint64_t *ips, int max, double *stats)
+{
+    pthread_mutex_lock(&c->lock);
+    int r = stack_locked(c, id, ips, max, stats);
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
+CTPROF_API size_t ctprof_heap_stacks(struct consumer *c, uint32_t first, uint64_t *out, size_t cap, uint32_t *next)
+{
+    pthread_mutex_lock(&c->lock);
+    size_t r = stacks_locked(c, first, out, cap, next);
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
+CTPROF_API int ctprof_heap_scan(struct consumer *c, int pid, const uint64_t *ranges, int nranges, uint64_t *heartbeat)
+{
+    pthread_mutex_lock(&c->lock);
+    int r = scan_locked(c, pid, ranges, nranges, heartbeat);
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
+/* ---- the drainer ----------------------------------------------------------------------
+ * A thread of the controller drains every registered ring in C.  The
+ * controller's Python threads take turns at the interpreter lock every few
+ * milliseconds, time in which an allocation loop fills a small ring:
+ * drained from Python, the ring had to be large, and it is the main
+ * metadata in the program.  The drainer sleeps on the ring that moved most
+ * (a futex in its shared header) until its writers find a quarter of it
+ * waiting, or for DRAIN_IDLE_NS; polling instead would take a CPU from the
+ * program on a small machine.  Each pass writes every ring's heartbeat
+ * (the shim's sign that the controller lives).  A ring whose consumer is
+ * busy (the controller reading its figures, or the leak scan) is skipped
+ * for that pass. */
+#define DRAIN_IDLE_NS 1000000
+struct drained {
+    struct consumer *c;
+    void *base;                    /* the mapped .heap file */
+};
+static struct {
+    pthread_mutex_t lock;          /* guards everything below */
+    struct drained *list;
+    size_t n, cap;
+    pthread_t thread;
+    int running, stop;
+} drainer = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0, 0, 0, 0};
+
+static struct heap_shared *shared_of(void *base) { return (struct heap_shared *)((char *)base + HEAP_SHARED_OFFSET); }
+
+/* One pass over every ring (drainer.lock held); returns the base of the
+ * one that moved most, NULL if none moved. */
+static void *drain_pass(void)
+{
+    size_t most = 0;
+    void *hot = NULL;
+    uint64_t now = now_ns();
+    for (size_t i = 0; i < drainer.n; i++) {
+        struct drained *d = &drainer.list[i];
+        __atomic_store_n(&shared_of(d->base)->heartbeat_ns, now, __ATOMIC_RELAXED);
+        if (pthread_mutex_trylock(&d->c->lock) != 0)
+            continue;
+        size_t n = consume_locked(d->c, d->base);
+        pthread_mutex_unlock(&d->c->lock);
+        if (n > most) {
+            most = n;
+            hot = d->base;
+        }
+    }
+    return hot;
+}
+
+static int registered(void *base)
+{
+    for (size_t i = 0; i < drainer.n; i++)
+        if (drainer.list[i].base == base)
+            return 1;
+    return 0;
+}
+
+/* Sleep until `base`'s writers have a quarter of its ring waiting (they
+ * wake us), or DRAIN_IDLE_NS. */
+static void drain_sleep(void *base)
+{
+    struct timespec idle = {0, DRAIN_IDLE_NS};
+    if (!base) {
+        nanosleep(&idle, NULL);
+        return;
+    }
+    struct ring_header *h = base;
+    struct heap_shared *hs = shared_of(base);
+    __atomic_store_n(&hs->drain_wake, 1, __ATOMIC_SEQ_CST);
+    /* a writer that claimed before it could see the flag did not wake us */
+    uint64_t waiting = __atomic_load_n(&h->write_pos, __ATOMIC_SEQ_CST) - __atomic_load_n(&h->read_pos, __ATOMIC_SEQ_CST);
+    if (waiting < h->data_size / 4)
+        syscall(SYS_futex, &hs->drain_wake, FUTEX_WAIT, 1, &idle, NULL, 0);
+    __atomic_store_n(&hs->drain_wake, 0, __ATOMIC_SEQ_CST);
+}
+
+/* The ring slept on is the last one that moved.  drainer.lock is held
+ * while sleeping (at most DRAIN_IDLE_NS), so no ring leaves the list, or
+ * is unmapped, under the sleeper. */
+static void *drain_main(void *arg)
+{
+    (void)arg;
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);  /* wake when asked, not 50 us later */
+    void *hot = NULL;
+    while (!__atomic_load_n(&drainer.stop, __ATOMIC_ACQUIRE)) {
+        pthread_mutex_lock(&drainer.lock);
+        void *moved = drain_pass();
+        if (moved)
+            hot = moved;
+        else if (hot && !registered(hot))
+            hot = NULL;
+        drain_sleep(hot);
+        pthread_mutex_unlock(&drainer.lock);
+    }
+    return NULL;
+}
+
+/* Drain `c`'s ring, mapped at `base`, from the drainer thread from now on
+ * (started at the first ring).  -1: no thread; the caller drains it. */
+CTPROF_API int ctprof_heap_drain_add(struct consumer *c, void *base)
+{
+    int rc = -1;
+    pthread_mutex_lock(&drainer.lock);
+    if (!drainer.running) {
+        drainer.stop = 0;
+        drainer.running = pthread_create(&drainer.thread, NULL, drain_main, NULL) == 0;
+    }
+    if (drainer.n == drainer.cap) {
+        size_t cap = drainer.cap ? 2 * drainer.cap : 16;
+        struct drained *list = realloc(drainer.list, cap * sizeof *list);
+        if (list) {
+            drainer.list = list;
+            drainer.cap = cap;
+        }
+    }
+    if (drainer.running && drainer.n < drainer.cap) {
+        drainer.list[drainer.n++] = (struct drained){c, base};
+        rc = 0;
+    }
+    pthread_mutex_unlock(&drainer.lock);
+    return rc;
+}
+
+/* No pass touches `c` once this returns. */
+static void drainer_remove(struct consumer *c)
+{
+    pthread_mutex_lock(&drainer.lock);
+    for (size_t i = 0; i < drainer.n; i++)
+        if (drainer.list[i].c == c) {
+            drainer.list[i] = drainer.list[--drainer.n];
+            break;
+        }
+    pthread_mutex_unlock(&drainer.lock);
+}
+
+/* Stop the drainer thread (the rings stay registered: a last pass from the
+ * caller's ctprof_heap_consume finishes them). */
+CTPROF_API void ctprof_heap_drain_stop(void)
+{
+    pthread_mutex_lock(&drainer.lock);
+    int running = drainer.running;
+    pthread_t thread = drainer.thread;
+    drainer.running = 0;
+    __atomic_store_n(&drainer.stop, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&drainer.lock);
+    if (running)
+        pthread_join(thread, NULL);
 }

@@ -182,7 +182,8 @@ struct heap_shared {
     uint64_t exec_pos;        /* ring position where the newest image's records start */
     uint64_t exit_tls_lo;     /* the exiting thread's static TLS blocks */
     uint64_t exit_tls_hi;
-    uint64_t ring_peak;       /* most ring bytes ever in flight (written, not yet read) */
+    uint32_t drain_wake;      /* futex: 1 while the controller's drainer sleeps on this ring */
+    uint32_t spare;
     uint64_t own_lo, own_hi;  /* the sampled-block set: addresses, but no roots */
 };
 
@@ -352,7 +353,8 @@ int unwind_stack(enum unwind_mode mode, void *uc, const struct stack_bounds *b,
 void cfi_init(void);
 /* Code was unmapped (dlclose): cached rules are recomputed when next met. */
 void cfi_code_unmapped(void);
-/* Bytes of the rule cache that are resident (pages touched so far). */
+/* Bytes of the unwinder's caches that are resident: the pages of the rule
+ * cache touched so far (mincore), and every thread's memo of its last walk. */
 uint64_t cfi_cache_bytes(void);
 enum {
     CFI_RULES = 1,        /* use .eh_frame rules (else the frame-pointer chain only) */

@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <asm/prctl.h>
+#include <linux/futex.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include "ctprof.h"
@@ -40,12 +41,12 @@ uint8_t *heap_filter;
 __thread int64_t heap_bytes_left CTPROF_TLS;
 int heap_enabled; /* read inline by the hooks: tracking is on in this process */
 #define active heap_enabled
-/* The event ring is the only heap metadata in the program.  Its pages are
- * resident only between the writers and the controller, which punches out
- * what it has read (collect.c), so its size bounds bursts, not memory:
- * CTPROF_MEM_RING_KB, default 256 (a full-speed allocation loop fills any
- * size: the controller sets the pace, so a bigger ring only adds memory). */
-static uint64_t ring_kb = 256; /* KiB */
+/* The event ring is the main heap metadata in the program, resident
+ * whole.  The controller drains it in C as records arrive (collect.c, the
+ * drainer), so it only has to hold what is written while the drainer
+ * sleeps or waits for a CPU: 64 KiB.  A full-speed allocation loop fills
+ * any size -- the controller sets the pace -- so more only adds memory. */
+static uint64_t ring_kb = 64; /* KiB */
 
 static __thread uint64_t rng_state CTPROF_TLS;
 
@@ -231,6 +232,14 @@ static int give_up(uint64_t t, uint64_t moved, uint64_t *checked, uint64_t *stop
     return 0;
 }
 
+/* Wake the controller's drainer if it sleeps on this ring (collect.c): a
+ * quarter of the ring is waiting.  One writer's syscall per sleep. */
+static void wake_drainer(void)
+{
+    if (__atomic_load_n(&hs->drain_wake, __ATOMIC_SEQ_CST) && __atomic_exchange_n(&hs->drain_wake, 0, __ATOMIC_SEQ_CST))
+        syscall(SYS_futex, &hs->drain_wake, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
 /* Reserve and claim `size` bytes; NULL (counted in `lost`) once the
  * controller is gone.  *pos gets the record's ring position. */
 static void *reserve(uint32_t size, uint32_t tid, uint64_t *pos)
@@ -246,23 +255,20 @@ static void *reserve(uint32_t size, uint32_t tid, uint64_t *pos)
         uint64_t w = __atomic_load_n(&h->write_pos, __ATOMIC_RELAXED);
         uint64_t rd = __atomic_load_n(&h->read_pos, __ATOMIC_ACQUIRE);
         if (w + size - rd <= cap) {
-            if (!__atomic_compare_exchange_n(&h->write_pos, &w, w + size, 1, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+            if (!__atomic_compare_exchange_n(&h->write_pos, &w, w + size, 1, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
                 continue;
+            if (w + size - rd >= cap / 4)
+                wake_drainer();
             uint64_t *rec = (uint64_t *)(heap_ring.data + (w & (cap - 1)));
             __atomic_store_n(rec, (uint64_t)size | (uint64_t)(HEAP_CLAIM | tid) << 32,
                              __ATOMIC_RELAXED);
-            /* the ring's resident part is what is in flight: keep its peak
-             * for the metadata figure (a shared load; a store only on a new peak) */
-            uint64_t inflight = w + size - rd, peak = __atomic_load_n(&hs->ring_peak, __ATOMIC_RELAXED);
-            while (inflight > peak &&
-                   !__atomic_compare_exchange_n(&hs->ring_peak, &peak, inflight, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
-                ;
             if (since)
                 __atomic_fetch_add(&hs->wait_ns, now_ns() - since, __ATOMIC_RELAXED);
             if (pos)
                 *pos = w;
             return rec;
         }
+        wake_drainer();
         uint64_t t = now_ns();
         if (!since) {
             since = moved = checked = t;
@@ -443,12 +449,6 @@ int heap_init(const char *dir)
         depth = MAX_HEAP_DEPTH;
     sample_bytes = sb && *sb ? strtoull(sb, NULL, 10) : 0;
     heap_sampling = sample_bytes;
-    const char *rm = getenv("CTPROF_MEM_RING_KB");
-    if (rm && *rm) {
-        uint64_t v = strtoull(rm, NULL, 10);
-        if (v >= 64 && v <= (1u << 20) && !(v & (v - 1)))
-            ring_kb = v;
-    }
     if (strlen(dir) >= sizeof heap_dir)
         return -1;
     strcpy(heap_dir, dir);

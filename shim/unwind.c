@@ -2,7 +2,10 @@
  * uses only cfi.c's walker: cached .eh_frame rules, the frame-pointer chain
  * where there are none (or only that with --unwind fp), every read
  * validated.  unwind_caller (heap hooks, ordinary context) falls back to
- * libgcc's _Unwind_Backtrace when the rules give nothing. */
+ * libgcc's _Unwind_Backtrace when the rules give nothing: the shim's
+ * private copy (linked in statically, see build.py), which knows nothing of
+ * frames a JIT registers with the program's libgcc_s -- heap stacks end at
+ * such frames. */
 #define _GNU_SOURCE
 #include <signal.h>
 #include <unistd.h>
@@ -86,8 +89,8 @@ void unwind_init(void)
     cfi_init();
     if (!shim_hi)
         dl_iterate_phdr(find_self, (void *)(uintptr_t)&unwind_init);
-    /* The first call loads libgcc_s and sets up its caches: do it here, not
-     * in the handler. */
+    /* The first call sets up the unwinder's caches (it may allocate): here,
+     * not inside a hook. */
     int n = 0;
     _Unwind_Backtrace(count_step, &n);
 }

@@ -22,8 +22,15 @@ SHIM_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 # -Wl,-z,now: every symbol the shim uses is bound at load time, so the
 # sampling handler never runs the lazy-binding resolver (which needs a few
 # KiB of stack, more than a thread with a 16 KiB stack may have left).
+# -static-libgcc with --exclude-libs: the heap hooks' last-resort unwinder
+# (libgcc's _Unwind_Backtrace) is a private copy inside the shim, exported
+# to no one.  libgcc_s is then not loaded into a C program at all (its
+# pages were 100 KiB of the program's RSS), and the copy never takes the
+# lock of the program's libgcc_s, which that one holds while it allocates
+# (sorting a JIT's registered frames) -- the hook would wait on it forever.
 CFLAGS = ["-O2", "-g", "-fPIC", "-shared", "-pthread", "-fvisibility=hidden",
-          "-ftls-model=initial-exec", "-fno-omit-frame-pointer", "-Wall", "-Wl,-z,now"]
+          "-ftls-model=initial-exec", "-fno-omit-frame-pointer", "-Wall", "-Wl,-z,now",
+          "-static-libgcc", "-Wl,--exclude-libs,ALL"]
 LIBS = ["-ldl"]  # no libm: its pages would count in the profiled program's RSS (heap.c has its own ln)
 
 

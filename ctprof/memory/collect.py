@@ -2,8 +2,11 @@
 controller-side consumers in shim/collect.c, and run the leak scan when a
 process reaches its exit.
 
-A background thread does the draining: the C consumer runs without the GIL,
-the program's allocations wait on it only when its ring is full.
+A thread in C (the drainer, shim/collect.c) drains every ring as records
+arrive, without the GIL; the program's allocations wait on it only when its
+ring is full.  A Python thread finds new rings, follows each process's
+figures (timeline, peak, peak RSS), names the code objects of Python frames
+and runs the leak scan when a process reaches its exit.
 """
 from __future__ import annotations
 
@@ -21,11 +24,11 @@ from ..capture.ring import MappedFile
 
 HEAP_SHARED_OFFSET = 2048
 HEAP_MAGIC = 0x50414548
-HEAP_HEADER = struct.Struct("<IIQII" + "Q" * 19)
+HEAP_HEADER = struct.Struct("<IIQII" + "Q" * 16 + "II" + "Q" * 2)
 HEAP_FIELDS = ("magic", "depth", "sample_bytes", "exit_state", "detached", "exit_sp", "exit_fs", "exit_tid",
                "heartbeat_ns", "lost", "wait_ns", "controller_pid", "timed_calls", "timed_ns",
                "sampled_free_overflow", "unwind_cache_bytes", "detached_ns", "execs", "exec_pos",
-               "exit_tls_lo", "exit_tls_hi", "ring_peak", "own_lo", "own_hi")
+               "exit_tls_lo", "exit_tls_hi", "drain_wake", "spare", "own_lo", "own_hi")
 EXIT_STATE_OFFSET = HEAP_SHARED_OFFSET + 16
 DETACHED_OFFSET = HEAP_SHARED_OFFSET + 20
 HEARTBEAT_OFFSET = HEAP_SHARED_OFFSET + 48
@@ -79,6 +82,9 @@ def bind(shim: str):
     lib.ctprof_heap_stacks.restype = ctypes.c_size_t
     lib.ctprof_heap_scan.argtypes = [vp, ctypes.c_int, u64p, ctypes.c_int, u64p]
     lib.ctprof_heap_scan.restype = ctypes.c_int
+    lib.ctprof_heap_drain_add.argtypes = [vp, vp]
+    lib.ctprof_heap_drain_add.restype = ctypes.c_int
+    lib.ctprof_heap_drain_stop.argtypes = []
     return lib
 
 
@@ -132,6 +138,10 @@ class HeapRing(MappedFile):
             # the shim checks this pid when its ring is full: a dead
             # controller is never waited for
             struct.pack_into("<Q", self.map, CONTROLLER_PID_OFFSET, os.getpid())
+            if self.consumer is not None:
+                # drained in C from now on, as records arrive (without a
+                # drainer thread, consume() below is the only drain)
+                self.lib.ctprof_heap_drain_add(self.consumer, self.address)
         return self.consumer is not None
 
     def heartbeat(self) -> None:
@@ -225,11 +235,10 @@ class HeapRing(MappedFile):
     def finish(self) -> HeapProcess:
         info = self.info
         info.header = self.header()
-        # resident ring: the header page plus the most ever in flight, in
-        # whole pages, plus the page the reader holds back (collect.c)
-        data_size = struct.unpack_from("<Q", self.map, RING_DATA_SIZE_OFFSET)[0]
-        in_flight = min(data_size, info.header.get("ring_peak", 0))
-        info.ring_bytes_used = 4096 + (in_flight + 4095) // 4096 * 4096 + 4096
+        # the ring is resident wherever it was ever written: its header
+        # page, then its whole size once it has gone round
+        data_size, written = struct.unpack_from("<QQ", self.map, RING_DATA_SIZE_OFFSET)
+        info.ring_bytes_used = 4096 + (min(data_size, written) + 4095) // 4096 * 4096
         if self.consumer is None:
             return info
         self._observe(time.monotonic() - self.start, final=True)
@@ -422,6 +431,7 @@ class HeapCollector:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+        self.lib.ctprof_heap_drain_stop()
         self.poll_once(final=True)
         out: Dict[int, HeapProcess] = {}
         for ring in self.rings.values():  # one .heap file per pid
