@@ -68,6 +68,27 @@ def max_rss_kb(cmd, env=None, cwd=None, wrap=lambda c: c) -> int:
     return int(m[-1])
 
 
+def heaptrack_figures(cmd, tmp, env=None):
+    """heaptrack's own figures for the program in ``cmd``: its run time and
+    the program's peak RSS including heaptrack's part (KiB), from
+    heaptrack_print.  heaptrack traces only the process it starts (its
+    preload leaves the children alone), so it cannot be given
+    ``/usr/bin/time cmd`` as ctprof is: it would measure /usr/bin/time."""
+    for f in glob.glob(os.path.join(tmp, "ht*")):
+        os.unlink(f)
+    start = time.monotonic()
+    run(["heaptrack", "-o", os.path.join(tmp, "ht")] + cmd, env=env, cwd=tmp)
+    wall = time.monotonic() - start
+    data = glob.glob(os.path.join(tmp, "ht*"))[0]
+    text = subprocess.run(["heaptrack_print", "-f", data, "-p", "0", "-a", "0", "-T", "0", "-l", "0"],
+                          capture_output=True, text=True).stdout
+    runtime = re.search(r"total runtime: ([0-9.]+)s", text)
+    rss = re.search(r"peak RSS \(including heaptrack overhead\): ([0-9.]+)([KMG]?)", text)
+    scale = {"": 1 / 1024, "K": 1, "M": 1024, "G": 1024 * 1024}
+    rss_kb = int(float(rss.group(1)) * scale[rss.group(2)]) if rss else 0
+    return (float(runtime.group(1)) if runtime else float("nan")), wall, rss_kb
+
+
 def metadata_table(tools, tmp, env, runs: int) -> None:
     """Peak RSS with and without --mem, from outside the program."""
     rss_prog = os.path.join(tmp, "trust_rss")
@@ -82,12 +103,12 @@ def metadata_table(tools, tmp, env, runs: int) -> None:
     if shutil.which("sqlite3"):
         programs.append(("sqlite3, 300,000 rows", ["sqlite3", ":memory:", f".read {sql}"]))
     print("\n## Metadata measured from outside (peak RSS of the program, /usr/bin/time)\n")
-    print("| program | plain KiB | ctprof --mem KiB | added | share | heaptrack KiB |")
+    print("| program | plain KiB | ctprof --mem KiB | added | share | heaptrack KiB (its own figure) |")
     print("|---|---|---|---|---|---|")
     for name, cmd in programs:
         plain = min(max_rss_kb(cmd, cwd=tmp) for _ in range(runs))
         mem = min(max_rss_kb(cmd, env=env, cwd=tmp, wrap=tools["ctprof exact"]) for _ in range(runs))
-        ht = max_rss_kb(cmd, cwd=tmp, wrap=tools["heaptrack"]) if "heaptrack" in tools else 0
+        ht = heaptrack_figures(cmd, tmp)[2] if "heaptrack" in tools else 0
         print(f"| {name} | {plain:,} | {mem:,} | {mem - plain:+,} | {100.0 * (mem - plain) / plain:.1f}% | "
               f"{ht:,} |" if ht else f"| {name} | {plain:,} | {mem:,} | {mem - plain:+,} | "
               f"{100.0 * (mem - plain) / plain:.1f}% | - |")
@@ -105,9 +126,10 @@ def cc1plus_command(cxx: str, obj: str):
 
 def end_to_end_table(tools, tmp, env) -> None:
     """Whole real programs under each tool: the program's own wall time
-    (/usr/bin/time around it, inside the tool) and the tool's end to end
-    (ctprof: symbols, report and profile written; heaptrack: its trace
-    written, heaptrack_print not run)."""
+    (/usr/bin/time around it, inside the tool; for heaptrack, the run time
+    it reports) and the tool's end to end (ctprof: symbols, report and
+    profile written; heaptrack: its trace written, heaptrack_print not
+    run)."""
     sql = os.path.join(tmp, "rows.sql")
     programs = []
     if shutil.which("sqlite3"):
@@ -127,6 +149,11 @@ def end_to_end_table(tools, tmp, env) -> None:
             for _ in range(3):
                 if os.path.exists(os.path.join(tmp, "e2e.sqlite")):
                     os.unlink(os.path.join(tmp, "e2e.sqlite"))
+                if tool == "heaptrack":
+                    runtime, wall, _ = heaptrack_figures(cmd, tmp, env)
+                    progs.append(runtime)
+                    walls.append(wall)
+                    continue
                 start = time.monotonic()
                 proc = subprocess.run(tools[tool](["/usr/bin/time", "-f", "prog_wall %e"] + cmd), capture_output=True,
                                       text=True, env=env, cwd=tmp)
