@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from ..errors import TargetError, UsageError
 from ..files import private_session_dir, process_uid, read_shared_file
+from ..nogc import paused_collector
 from ..session import ProcessInfo, RawStack, Session
 from ..unwinder import Unwinder
 from . import cpython, perf
@@ -582,7 +583,8 @@ def run_program(argv: List[str], opts: CaptureOptions,
             if kernel:
                 notes += _follow_descendants(kernel, proc.pid, interrupts, say)
             end_ns = time.monotonic_ns()
-            heap_processes = heap.stop() if heap else {}
+            with paused_collector():       # 100,000 heap stacks, no cycle among them
+                heap_processes = heap.stop() if heap else {}
             heap = None
             processes = collector.finish(end_ns) if collector else {}
             stacks = collector.raw_stacks if collector else []

@@ -13,6 +13,7 @@ from ..build import build_profile
 from ..capture.stats import overhead_lines, select_threads
 from ..capture.target import check_program
 from ..errors import OutputError, UsageError, printable
+from ..nogc import paused_collector
 from ..files import check_outputs, directory_unwritable, fallback_directories, reserve_new_file
 from ..profile import Profile
 from ..session import Session, save
@@ -160,6 +161,15 @@ def add_memory_options(parser: argparse.ArgumentParser) -> None:
 
 def finish_capture(session: Session, args: argparse.Namespace, output: Optional[str] = None) -> Profile:
     """Resolve, save and summarise a captured session (shared by run/attach)."""
+    # The profile, the raw session and what is written from them are a few
+    # million objects without a reference cycle among them: every full pass
+    # of the cyclic collector over them is wasted (four of them, 0.31 s
+    # after a g++ compile's --mem run).
+    with paused_collector():
+        return _finish_capture(session, args, output)
+
+
+def _finish_capture(session: Session, args: argparse.Namespace, output: Optional[str]) -> Profile:
     from ..render import top_text, write_folded, write_svg
 
     profile = build_profile(session, demangle=not args.no_demangle, lines=args.lines)
