@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Benchmark the controller's work after the program ends (``ctprof run --mem``).
+
+Once the program has exited, ``ctprof run --mem`` turns the heap's stacks into
+raw stacks (``add_heap_to_session``), resolves them into the profile
+(``build_profile``), saves both (``fileformat.save_to``) and prints the memory
+report.  This times each stage on a saved memory profile, repeatably and
+without re-running the program: the heap's stacks are rebuilt from the
+profile's raw session as ``HeapRing.finish`` hands them over (return
+addresses, a packed array of statistics), and every stage runs ``--runs``
+times (best CPU time printed; the save also with the main thread's own CPU,
+since its compression runs on a second thread).  It also checks that the raw
+stacks come out as the file holds them.
+
+The profile: by default one of the g++ -O2 -c compile of bench_e2e's
+template-heavy file (about 100,000 distinct heap stacks of depth 32), made on
+first use and kept in ``$TMPDIR/ctprof-bench-postexit``; or any saved
+``--mem`` profile given with ``--profile``.
+
+Usage: python bench/bench_postexit.py [--runs N] [--profile FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+from ctprof import fileformat  # noqa: E402
+from ctprof.build import build_profile  # noqa: E402
+from ctprof.memory import model  # noqa: E402
+from ctprof.memory.collect import NSTAT, STAT_NAMES, HeapProcess  # noqa: E402
+from ctprof.memory.report import memory_report  # noqa: E402
+
+#: Profile column -> heap statistic, where the names differ.
+_STAT_OF = {"possibly_lost_bytes": "possible_bytes", "possibly_lost_count": "possible_count"}
+
+
+def default_profile() -> str:
+    """A --mem profile of g++ -O2 -c on bench_e2e's template file, made once."""
+    import bench_e2e
+    work = os.path.join(tempfile.gettempdir(), "ctprof-bench-postexit")
+    os.makedirs(work, exist_ok=True)
+    path = os.path.join(work, "templates.ctprof")
+    if not os.path.exists(path):
+        source = os.path.join(work, "templates.cpp")
+        with open(source, "w") as f:
+            f.write(bench_e2e.TEMPLATE_CPP)
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        print("(making the profile: ctprof run --mem -- g++ -O2 -c templates.cpp)", flush=True)
+        subprocess.run([sys.executable, "-m", "ctprof", "run", "--mem", "-q", "-o", path, "--",
+                        "g++", "-O2", "-c", source, "-o", os.path.join(work, "t.o")], cwd=work, env=env, check=True)
+    return path
+
+
+def heap_of(session):
+    """The session's heap stacks as HeapRing.finish hands them over, and its
+    other (CPU) raw stacks."""
+    cpu = [s for s in session.stacks if "samples" in s.values]
+    heap = {}
+    for s in session.stacks:
+        if "samples" in s.values:
+            continue
+        info = heap.get(s.pid)
+        if info is None:
+            scanned = session.memory.get(str(s.pid), {}).get("scanned", True)
+            info = heap[s.pid] = HeapProcess(s.pid, scanned=scanned)
+        stats = array("d", bytes(8 * NSTAT))
+        for metric, value in s.values.items():
+            name = _STAT_OF.get(metric, metric)
+            if name in STAT_NAMES:
+                stats[STAT_NAMES.index(name)] = value
+        stats[STAT_NAMES.index("truncated")] = 1.0 if s.truncated else 0.0
+        info.stacks.append(((s.ips[0] + 1,) + tuple(s.ips[1:]), stats))
+    return cpu, heap
+
+
+def best(runs: int, fn, clock=time.process_time):
+    times, result = [], None
+    for _ in range(runs):
+        gc.collect()
+        start = clock()
+        result = fn()
+        times.append(clock() - start)
+    return min(times), result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--profile", help="a saved ctprof run --mem profile")
+    args = parser.parse_args()
+    path = args.profile or default_profile()
+    _saved, session = fileformat.load(path)
+    if session is None or session.kind != "memory":
+        print(f"{path}: not a --mem profile with its raw session", file=sys.stderr)
+        return 2
+    expected = [(s.pid, s.gen, tuple(s.ips), s.truncated, {k: v for k, v in s.values.items() if v}, tuple(s.py))
+                for s in session.stacks]
+    cpu, heap = heap_of(session)
+    kept = {pid: list(info.stacks) for pid, info in heap.items()}
+
+    def add_heap():
+        for pid, info in heap.items():
+            info.stacks = list(kept[pid])
+        session.stacks = list(cpu)
+        model.add_heap_to_session(session, heap)
+        return session.stacks
+
+    print(f"{path}: {sum(map(len, kept.values())):,} heap stacks, {len(cpu):,} CPU stacks; best of {args.runs}, CPU s")
+    t, stacks = best(args.runs, add_heap)
+    same = expected == [(s.pid, s.gen, tuple(s.ips), s.truncated, {k: v for k, v in s.values.items() if v},
+                         tuple(s.py)) for s in stacks]
+    print(f"  add_heap_to_session  {t:6.3f}   (raw stacks as in the file: {'yes' if same else 'NO'})")
+    t, profile = best(args.runs, lambda: build_profile(session, progress=False))
+    print(f"  build_profile        {t:6.3f}   ({len(profile.stacks):,} stacks, {len(profile.frames):,} frames)")
+    out = io.BytesIO()
+
+    def save():
+        out.seek(0)
+        out.truncate()
+        fileformat.save_to(out, profile, session)
+    t, _ = best(args.runs, save)
+    main_thread, _ = best(args.runs, save, time.thread_time)
+    print(f"  save_to              {t:6.3f}   (main thread {main_thread:.3f}; {len(out.getvalue()):,} bytes)")
+    t, _ = best(args.runs, lambda: memory_report(profile, 10))
+    print(f"  memory_report        {t:6.3f}")
+    data = out.getvalue()
+    t, _ = best(args.runs, lambda: fileformat.load_bytes(data, "saved", with_session=False))
+    print(f"  load (report, svg)   {t:6.3f}")
+    t, _ = best(args.runs, lambda: fileformat.load_bytes(data, "saved"))
+    print(f"  load with session    {t:6.3f}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
