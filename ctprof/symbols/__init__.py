@@ -211,6 +211,8 @@ def _fill_columns(columns: Dict[str, List[int]], raw_stacks: Sequence, row_value
     Python steps only for the repeated raw stacks."""
     metrics = dict.fromkeys(chain.from_iterable(map(attrgetter("values"), raw_stacks)))
     zeros = dict.fromkeys(metrics, 0)
+    if not all(type(values) is dict for values in row_values):   # another Mapping
+        row_values = [dict(values) for values in row_values]
     lists = [columns.setdefault(m, []) for m in metrics]
     for start in range(0, len(row_values), _TRANSPOSE_ROWS):
         full = map(dict.values, map(zeros.__or__, row_values[start:start + _TRANSPOSE_ROWS]))
