@@ -59,6 +59,7 @@ struct consumer {
     /* Held by whoever touches the rest: the drainer thread while it
      * consumes, the controller's Python while it reads figures or scans. */
     pthread_mutex_t lock;
+    int wanted;               /* Python callers waiting for the lock: the drainer yields to them */
     double sample_bytes;
     int pid;
     /* the record the reader is stuck on, if any (see writer_gone) */
@@ -80,6 +81,8 @@ struct consumer {
     size_t live_cap, live_n;
     double totals[NTOTAL];
     double snap_at;
+    uint64_t *codeset;        /* code objects already handed over (pairs; see codeset_add) */
+    size_t codeset_cap, codeset_n;
 };
 
 /* ---- small helpers ------------------------------------------------------------ */
@@ -153,6 +156,7 @@ CTPROF_API void ctprof_heap_delete(struct consumer *c)
     free(c->stats);
     free(c->live);
     free(c->batch);
+    free(c->codeset);
     free(c);
 }
 
@@ -604,6 +608,8 @@ static size_t consume_locked(struct consumer *c, void *file_base)
         if (!len)
             break;
         process_batch(c, c->batch, len);
+        if (__atomic_load_n(&c->wanted, __ATOMIC_ACQUIRE))
+            break;            /* the controller's Python waits for the lock: it goes first */
         w = __atomic_load_n(&h->write_pos, __ATOMIC_ACQUIRE);
     }
     return rd - start;
@@ -617,40 +623,104 @@ static void totals_locked(struct consumer *c, double *out)
 
 static uint32_t nstacks_locked(struct consumer *c) { return c->nstacks; }
 
-/* Stack `id`: copies up to `max` ips (leaf first) and its NSTAT statistics;
- * returns the depth. */
-static int stack_locked(struct consumer *c, uint32_t id, uint64_t *ips, int max, double *stats)
-{
-    if (id >= c->nstacks)
-        return -1;
-    const struct stack_entry *e = &c->stab[c->stack_slot[id]];
-    int n = (int)e->depth < max ? (int)e->depth : max;
-    memcpy(ips, c->ippool + e->off, (size_t)n * 8);
-    memcpy(stats, c->stats + (size_t)id * NSTAT, NSTAT * sizeof(double));
-    return n;
-}
-
 /* Stacks `first`, `first`+1, ... packed into `out` (room for `cap` words),
- * as many as fit whole: each is its depth d, its d ips (leaf first), then
- * its NSTAT statistics (doubles, bit for bit).  *next receives the first
- * stack not written; returns the words written.  One call hands the
- * controller thousands of stacks (a large program leaves 100,000). */
+ * as many as fit whole: each is its depth d, then its d ips (leaf first).
+ * *next receives the first stack not written; returns the words written.
+ * One call hands the controller thousands of stacks (a large program
+ * leaves 100,000); their figures come apart (ctprof_heap_stats), as they
+ * change until the end and the addresses never do. */
 static size_t stacks_locked(struct consumer *c, uint32_t first, uint64_t *out, size_t cap, uint32_t *next)
 {
     size_t used = 0;
     uint32_t id = first;
     for (; id < c->nstacks; id++) {
         const struct stack_entry *e = &c->stab[c->stack_slot[id]];
-        size_t need = 1 + (size_t)e->depth + NSTAT;
+        size_t need = 1 + (size_t)e->depth;
         if (used + need > cap)
             break;
         out[used] = e->depth;
         memcpy(out + used + 1, c->ippool + e->off, (size_t)e->depth * 8);
-        memcpy(out + used + 1 + e->depth, c->stats + (size_t)id * NSTAT, NSTAT * sizeof(double));
         used += need;
     }
     *next = id;
     return used;
+}
+
+/* The code objects (address, fingerprint) met in Python frames, each
+ * handed to the controller once: an open-addressing set of pairs. */
+static int codeset_add(struct consumer *c, uint64_t addr, uint64_t print)
+{
+    if (2 * (c->codeset_n + 1) > c->codeset_cap) {
+        size_t cap = c->codeset_cap ? 2 * c->codeset_cap : 1024;
+        uint64_t *n = calloc(cap, 2 * sizeof *n);
+        if (!n)
+            return 0;
+        for (size_t i = 0; i < c->codeset_cap; i++) {
+            uint64_t *e = c->codeset + 2 * i;
+            if (!e[0])
+                continue;
+            size_t j = mix(e[0] ^ e[1]) & (cap - 1);
+            while (n[2 * j])
+                j = (j + 1) & (cap - 1);
+            n[2 * j] = e[0];
+            n[2 * j + 1] = e[1];
+        }
+        free(c->codeset);
+        c->codeset = n;
+        c->codeset_cap = cap;
+    }
+    size_t j = mix(addr ^ print) & (c->codeset_cap - 1);
+    for (;; j = (j + 1) & (c->codeset_cap - 1)) {
+        uint64_t *e = c->codeset + 2 * j;
+        if (!e[0]) {
+            e[0] = addr;
+            e[1] = print;
+            c->codeset_n++;
+            return 1;
+        }
+        if (e[0] == addr && e[1] == print)
+            return 0;
+    }
+}
+
+/* The code objects first met in the Python frames of stacks `first`,
+ * `first`+1, ...: (address, fingerprint) pairs into `out` (room for `cap`
+ * words).  *next receives the first stack not scanned; returns the words
+ * written.  The controller reads each one while the process lives: only
+ * the new ones, so that it keeps up with a program making thousands of
+ * stacks a second. */
+static size_t python_frames_locked(struct consumer *c, uint32_t first, uint64_t *out, size_t cap, uint32_t *next)
+{
+    size_t used = 0;
+    uint32_t id = first;
+    for (; id < c->nstacks && used + 2 * PYHEAP_MAX_FRAMES <= cap; id++) {
+        const struct stack_entry *e = &c->stab[c->stack_slot[id]];
+        const uint64_t *ips = c->ippool + e->off;
+        uint32_t at = 0;
+        while (at < e->depth && ips[at] != PYFRAMES_MARK)
+            at++;
+        for (uint32_t k = at + 1; k + 1 < e->depth; k += 2) {
+            uint64_t print = ips[k + 1] >> PYFRAME_PRINT_SHIFT;
+            if (ips[k] && codeset_add(c, ips[k], print)) {
+                out[used++] = ips[k];
+                out[used++] = print;
+            }
+        }
+    }
+    *next = id;
+    return used;
+}
+
+/* The statistics of stacks `first` .. `first`+`count`-1 (as many as
+ * exist) into `out`, NSTAT doubles each; returns how many stacks. */
+static size_t stats_locked(struct consumer *c, uint32_t first, double *out, size_t count)
+{
+    if (first >= c->nstacks)
+        return 0;
+    if (count > c->nstacks - first)
+        count = c->nstacks - first;
+    memcpy(out, c->stats + (size_t)first * NSTAT, count * NSTAT * sizeof(double));
+    return count;
 }
 
 /* ---- the leak scan -------------------------------------------------------------------
@@ -933,9 +1003,18 @@ static int scan_locked(struct consumer *c, int pid, const uint64_t *ranges, int 
 
 /* ---- the entry points of the controller's Python: each under the consumer's lock ---- */
 
+/* Python's calls take the lock before the drainer: it is asked to let go
+ * between batches (a program allocating flat out keeps it busy for good). */
+static void lock_for_python(struct consumer *c)
+{
+    __atomic_add_fetch(&c->wanted, 1, __ATOMIC_ACQ_REL);
+    pthread_mutex_lock(&c->lock);
+    __atomic_sub_fetch(&c->wanted, 1, __ATOMIC_ACQ_REL);
+}
+
 CTPROF_API size_t ctprof_heap_consume(struct consumer *c, void *file_base)
 {
-    pthread_mutex_lock(&c->lock);
+    lock_for_python(c);
     size_t r = consume_locked(c, file_base);
     pthread_mutex_unlock(&c->lock);
     return r;
@@ -943,30 +1022,22 @@ CTPROF_API size_t ctprof_heap_consume(struct consumer *c, void *file_base)
 
 CTPROF_API void ctprof_heap_totals(struct consumer *c, double *out)
 {
-    pthread_mutex_lock(&c->lock);
+    lock_for_python(c);
     totals_locked(c, out);
     pthread_mutex_unlock(&c->lock);
 }
 
 CTPROF_API uint32_t ctprof_heap_nstacks(struct consumer *c)
 {
-    pthread_mutex_lock(&c->lock);
+    lock_for_python(c);
     uint32_t r = nstacks_locked(c);
-    pthread_mutex_unlock(&c->lock);
-    return r;
-}
-
-CTPROF_API int ctprof_heap_stack(struct consumer *c, uint32_t id, uint64_t *ips, int max, double *stats)
-{
-    pthread_mutex_lock(&c->lock);
-    int r = stack_locked(c, id, ips, max, stats);
     pthread_mutex_unlock(&c->lock);
     return r;
 }
 
 CTPROF_API size_t ctprof_heap_stacks(struct consumer *c, uint32_t first, uint64_t *out, size_t cap, uint32_t *next)
 {
-    pthread_mutex_lock(&c->lock);
+    lock_for_python(c);
     size_t r = stacks_locked(c, first, out, cap, next);
     pthread_mutex_unlock(&c->lock);
     return r;
@@ -974,8 +1045,25 @@ CTPROF_API size_t ctprof_heap_stacks(struct consumer *c, uint32_t first, uint64_
 
 CTPROF_API int ctprof_heap_scan(struct consumer *c, int pid, const uint64_t *ranges, int nranges, uint64_t *heartbeat)
 {
-    pthread_mutex_lock(&c->lock);
+    lock_for_python(c);
     int r = scan_locked(c, pid, ranges, nranges, heartbeat);
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
+CTPROF_API size_t ctprof_heap_python_frames(struct consumer *c, uint32_t first, uint64_t *out, size_t cap,
+                                           uint32_t *next)
+{
+    lock_for_python(c);
+    size_t r = python_frames_locked(c, first, out, cap, next);
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
+CTPROF_API size_t ctprof_heap_stats(struct consumer *c, uint32_t first, double *out, size_t count)
+{
+    lock_for_python(c);
+    size_t r = stats_locked(c, first, out, count);
     pthread_mutex_unlock(&c->lock);
     return r;
 }
@@ -1017,7 +1105,7 @@ static void *drain_pass(void)
     for (size_t i = 0; i < drainer.n; i++) {
         struct drained *d = &drainer.list[i];
         __atomic_store_n(&shared_of(d->base)->heartbeat_ns, now, __ATOMIC_RELAXED);
-        if (pthread_mutex_trylock(&d->c->lock) != 0)
+        if (__atomic_load_n(&d->c->wanted, __ATOMIC_ACQUIRE) || pthread_mutex_trylock(&d->c->lock) != 0)
             continue;
         size_t n = consume_locked(d->c, d->base);
         pthread_mutex_unlock(&d->c->lock);

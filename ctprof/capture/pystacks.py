@@ -50,6 +50,10 @@ MAX_PENDING = 1_000_000
 
 def _load():
     lib = ctypes.CDLL(shim_path("pyreader"))
+    # Reading one code object is a few microseconds: called with the GIL
+    # held (PyDLL), or each call would wait a switch interval (5 ms) to get
+    # it back from a busy thread -- hundreds of calls per batch of stacks.
+    lib.pyr_code_record = ctypes.PyDLL(shim_path("pyreader")).pyr_code_record
     lib.pyr_add_ring.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
     lib.pyr_cursor.argtypes = [ctypes.c_int]
     lib.pyr_cursor.restype = ctypes.c_uint64

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from ..capture.pystacks import PYHEAP_MAX_FRAMES, CodeReader, code_addresses
+from ..capture.pystacks import CodeReader
 from ..capture.ring import MappedFile
 
 HEAP_SHARED_OFFSET = 2048
@@ -47,9 +47,9 @@ ARENA_ALIGN = 64 << 20
 RANGE_ROOT, RANGE_HEAP, RANGE_ARENA_LIKE = 0, 1, 2
 
 NSTAT = 18
-#: Words of the buffer the heap stacks are fetched in (2 MiB: thousands of
-#: stacks a call; a stack has at most a few hundred words).
-STACK_BATCH_WORDS = 1 << 18
+#: Words of the buffer the heap stacks are fetched in (256 KiB: about a
+#: thousand stacks a call; a stack has at most a few hundred words).
+STACK_BATCH_WORDS = 1 << 15
 STAT_NAMES = ("alloc_count", "alloc_bytes", "free_count", "free_bytes", "live_count", "live_bytes",
               "peak_count", "peak_bytes", "definite_count", "definite_bytes", "indirect_count",
               "indirect_bytes", "reachable_count", "reachable_bytes", "truncated", "possible_count",
@@ -67,6 +67,14 @@ DISCOVER_STEP_S = 0.02
 def bind(shim: str):
     """ctypes bindings of the consumer functions in the compiled shim."""
     lib = ctypes.CDLL(shim)
+    # The short calls keep the GIL (PyDLL): a call that let it go would
+    # wait a switch interval (5 ms) to get it back from the busy main
+    # thread, and naming a batch of new stacks takes dozens of calls.  They
+    # wait at most for the drainer's current batch of records.
+    quick = ctypes.PyDLL(shim)
+    for name in ("ctprof_heap_totals", "ctprof_heap_nstacks", "ctprof_heap_stacks", "ctprof_heap_stats",
+                 "ctprof_heap_python_frames"):
+        setattr(lib, name, getattr(quick, name))
     vp, u64p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)
     lib.ctprof_heap_new.argtypes = [ctypes.c_double, ctypes.c_int]
     lib.ctprof_heap_new.restype = vp
@@ -76,10 +84,12 @@ def bind(shim: str):
     lib.ctprof_heap_totals.argtypes = [vp, ctypes.POINTER(ctypes.c_double)]
     lib.ctprof_heap_nstacks.argtypes = [vp]
     lib.ctprof_heap_nstacks.restype = ctypes.c_uint32
-    lib.ctprof_heap_stack.argtypes = [vp, ctypes.c_uint32, u64p, ctypes.c_int, ctypes.POINTER(ctypes.c_double)]
-    lib.ctprof_heap_stack.restype = ctypes.c_int
     lib.ctprof_heap_stacks.argtypes = [vp, ctypes.c_uint32, u64p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint32)]
     lib.ctprof_heap_stacks.restype = ctypes.c_size_t
+    lib.ctprof_heap_stats.argtypes = [vp, ctypes.c_uint32, ctypes.POINTER(ctypes.c_double), ctypes.c_size_t]
+    lib.ctprof_heap_stats.restype = ctypes.c_size_t
+    lib.ctprof_heap_python_frames.argtypes = [vp, ctypes.c_uint32, u64p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint32)]
+    lib.ctprof_heap_python_frames.restype = ctypes.c_size_t
     lib.ctprof_heap_scan.argtypes = [vp, ctypes.c_int, u64p, ctypes.c_int, u64p]
     lib.ctprof_heap_scan.restype = ctypes.c_int
     lib.ctprof_heap_drain_add.argtypes = [vp, vp]
@@ -125,6 +135,7 @@ class HeapRing(MappedFile):
         self._peak_seen = 0.0
         self.codes = CodeReader(self.pid)
         self._stacks_named = 0
+        self.drained_in_c = False
 
     def ready(self) -> bool:
         return struct.unpack_from("<I", self.map, HEAP_SHARED_OFFSET)[0] == HEAP_MAGIC
@@ -141,17 +152,20 @@ class HeapRing(MappedFile):
             if self.consumer is not None:
                 # drained in C from now on, as records arrive (without a
                 # drainer thread, consume() below is the only drain)
-                self.lib.ctprof_heap_drain_add(self.consumer, self.address)
+                self.drained_in_c = self.lib.ctprof_heap_drain_add(self.consumer, self.address) == 0
         return self.consumer is not None
 
     def heartbeat(self) -> None:
         struct.pack_into("<Q", self.map, HEARTBEAT_OFFSET, time.monotonic_ns())
 
-    def consume(self) -> int:
+    def consume(self, drain: bool = False) -> int:
+        """Follow the process's figures and name new stacks; also drain its
+        ring when no drainer thread does, or when asked (``drain``: the
+        process waits at its exit, or the run is over)."""
         if not self.ensure_consumer():
             return 0
         self.heartbeat()
-        n = self.lib.ctprof_heap_consume(self.consumer, self.address)
+        n = self.lib.ctprof_heap_consume(self.consumer, self.address) if drain or not self.drained_in_c else 0
         now = time.monotonic()
         self._observe(now - self.start)
         self._name_python_frames(now)
@@ -159,24 +173,57 @@ class HeapRing(MappedFile):
 
     def _name_python_frames(self, now: float) -> None:
         """Read the code objects new stacks' Python frames refer to, while
-        the process is alive to be read."""
+        the process is alive to be read (the consumer hands over each code
+        object once)."""
         if not self.codes.found(now):
             return
         total = self.lib.ctprof_heap_nstacks(self.consumer)
-        if total <= self._stacks_named:
+        sid = self._stacks_named
+        if total <= sid:
             return
-        words = (ctypes.c_uint64 * self._stack_words())()
-        stats = (ctypes.c_double * NSTAT)()
-        addresses = set()
-        for sid in range(self._stacks_named, total):
-            d = self.lib.ctprof_heap_stack(self.consumer, sid, words, len(words), stats)
-            addresses.update(code_addresses(words[:d]))
-        self._stacks_named = total
-        self.codes.learn(addresses)
+        buf = (ctypes.c_uint64 * STACK_BATCH_WORDS)()
+        next_id = ctypes.c_uint32()
+        keys = set()
+        while sid < total:
+            used = self.lib.ctprof_heap_python_frames(self.consumer, sid, buf, len(buf), ctypes.byref(next_id))
+            if next_id.value == sid:
+                break
+            sid = next_id.value
+            words = buf[:used]
+            keys.update(zip(words[0::2], words[1::2]))
+        self._stacks_named = sid
+        self.codes.learn(keys)
 
-    def _stack_words(self) -> int:
-        """Room for one stack: its return addresses, then maybe the Python frames."""
-        return max(1, self.header().get("depth") or 32) + 1 + 2 * PYHEAP_MAX_FRAMES
+    def _stacks(self) -> List[Tuple[Tuple[int, ...], "array[float]"]]:
+        """Every stack: its return addresses (each distinct address one
+        shared int object: a large program leaves 100,000 stacks) and its
+        figures, a slice of one packed array (model.stack_values picks the
+        columns).  The addresses come in batches of a thousand stacks."""
+        n = self.lib.ctprof_heap_nstacks(self.consumer)
+        stats = (ctypes.c_double * max(1, n * NSTAT))()
+        n = self.lib.ctprof_heap_stats(self.consumer, 0, stats, n)
+        table = array("d")
+        table.frombytes(memoryview(stats).cast("B"))
+        canonical = {}.setdefault
+        buf = (ctypes.c_uint64 * STACK_BATCH_WORDS)()
+        raw = memoryview(buf).cast("B")
+        next_id = ctypes.c_uint32()
+        out: List[Tuple[Tuple[int, ...], "array[float]"]] = []
+        sid = 0
+        while sid < n:
+            used = self.lib.ctprof_heap_stacks(self.consumer, sid, buf, len(buf), ctypes.byref(next_id))
+            if next_id.value == sid:
+                break                       # a stack larger than the buffer (never: a few hundred words)
+            words = array("Q")
+            words.frombytes(raw[:8 * used])
+            pos = 0
+            while pos < used and sid < n:
+                depth = words[pos]
+                frame = words[pos + 1:pos + 1 + depth]
+                out.append((tuple(map(canonical, frame, frame)), table[sid * NSTAT:(sid + 1) * NSTAT]))
+                pos += 1 + depth
+                sid += 1
+        return out
 
     def detach(self) -> None:
         """The run is over but this process is not: it stops tracking at its
@@ -243,34 +290,10 @@ class HeapRing(MappedFile):
             return info
         self._observe(time.monotonic() - self.start, final=True)
         info.totals = dict(zip(TOTAL_NAMES, list(self._totals)))
-        n = self.lib.ctprof_heap_nstacks(self.consumer)
         self._name_python_frames(time.monotonic())
         info.python_version = self.codes.interp.version if self.codes.interp else None
         info.python_codes = self.codes.entries
-        # Kept compact (a large program leaves 100,000 stacks): one int per
-        # distinct address; the figures as one packed array (no float object
-        # each; model.stack_values picks the columns).  The stacks come in
-        # batches of a few thousand per call.
-        canonical = {}.setdefault
-        buf = (ctypes.c_uint64 * STACK_BATCH_WORDS)()
-        raw = memoryview(buf).cast("B")
-        next_id = ctypes.c_uint32()
-        sid = 0
-        while sid < n:
-            used = self.lib.ctprof_heap_stacks(self.consumer, sid, buf, len(buf), ctypes.byref(next_id))
-            if next_id.value == sid:
-                break                       # a stack larger than the buffer (never: a few hundred words)
-            sid = next_id.value
-            words = buf[:used]
-            pos = 0
-            while pos < used:
-                depth = words[pos]
-                frame = words[pos + 1:pos + 1 + depth]
-                stats_at = pos + 1 + depth
-                stats = array("d")
-                stats.frombytes(raw[8 * stats_at:8 * (stats_at + NSTAT)])
-                info.stacks.append((tuple(map(canonical, frame, frame)), stats))
-                pos = stats_at + NSTAT
+        info.stacks = self._stacks()
         return info
 
     def close(self) -> None:
@@ -397,9 +420,9 @@ class HeapCollector:
                     continue
                 scanning.join()
                 del self._scans[name]
-            moved += ring.consume()
+            moved += ring.consume(drain=final)
             if ring.consumer is not None and ring.exit_waiting():
-                ring.consume()
+                ring.consume(drain=True)
                 if final:
                     self._scan(ring)
                 else:
