@@ -1126,8 +1126,11 @@ static int registered(void *base)
 }
 
 /* Sleep until `base`'s writers have a quarter of its ring waiting (they
- * wake us), or DRAIN_IDLE_NS. */
-static void drain_sleep(void *base)
+ * wake us), or DRAIN_IDLE_NS -- at once if the last pass moved records
+ * and a quarter already waits.  (A pass that moved nothing sleeps
+ * whatever waits: a record whose writer stopped inside the hook holds the
+ * ring up until it is judged gone, and must not be spun on.) */
+static void drain_sleep(void *base, int moved)
 {
     struct timespec idle = {0, DRAIN_IDLE_NS};
     if (!base) {
@@ -1139,7 +1142,7 @@ static void drain_sleep(void *base)
     __atomic_store_n(&hs->drain_wake, 1, __ATOMIC_SEQ_CST);
     /* a writer that claimed before it could see the flag did not wake us */
     uint64_t waiting = __atomic_load_n(&h->write_pos, __ATOMIC_SEQ_CST) - __atomic_load_n(&h->read_pos, __ATOMIC_SEQ_CST);
-    if (waiting < h->data_size / 4)
+    if (!moved || waiting < h->data_size / 4)
         syscall(SYS_futex, &hs->drain_wake, FUTEX_WAIT, 1, &idle, NULL, 0);
     __atomic_store_n(&hs->drain_wake, 0, __ATOMIC_SEQ_CST);
 }
@@ -1159,7 +1162,7 @@ static void *drain_main(void *arg)
             hot = moved;
         else if (hot && !registered(hot))
             hot = NULL;
-        drain_sleep(hot);
+        drain_sleep(hot, moved != NULL);
         pthread_mutex_unlock(&drainer.lock);
     }
     return NULL;
