@@ -12,7 +12,7 @@ it samples, calls :func:`finish_profile` on the profile it already has.
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Dict, Iterable, Optional
 
 from .profile import Profile
 from .session import Session, achieved_hz, cpu_seconds, session_notes
@@ -29,8 +29,9 @@ def memory_columns() -> Dict[str, str]:
     return {"samples": "samples", **MEMORY_METRICS, **DETAIL_METRICS}
 
 
-def run_metadata(session: Session) -> Dict[str, object]:
-    """What a profile says about the run that produced it."""
+def run_metadata(session: Session, columns: Iterable[str] = ()) -> Dict[str, object]:
+    """What a profile says about the run that produced it (``columns``: the
+    profile's, when its raw stacks are gone: ``resolve_session(consume=True)``)."""
     procs = session.processes.values()
     threads = {str(tid): name for p in procs for tid, name in p.threads.items()}
     meta: Dict[str, object] = {
@@ -52,7 +53,7 @@ def run_metadata(session: Session) -> Dict[str, object]:
         "threads": threads,
         "notes": session_notes(session),
     }
-    if any("wall" in st.values for st in session.stacks):
+    if "wall" in columns or any("wall" in st.values for st in session.stacks):
         # --off-cpu: wall and off-CPU time, in microseconds
         meta["units"] = {**meta["units"], **OFF_CPU_UNITS}
     if session.kind == "memory":
@@ -76,7 +77,7 @@ def build_profile(session: Session, *, demangle: bool = True, lines: bool = Fals
 
 def finish_profile(profile: Profile, session: Session) -> Profile:
     """Add the run metadata and every column the session's kind promises."""
-    profile.metadata.update(run_metadata(session))
+    profile.metadata.update(run_metadata(session, profile.values))
     columns = list(memory_columns()) if session.kind == "memory" else ["samples"]
     # Promised columns in their documented order (raw stacks carry only
     # their non-zero values, so first appearance is no order), then others.

@@ -182,11 +182,22 @@ class _Compressed:
         return self.count
 
 
+class _Stored:
+    """An array section of which only the compressed bytes are kept (an
+    :class:`EncodedSession`'s), with its type and length."""
+
+    def __init__(self, typecode: str, count: int, parts: List["Future[bytes]"]) -> None:
+        self.typecode, self.count, self.parts = typecode, count, parts
+
+    def __len__(self) -> int:
+        return self.count
+
+
 def _write_array(out: BinaryIO, name: str, values: Any, packed: Optional["Future[bytes]"]) -> None:
     """One array section: ``values`` with its compressed bytes (``packed``,
     None for an empty array), or a :class:`_Compressed` stream."""
     encoded = name.encode("ascii")
-    if isinstance(values, _Compressed):
+    if isinstance(values, (_Compressed, _Stored)):
         parts = [part.result() for part in values.parts] if values.count else []
         data: Any = parts
     else:
@@ -311,13 +322,53 @@ def _raw_arrays(session: Session, doc: Dict[str, Any], deflater: _Deflater) -> D
     return cols
 
 
-def save_to(out: BinaryIO, profile: Profile, session: Optional[Session] = None) -> None:
-    """Write ``profile`` and the raw ``session`` to the binary file ``out``."""
+def save_to(out: BinaryIO, profile: Profile, session: "Optional[Session | EncodedSession]" = None) -> None:
+    """Write ``profile`` and the raw ``session`` (or its
+    :class:`EncodedSession`) to the binary file ``out``."""
     with paused_collector():
         _save_to(out, profile, session)
 
 
-def _save_to(out: BinaryIO, profile: Profile, session: Optional[Session]) -> None:
+class EncodedSession:
+    """A raw session's sections made ahead of the save: checked, compressed
+    (on a worker thread), and nothing else kept.
+
+    ``ctprof run`` encodes its session before resolving it, so the raw
+    stacks can be let go of as they are resolved
+    (``resolve_session(consume=True)``): a large memory profile's 100,000
+    raw stacks (about 55 MiB of Python objects) never live beside the
+    profile built from them, only their compressed sections (a few MB).
+    :func:`save` takes it in place of the session and writes the same
+    bytes.  :meth:`close` when done (it stops the worker thread)."""
+
+    def __init__(self, session: Session) -> None:
+        self._deflater = _Deflater()
+        try:
+            self.doc = _session_doc(session)
+            arrays = _raw_arrays(session, self.doc, self._deflater)
+        except (TypeError, OverflowError, ValueError) as err:
+            self.close()
+            raise FormatError(f"cannot save this profile: {err}") from None
+        try:
+            checker = _Validator("(profile being saved)", {"session": self.doc}, arrays)
+            checker.session_doc = self.doc
+            checker.check_session()
+        except _Damage as err:
+            self.close()
+            raise FormatError(f"cannot save this profile: {err}") from None
+        self.sections: Dict[str, Any] = {}
+        for name, values in arrays.items():
+            if isinstance(values, _Compressed):
+                self.sections[name] = values
+            else:
+                parts = [self._deflater.array(values)] if len(values) else []
+                self.sections[name] = _Stored(values.typecode, len(values), parts)
+
+    def close(self) -> None:
+        self._deflater.close()
+
+
+def _save_to(out: BinaryIO, profile: Profile, session: "Optional[Session | EncodedSession]") -> None:
     deflater = _Deflater()
     try:
         _write_sections(out, profile, session, deflater)
@@ -325,20 +376,25 @@ def _save_to(out: BinaryIO, profile: Profile, session: Optional[Session]) -> Non
         deflater.close()
 
 
-def _write_sections(out: BinaryIO, profile: Profile, session: Optional[Session], deflater: _Deflater) -> None:
+def _write_sections(out: BinaryIO, profile: Profile, session: "Optional[Session | EncodedSession]",
+                    deflater: _Deflater) -> None:
     strings = _Strings()
     packed: Dict[str, Any] = {}
 
     def deflate(tables: Dict[str, Any]) -> None:   # compressed meanwhile on the worker
         for name, values in tables.items():
-            if not isinstance(values, _Compressed) and len(values):
+            if not isinstance(values, (_Compressed, _Stored)) and len(values):
                 packed[name] = deflater.array(values)
 
+    encoded = session if isinstance(session, EncodedSession) else None
     try:
         cols = _profile_arrays(profile, strings)
         deflate(cols)
         session_doc = None
-        if session is not None:
+        if encoded is not None:
+            session_doc = encoded.doc
+            cols.update(encoded.sections)
+        elif session is not None:
             session_doc = _session_doc(session)
             raw = _raw_arrays(session, session_doc, deflater)
             deflate(raw)
@@ -350,9 +406,14 @@ def _write_sections(out: BinaryIO, profile: Profile, session: Optional[Session],
     meta = {"profile": {"metrics": [[m, cols["value:" + m].typecode] for m in profile.values],
                         "threads": profile.pids is not None, "metadata": profile.metadata},
             "session": session_doc}
-    # What load would refuse is refused here, before anything is written.
+    # What load would refuse is refused here, before anything is written
+    # (an encoded session's sections were checked when it was encoded).
     try:
-        _Validator("(profile being saved)", meta, cols).check()
+        checker = _Validator("(profile being saved)", meta, cols)
+        if encoded is not None:
+            checker.check_profile()
+        else:
+            checker.check()
     except _Damage as err:
         raise FormatError(f"cannot save this profile: {err}") from None
     out.write(MAGIC + struct.pack("<I", FORMAT_VERSION))
@@ -362,9 +423,10 @@ def _write_sections(out: BinaryIO, profile: Profile, session: Optional[Session],
     _section(out, "end", b"J", 0, b"")
 
 
-def save(path: str, profile: Profile, session: Optional[Session] = None) -> None:
-    """Write ``profile`` (and the raw ``session``) to ``path``, all or
-    nothing, through the one output writer."""
+def save(path: str, profile: Profile, session: "Optional[Session | EncodedSession]" = None) -> None:
+    """Write ``profile`` (and the raw ``session``, or its
+    :class:`EncodedSession`) to ``path``, all or nothing, through the one
+    output writer."""
     from .files import write_atomic
     write_atomic(path, lambda out: save_to(out, profile, session))
 

@@ -16,8 +16,8 @@ Entry point for capture: :func:`resolve_session`.  Lower-level and reusable
 from __future__ import annotations
 
 from itertools import chain
-from operator import attrgetter, methodcaller
-from typing import Dict, List, Optional, Sequence, Tuple
+from operator import attrgetter
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ..nogc import paused_collector
 from ..profile import Profile
@@ -30,7 +30,8 @@ __all__ = ["resolve_session", "Resolver", "TRUNCATED"]
 
 
 def resolve_session(session: Session, *, demangle: bool = True, lines: bool = False,
-                    progress: Optional[bool] = None, group_functions: bool = True) -> Profile:
+                    progress: Optional[bool] = None, group_functions: bool = True,
+                    consume: bool = False) -> Profile:
     """Resolve every stack of ``session`` into a :class:`Profile`.
 
     Frames are root first; a truncated stack gets a ``[truncated]`` root.
@@ -41,7 +42,10 @@ def resolve_session(session: Session, *, demangle: bool = True, lines: bool = Fa
     function (see :class:`Resolver`); ``progress`` None shows progress on stderr only if it is a terminal and
     resolution takes over a second (True/False force it on/off).
     Per-module problems go to ``metadata["symbol_warnings"]`` (one line per
-    module), counts to ``metadata["symbol_stats"]``.
+    module), counts to ``metadata["symbol_stats"]``.  ``consume=True``
+    empties ``session.stacks``, letting each raw stack go once resolved (for
+    a caller that saved or encoded them already: ``ctprof run``), so the
+    raw stacks and the profile never both live whole.
     """
     resolver = Resolver(session, demangle=demangle, lines=lines, progress=progress,
                         group_functions=group_functions)
@@ -49,11 +53,13 @@ def resolve_session(session: Session, *, demangle: bool = True, lines: bool = Fa
     ids = _FrameIds(resolver, profile)
     rows: dict = {}
     stacks, pids, tids = profile.stacks, [], []
-    # Each row's values: the first raw stack's dict; the raw stacks that
-    # resolve to a row already seen are summed in after the loop.
-    row_values: list = []
-    repeats: list = []
-    total = len(session.stacks)
+    raw = session.stacks
+    total = len(raw)
+    # every metric, in the order it first appears (before any is let go of)
+    columns = _Columns(profile.values, dict.fromkeys(chain.from_iterable(map(attrgetter("values"), raw))))
+    if consume:
+        session.stacks = []
+        raw = _consumed(raw)
     python = PythonFrames(session)
 
     # No reference cycles are created here; without the collector walking
@@ -62,7 +68,7 @@ def resolve_session(session: Session, *, demangle: bool = True, lines: bool = Fa
         with paused_collector():
             markers = offcpu.MARKERS
             tables_key = pcs = returns = multi = None
-            for n, s in enumerate(session.stacks):
+            for n, s in enumerate(raw):
                 pid, gen, ips = s.pid, s.gen, s.ips
                 root = ids.truncated() if s.truncated else None
                 if s.py or (ips and ips[0] in markers):
@@ -87,14 +93,14 @@ def resolve_session(session: Session, *, demangle: bool = True, lines: bool = Fa
                     stacks.append(frames)
                     pids.append(pid)
                     tids.append(s.tid)
-                    row_values.append(s.values)
+                    columns.add(s.values)
                 else:
-                    repeats.append((row, s.values))
+                    columns.add_to(row, s.values)
                 if n & 1023 == 0:
                     resolver.progress.update(lambda: f"resolving symbols: {n}/{total} stacks, "
                                                      f"{resolver.stats['modules']} modules, "
                                                      f"{resolver.stats['addresses']} addresses")
-            _fill_columns(profile.values, session.stacks, row_values, repeats)
+            columns.flush()
     finally:
         resolver.close()
     resolver.progress.done(f"resolved {resolver.stats['addresses']} addresses in "
@@ -198,29 +204,58 @@ class _FrameIds:
         return tuple(parts)
 
 
-def _fill_columns(columns: Dict[str, List[int]], raw_stacks: Sequence, row_values: List[Dict[str, int]],
-                  repeats: List[Tuple[int, Dict[str, int]]]) -> None:
-    """The profile's value columns: each row's first raw stack's values,
-    plus those of the raw stacks that resolved to the same row.
+def _consumed(stacks: list) -> Iterator:
+    """``stacks`` in order, each dropped from the list as it is handed out."""
+    stacks.reverse()
+    while stacks:
+        yield stacks.pop()
 
-    Columns come in the order their metric first appears in the raw stacks.
-    Raw stacks keep only their non-zero values; each row's dict is laid over
-    a dict of zeros for every metric (``zeros | values``, in C) and the rows
-    are transposed into columns with ``zip``, a few thousand rows at a time
-    (a transposition of all 100,000 at once would hold them all twice).
-    Python steps only for the repeated raw stacks."""
-    metrics = dict.fromkeys(chain.from_iterable(map(attrgetter("values"), raw_stacks)))
-    zeros = dict.fromkeys(metrics, 0)
-    if not all(type(values) is dict for values in row_values):   # another Mapping
-        row_values = [dict(values) for values in row_values]
-    lists = [columns.setdefault(m, []) for m in metrics]
-    for start in range(0, len(row_values), _TRANSPOSE_ROWS):
-        full = map(dict.values, map(zeros.__or__, row_values[start:start + _TRANSPOSE_ROWS]))
-        for column, part in zip(lists, zip(*full)):
-            column.extend(part)
-    for row, values in repeats:
+
+class _Columns:
+    """The profile's value columns, filled row by row as raw stacks are
+    resolved: a row's values are its first raw stack's, plus those of the
+    raw stacks that resolve to the same row.
+
+    Rows are transposed into the columns a few thousand at a time: each
+    row's dict (raw stacks keep only their non-zero values) laid over a
+    dict of zeros for every metric (``zeros | values``, in C), then ``zip``.
+    A Python step per metric only for a repeated raw stack."""
+
+    def __init__(self, columns: Dict[str, List[int]], metrics: Dict[str, None]) -> None:
+        self.columns = columns
+        self.zeros = dict.fromkeys(metrics, 0)
+        self.lists = [columns.setdefault(m, []) for m in metrics]
+        self.pending: List[Mapping[str, int]] = []   # rows not transposed yet
+        self.late: List[Tuple[int, Mapping[str, int]]] = []  # repeats of those rows
+        self.done = 0                                # rows transposed
+
+    def add(self, values: Mapping[str, int]) -> None:
+        """The values of a new row."""
+        self.pending.append(values)
+        if len(self.pending) >= _TRANSPOSE_ROWS:
+            self.flush()
+
+    def add_to(self, row: int, values: Mapping[str, int]) -> None:
+        """More values for ``row``."""
+        if row >= self.done:
+            self.late.append((row, values))
+            return
+        columns = self.columns
         for metric, value in values.items():
             columns[metric][row] += value
+
+    def flush(self) -> None:
+        """Transpose the pending rows into the columns."""
+        pending, self.pending = self.pending, []
+        if not all(type(values) is dict for values in pending):    # another Mapping
+            pending = [dict(values) for values in pending]
+        full = map(dict.values, map(self.zeros.__or__, pending))
+        for column, part in zip(self.lists, zip(*full)):
+            column.extend(part)
+        self.done += len(pending)
+        late, self.late = self.late, []
+        for row, values in late:
+            self.add_to(row, values)
 
 
 #: Rows transposed into columns at a time.
