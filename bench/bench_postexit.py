@@ -9,7 +9,10 @@ without re-running the program: the heap's stacks are rebuilt from the
 profile's raw session as ``HeapRing.finish`` hands them over (return
 addresses, a packed array of statistics), and every stage runs ``--runs``
 times (best CPU time printed; the save also with the main thread's own CPU,
-since its compression runs on a second thread).  It also checks that the raw
+since its compression runs on a second thread), then resolving and saving
+as ``ctprof run`` does (the raw session encoded first, its raw stacks let
+go as they are resolved) with the Python memory at its peak (tracemalloc)
+against resolving and saving them as they stay.  It also checks that the raw
 stacks come out as the file holds them.
 
 The profile: by default one of the g++ -O2 -c compile of bench_e2e's
@@ -29,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from array import array
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,10 +40,11 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 from ctprof import fileformat  # noqa: E402
-from ctprof.build import build_profile  # noqa: E402
+from ctprof.build import build_profile, finish_profile  # noqa: E402
 from ctprof.memory import model  # noqa: E402
 from ctprof.memory.collect import NSTAT, STAT_NAMES, HeapProcess  # noqa: E402
 from ctprof.memory.report import memory_report  # noqa: E402
+from ctprof.symbols import resolve_session  # noqa: E402
 
 #: Profile column -> heap statistic, where the names differ.
 _STAT_OF = {"possibly_lost_bytes": "possible_bytes", "possibly_lost_count": "possible_count"}
@@ -94,6 +99,22 @@ def best(runs: int, fn, clock=time.process_time):
     return min(times), result
 
 
+def traced_peak(fn, prepare) -> int:
+    """Bytes of Python memory at the peak of ``fn()`` above what was there
+    before it (``prepare()`` first, traced too, so what ``fn`` frees of it
+    counts)."""
+    tracemalloc.start()
+    try:
+        prepare()
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        fn()
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -132,6 +153,27 @@ def main() -> int:
     t, _ = best(args.runs, save)
     main_thread, _ = best(args.runs, save, time.thread_time)
     print(f"  save_to              {t:6.3f}   (main thread {main_thread:.3f}; {len(out.getvalue()):,} bytes)")
+    plain_peak = traced_peak(lambda: fileformat.save_to(io.BytesIO(), build_profile(session, progress=False), session),
+                             add_heap)
+
+    def as_run_does():
+        # ctprof run/attach: encoded first, raw stacks let go as resolved
+        encoded = fileformat.EncodedSession(session)
+        try:
+            resolved = finish_profile(resolve_session(session, progress=False, consume=True), session)
+            fileformat.save_to(io.BytesIO(), resolved, encoded)
+        finally:
+            encoded.close()
+    times = []
+    for _ in range(args.runs):
+        add_heap()
+        gc.collect()
+        start = time.process_time()
+        as_run_does()
+        times.append(time.process_time() - start)
+    run_peak = traced_peak(as_run_does, add_heap)
+    print(f"  resolve + save as run {min(times):6.3f}   (Python memory at the peak, above the raw "
+          f"stacks: {run_peak / 2**20:.1f} MiB; resolving and saving them as they stay: {plain_peak / 2**20:.1f} MiB)")
     t, _ = best(args.runs, lambda: memory_report(profile, 10))
     print(f"  memory_report        {t:6.3f}")
     data = out.getvalue()
