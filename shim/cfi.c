@@ -726,7 +726,8 @@ int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds 
         memo_open(&last, &next, max, m.direct.hi);
     uint32_t j = 0, kept = 0;   /* j: the first step of `last` not below sp; kept: steps in `next` */
     int n = 0, keep = 0;
-    int exact = 1;      /* pc is exact (the leaf, or resumed after a signal), not a return address */
+    /* pc is exact (the leaf, or resumed after a signal), not a return address */
+    int exact = !(flags & CFI_RETURN_ADDRESS);
     *truncated = 0;
     for (int steps = 0; steps < max + 256; steps++) {
         if (last) {

@@ -201,11 +201,11 @@ void heap_at_exit(void);                        /* wait (bounded) for the leak s
 void heap_hooks_pause(int on);
 extern int heap_enabled;                        /* tracking is on */
 static inline int heap_active(void) { return __atomic_load_n(&heap_enabled, __ATOMIC_RELAXED); }
-void heap_on_alloc(void *ptr, size_t size);
+void heap_on_alloc(void *ptr, size_t size, void *frame);
 void heap_on_free(void *ptr);
 /* realloc: the old block's event before the real call, the new one's after. */
 void heap_realloc_begin(void *old);
-void heap_realloc_end(void *old, void *ptr, size_t size);
+void heap_realloc_end(void *old, void *ptr, size_t size, void *frame);
 const struct stack_bounds *sampler_bounds(void);
 void heap_account_time(uint64_t ns);            /* a timed hook call */
 
@@ -316,7 +316,7 @@ void unwind_init(void);
  * shim's own frames are dropped.  Cached CFI rules, libgcc's
  * _Unwind_Backtrace if they give nothing.  Used by the heap hooks; never
  * from a signal handler (libgcc may take a lock). */
-int unwind_caller(const struct stack_bounds *b, uint64_t *ips, int max, int *truncated);
+int unwind_caller(const struct stack_bounds *b, const void *frame, uint64_t *ips, int max, int *truncated);
 /* Is the page at `page` mapped readable?  (cfi.c; AS-safe: one syscall,
  * nothing touched.) */
 int page_readable(uint64_t page);
@@ -364,6 +364,7 @@ enum {
                              caller has a better fallback (libgcc) */
     CFI_MEMO = 8,         /* start from the thread's last walk where it still
                              holds (ordinary context only: heap hooks) */
+    CFI_RETURN_ADDRESS = 16, /* the first pc is a return address, not exact */
 };
 /* Unwind from registers (pc, sp, fp) within stack bounds `b`, leaf first.
  * The first pc is exact, later ones return addresses.  Leading frames whose

@@ -303,7 +303,7 @@ static void commit(void *rec, uint32_t size, uint32_t tid, uint16_t type, uint16
 
 /* ---- events ------------------------------------------------------------------- */
 
-void heap_on_alloc(void *ptr, size_t size)
+void heap_on_alloc(void *ptr, size_t size, void *frame)
 {
     uint16_t flags = 0;
     if (sample_bytes) {
@@ -320,7 +320,7 @@ void heap_on_alloc(void *ptr, size_t size)
     }
     uint64_t ips[MAX_HEAP_WORDS];
     int truncated = 0;
-    int n = unwind_caller(sampler_bounds(), ips, depth, &truncated);
+    int n = unwind_caller(sampler_bounds(), frame, ips, depth, &truncated);
     n += pylocal_append(ips + n, MAX_HEAP_WORDS - n, 0);
     uint32_t bytes = (uint32_t)(sizeof(struct rec_alloc) + (size_t)n * 8);
     uint32_t tid = (uint32_t)ctprof_gettid();
@@ -367,16 +367,16 @@ void heap_realloc_begin(void *old)
     commit(rec, sizeof *rec, tid, REC_REALLOC_FREE, 0);
 }
 
-void heap_realloc_end(void *old, void *ptr, size_t size)
+void heap_realloc_end(void *old, void *ptr, size_t size, void *frame)
 {
     if (sample_bytes) {
         if (ptr && size && (heap_bytes_left -= (int64_t)size) <= 0)
-            heap_on_alloc(ptr, size);
+            heap_on_alloc(ptr, size, frame);
         return;
     }
     uint64_t ips[MAX_HEAP_WORDS];
     int truncated = 0;
-    int n = unwind_caller(sampler_bounds(), ips, depth, &truncated);
+    int n = unwind_caller(sampler_bounds(), frame, ips, depth, &truncated);
     n += pylocal_append(ips + n, MAX_HEAP_WORDS - n, 0);
     uint32_t bytes = (uint32_t)(sizeof(struct rec_realloc) + (size_t)n * 8);
     uint32_t tid = (uint32_t)ctprof_gettid();

@@ -101,14 +101,16 @@ static inline int unsampled(size_t n)
     return heap_sampling && (heap_bytes_left -= (int64_t)n) > 0;
 }
 
-static void track_alloc(void *p, size_t n)
+/* `frame`: the interposer's own frame (__builtin_frame_address), whose
+ * caller is the program's code: the unwinder starts there. */
+static void track_alloc(void *p, size_t n, void *frame)
 {
     int e = errno;
     in_hook = 1;
     /* Every 64th call is timed, for the "time in hooks" figure. */
     int timed = (++call_counter & 63) == 0;
     uint64_t t0 = timed ? now_ns() : 0;
-    heap_on_alloc(p, n);
+    heap_on_alloc(p, n, frame);
     if (timed)
         heap_account_time(now_ns() - t0);
     in_hook = 0;
@@ -124,7 +126,7 @@ CTPROF_API void *malloc(size_t n)
     }
     void *p = real_malloc(n);
     if (p && tracking() && !unsampled(n))
-        track_alloc(p, n);
+        track_alloc(p, n, __builtin_frame_address(0));
     return p;
 }
 
@@ -141,7 +143,7 @@ CTPROF_API void *calloc(size_t n, size_t m)
     }
     void *p = real_calloc(n, m);
     if (p && tracking() && !unsampled(n * m))
-        track_alloc(p, n * m);
+        track_alloc(p, n * m, __builtin_frame_address(0));
     return p;
 }
 
@@ -186,7 +188,7 @@ CTPROF_API void *realloc(void *p, size_t n)
     errno = e;
     void *q = real_realloc(p, n);
     e = errno;
-    heap_realloc_end(p, q, n);
+    heap_realloc_end(p, q, n, __builtin_frame_address(0));
     in_hook = 0;
     errno = e;
     return q;
@@ -208,7 +210,7 @@ CTPROF_API int posix_memalign(void **out, size_t align, size_t n)
         return ENOMEM;
     int rc = real_posix_memalign(out, align, n);
     if (rc == 0 && *out && tracking() && !unsampled(n))
-        track_alloc(*out, n);
+        track_alloc(*out, n, __builtin_frame_address(0));
     return rc;
 }
 
@@ -222,7 +224,7 @@ CTPROF_API int posix_memalign(void **out, size_t align, size_t n)
         }                                           \
         void *p = real_##name call;                 \
         if (p && tracking() && !unsampled(size))    \
-            track_alloc(p, size);                   \
+            track_alloc(p, size, __builtin_frame_address(0)); \
         return p;                                   \
     }
 

@@ -19,8 +19,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from ..capture.build import shim_path
 from ..capture.pystacks import CodeReader
 from ..capture.ring import MappedFile
+from ..errors import BuildError
 
 HEAP_SHARED_OFFSET = 2048
 HEAP_MAGIC = 0x50414548
@@ -374,6 +376,15 @@ class HeapCollector:
         self.session_dir = session_dir
         self.lib = bind(shim)
         self.start = start
+        # Python frames' code objects are named while the program runs, by
+        # the frame reader: built now, before the program starts, not when
+        # its first Python process is found -- a short script would end
+        # meanwhile, and its code objects be gone.  (Cached after the first
+        # run; without it Python frames stay unnamed.)
+        try:
+            shim_path("pyreader")
+        except (BuildError, OSError):
+            pass
         self.rings: Dict[str, HeapRing] = {}
         self._stop = threading.Event()
         self._snapshot_wanted = threading.Event()
