@@ -1,7 +1,9 @@
 /* Phases whose wall time the program measures itself, one after the other:
  * compute, sleep, wait on a mutex another thread holds, wait on a condition
  * variable, read from a pipe nobody writes to yet.  Prints each phase's
- * seconds and the EINTR count of its waits (0 when nothing interrupts). */
+ * seconds, the seconds of its wait timed around the blocking call
+ * (NAME_wait), and the EINTR count of its waits (0 when nothing
+ * interrupts). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -19,6 +21,7 @@ static double now(void)
 
 static double phase_s;
 static long eintr;
+static double waited;     /* the phase's own wait, timed around the blocking call */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t cv_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
@@ -68,9 +71,11 @@ __attribute__((noinline)) void phase_compute(void)
 __attribute__((noinline)) void phase_sleep(void)
 {
     struct timespec ts = {0, (long)(phase_s * 1e9)};
+    double t0 = now();
     while (nanosleep(&ts, &ts) < 0)
         if (errno == EINTR)
             eintr++;
+    waited = now() - t0;
 }
 
 __attribute__((noinline)) void phase_mutex(void)
@@ -78,7 +83,9 @@ __attribute__((noinline)) void phase_mutex(void)
     pthread_t t;
     pthread_create(&t, NULL, holder, NULL);
     usleep(20000); /* the holder takes the lock first */
+    double t0 = now();
     pthread_mutex_lock(&lock);
+    waited = now() - t0;
     pthread_mutex_unlock(&lock);
     pthread_join(t, NULL);
 }
@@ -87,10 +94,12 @@ __attribute__((noinline)) void phase_condvar(void)
 {
     pthread_t t;
     pthread_create(&t, NULL, signaller, NULL);
+    double t0 = now();
     pthread_mutex_lock(&cv_lock);
     while (!cv_ready)
         pthread_cond_wait(&cv, &cv_lock);
     pthread_mutex_unlock(&cv_lock);
+    waited = now() - t0;
     pthread_join(t, NULL);
 }
 
@@ -101,8 +110,10 @@ __attribute__((noinline)) void phase_pipe(void)
     pthread_create(&t, NULL, writer, NULL);
     char c;
     ssize_t n;
+    double t0 = now();
     while ((n = read(pipefd[0], &c, 1)) < 0 && errno == EINTR)
         eintr++;
+    waited = now() - t0;
     pthread_join(t, NULL);
 }
 
@@ -113,8 +124,9 @@ int main(int argc, char **argv)
     const char *names[] = {"compute", "sleep", "mutex", "condvar", "pipe"};
     for (int i = 0; i < 5; i++) {
         double t0 = now();
+        waited = 0;
         phases[i]();
-        printf("%s %.6f\n", names[i], now() - t0);
+        printf("%s %.6f\n%s_wait %.6f\n", names[i], now() - t0, names[i], waited);
     }
     printf("eintr %ld\n", eintr);
     return 0;
