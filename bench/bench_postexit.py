@@ -85,7 +85,8 @@ def heap_of(session):
             if name in STAT_NAMES:
                 stats[STAT_NAMES.index(name)] = value
         stats[STAT_NAMES.index("truncated")] = 1.0 if s.truncated else 0.0
-        info.stacks.append(((s.ips[0] + 1,) + tuple(s.ips[1:]), stats))
+        info.stacks.append((s.ips[0] + 1,) + tuple(s.ips[1:]))
+        info.stats.extend(stats)
     return cpu, heap
 
 
@@ -128,16 +129,16 @@ def main() -> int:
     expected = [(s.pid, s.gen, tuple(s.ips), s.truncated, {k: v for k, v in s.values.items() if v}, tuple(s.py))
                 for s in session.stacks]
     cpu, heap = heap_of(session)
-    kept = {pid: list(info.stacks) for pid, info in heap.items()}
+    kept = {pid: (list(info.stacks), array("d", info.stats)) for pid, info in heap.items()}
 
     def add_heap():
         for pid, info in heap.items():
-            info.stacks = list(kept[pid])
+            info.stacks, info.stats = list(kept[pid][0]), array("d", kept[pid][1])
         session.stacks = list(cpu)
         model.add_heap_to_session(session, heap)
         return session.stacks
 
-    print(f"{path}: {sum(map(len, kept.values())):,} heap stacks, {len(cpu):,} CPU stacks; best of {args.runs}, CPU s")
+    print(f"{path}: {sum(len(k[0]) for k in kept.values()):,} heap stacks, {len(cpu):,} CPU stacks; best of {args.runs}, CPU s")
     t, stacks = best(args.runs, add_heap)
     same = expected == [(s.pid, s.gen, tuple(s.ips), s.truncated, {k: v for k, v in s.values.items() if v},
                          tuple(s.py)) for s in stacks]

@@ -82,6 +82,7 @@ struct consumer {
     double totals[NTOTAL];
     double snap_at;
     uint64_t *codeset;        /* code objects already handed over (pairs; see codeset_add) */
+    int done;                 /* the live-block table is gone: nothing more is consumed */
     size_t codeset_cap, codeset_n;
 };
 
@@ -539,6 +540,8 @@ static void process_batch(struct consumer *c, const unsigned char *buf, size_t l
  * bookkeeping (the slow part) while they go on.  Returns the bytes consumed. */
 static size_t consume_locked(struct consumer *c, void *file_base)
 {
+    if (c->done)
+        return 0;
     struct ring_header *h = file_base;
     struct heap_shared *hs = (struct heap_shared *)((char *)file_base + HEAP_SHARED_OFFSET);
     if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != CTPROF_MAGIC ||
@@ -709,6 +712,19 @@ static size_t python_frames_locked(struct consumer *c, uint32_t first, uint64_t 
     }
     *next = id;
     return used;
+}
+
+/* The process is over and scanned: its live-block table (the consumer's
+ * largest with the stacks) goes before the controller builds the profile
+ * beside the rest.  Nothing is consumed after this. */
+static void forget_live_locked(struct consumer *c)
+{
+    free(c->live);
+    free(c->batch);
+    c->live = NULL;
+    c->batch = NULL;
+    c->live_cap = c->live_n = 0;
+    c->done = 1;
 }
 
 /* The statistics of stacks `first` .. `first`+`count`-1 (as many as
@@ -1058,6 +1074,13 @@ CTPROF_API size_t ctprof_heap_python_frames(struct consumer *c, uint32_t first, 
     size_t r = python_frames_locked(c, first, out, cap, next);
     pthread_mutex_unlock(&c->lock);
     return r;
+}
+
+CTPROF_API void ctprof_heap_forget_live(struct consumer *c)
+{
+    lock_for_python(c);
+    forget_live_locked(c);
+    pthread_mutex_unlock(&c->lock);
 }
 
 CTPROF_API size_t ctprof_heap_stats(struct consumer *c, uint32_t first, double *out, size_t count)

@@ -97,6 +97,7 @@ def bind(shim: str):
     lib.ctprof_heap_drain_add.argtypes = [vp, vp]
     lib.ctprof_heap_drain_add.restype = ctypes.c_int
     lib.ctprof_heap_drain_stop.argtypes = []
+    lib.ctprof_heap_forget_live.argtypes = [vp]
     return lib
 
 
@@ -107,8 +108,12 @@ class HeapProcess:
     pid: int
     totals: Dict[str, float] = field(default_factory=dict)
     header: Dict[str, int] = field(default_factory=dict)
-    #: (return addresses, the stack's statistics in STAT_NAMES order)
-    stacks: List[Tuple[Tuple[int, ...], "array[float]"]] = field(default_factory=list)
+    #: each stack's return addresses (each distinct address one shared int
+    #: object: a large program leaves 100,000 stacks) ...
+    stacks: List[Tuple[int, ...]] = field(default_factory=list)
+    #: ... and their statistics, NSTAT per stack in STAT_NAMES order, stack
+    #: after stack in one packed array (no object per stack)
+    stats: "array[float]" = field(default_factory=lambda: array("d"))
     timeline: List[Tuple[float, float]] = field(default_factory=list)  # (seconds since start, live bytes)
     peak_time: float = 0.0
     scanned: bool = False
@@ -196,36 +201,35 @@ class HeapRing(MappedFile):
         self._stacks_named = sid
         self.codes.learn(keys)
 
-    def _stacks(self) -> List[Tuple[Tuple[int, ...], "array[float]"]]:
-        """Every stack: its return addresses (each distinct address one
-        shared int object: a large program leaves 100,000 stacks) and its
-        figures, a slice of one packed array (model.stack_values picks the
-        columns).  The addresses come in batches of a thousand stacks."""
+    def _stacks(self) -> Tuple[List[Tuple[int, ...]], "array[float]"]:
+        """Every stack's return addresses, and all their statistics (see
+        HeapProcess).  The figures are copied straight into the array; the
+        addresses come in batches of a thousand stacks."""
         n = self.lib.ctprof_heap_nstacks(self.consumer)
-        stats = (ctypes.c_double * max(1, n * NSTAT))()
-        n = self.lib.ctprof_heap_stats(self.consumer, 0, stats, n)
-        table = array("d")
-        table.frombytes(memoryview(stats).cast("B"))
+        table = array("d", [0.0]) * (n * NSTAT)
+        if n:
+            address = ctypes.cast(table.buffer_info()[0], ctypes.POINTER(ctypes.c_double))
+            n = self.lib.ctprof_heap_stats(self.consumer, 0, address, n)
         canonical = {}.setdefault
         buf = (ctypes.c_uint64 * STACK_BATCH_WORDS)()
         raw = memoryview(buf).cast("B")
         next_id = ctypes.c_uint32()
-        out: List[Tuple[Tuple[int, ...], "array[float]"]] = []
-        sid = 0
-        while sid < n:
+        stacks: List[Tuple[int, ...]] = []
+        while len(stacks) < n:
+            sid = len(stacks)
             used = self.lib.ctprof_heap_stacks(self.consumer, sid, buf, len(buf), ctypes.byref(next_id))
             if next_id.value == sid:
                 break                       # a stack larger than the buffer (never: a few hundred words)
             words = array("Q")
             words.frombytes(raw[:8 * used])
             pos = 0
-            while pos < used and sid < n:
+            while pos < used:
                 depth = words[pos]
                 frame = words[pos + 1:pos + 1 + depth]
-                out.append((tuple(map(canonical, frame, frame)), table[sid * NSTAT:(sid + 1) * NSTAT]))
+                stacks.append(tuple(map(canonical, frame, frame)))
                 pos += 1 + depth
-                sid += 1
-        return out
+        del table[len(stacks) * NSTAT:]
+        return stacks, table
 
     def detach(self) -> None:
         """The run is over but this process is not: it stops tracking at its
@@ -295,7 +299,7 @@ class HeapRing(MappedFile):
         self._name_python_frames(time.monotonic())
         info.python_version = self.codes.interp.version if self.codes.interp else None
         info.python_codes = self.codes.entries
-        info.stacks = self._stacks()
+        info.stacks, info.stats = self._stacks()
         return info
 
     def close(self) -> None:
@@ -469,6 +473,8 @@ class HeapCollector:
         self.poll_once(final=True)
         out: Dict[int, HeapProcess] = {}
         for ring in self.rings.values():  # one .heap file per pid
+            if ring.consumer is not None:
+                self.lib.ctprof_heap_forget_live(ring.consumer)   # scanned: free it before the stacks come over
             info = ring.finish() if ring.consumer is not None else None
             if process_running(ring.pid):
                 ring.detach()

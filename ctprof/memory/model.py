@@ -2,13 +2,14 @@
 reports need (totals, peak, leaks, overhead), kept in ``Session.memory``."""
 from __future__ import annotations
 
+from array import array
 from operator import itemgetter
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from ..nogc import paused_collector
 from ..session import ProcessInfo, RawStack, Session
 from ..capture.pystacks import CodeTable, split_python
-from .collect import DETACH_REASONS, STAT_NAMES, HeapProcess
+from .collect import DETACH_REASONS, NSTAT, STAT_NAMES, HeapProcess
 
 #: The metrics of a memory profile (DESIGN.md), with their units.
 MEMORY_METRICS = {
@@ -107,9 +108,13 @@ def _add_stacks(session: Session, heap: Dict[int, HeapProcess]) -> None:
         code_id = _code_ids(proc, info)
         scanned = info.scanned
         pending, info.stacks = info.stacks, []
+        table, info.stats = info.stats, array("d")
         pending.reverse()
+        row = 0
         while pending:
-            ips, stats = pending.pop()
+            ips = pending.pop()
+            stats = table[row:row + NSTAT]
+            row += NSTAT
             if not ips:
                 continue
             values = stack_values(stats, scanned)
