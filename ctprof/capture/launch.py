@@ -9,6 +9,7 @@ program runs and once more after it ends.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -544,6 +545,7 @@ def run_program(argv: List[str], opts: CaptureOptions,
     session_dir = make_session_dir() if preload else None
     heap = None
     notes: List[str] = []
+    after_exit = contextlib.ExitStack()
     if kernel is None and opts.sampler == "auto":
         why = _needs_signal_sampler(opts) or "perf events refused: " + perf_refusal_advice(errno.EACCES)
         notes.append(f"sampled in the program with a timer signal ({why})")
@@ -583,8 +585,10 @@ def run_program(argv: List[str], opts: CaptureOptions,
             if kernel:
                 notes += _follow_descendants(kernel, proc.pid, interrupts, say)
             end_ns = time.monotonic_ns()
-            with paused_collector():       # 100,000 heap stacks, no cycle among them
-                heap_processes = heap.stop() if heap else {}
+            # From here to the session: 100,000 heap stacks and raw stacks
+            # built, no cycle among them, no collector pass over them
+            after_exit.enter_context(paused_collector())
+            heap_processes = heap.stop() if heap else {}
             heap = None
             processes = collector.finish(end_ns) if collector else {}
             stacks = collector.raw_stacks if collector else []
@@ -619,6 +623,7 @@ def run_program(argv: List[str], opts: CaptureOptions,
                                  if preload else "no process of the program was seen by the kernel sampler")
         return session
     finally:
+        after_exit.close()
         if kernel is not None:
             kernel.close()
         if heap is not None:
