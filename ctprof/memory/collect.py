@@ -223,7 +223,7 @@ class HeapRing(MappedFile):
             words = array("Q")
             words.frombytes(raw[:8 * used])
             pos = 0
-            while pos < used:
+            while pos < used and len(stacks) < n:   # (stacks interned meanwhile have no figures here)
                 depth = words[pos]
                 frame = words[pos + 1:pos + 1 + depth]
                 stacks.append(tuple(map(canonical, frame, frame)))
