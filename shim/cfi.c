@@ -563,8 +563,9 @@ struct memo {
     struct memo_step rest;
     struct memo_step step[];
 };
-/* Room for the depth limit's frames plus the leading frames that are
- * walked but not recorded (the shim's own). */
+/* Room for the depth limit's frames plus leading frames that are walked
+ * but not recorded (the shim's own, when one interposer calls another:
+ * reallocarray's realloc). */
 #define MEMO_SPARE_STEPS 16
 /* Beside the memo, the thread keeps the rules it used last in a small
  * table of its own: a hit costs no probe of the shared cache (whose

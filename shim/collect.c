@@ -657,7 +657,7 @@ static int codeset_add(struct consumer *c, uint64_t addr, uint64_t print)
         size_t cap = c->codeset_cap ? 2 * c->codeset_cap : 1024;
         uint64_t *n = calloc(cap, 2 * sizeof *n);
         if (!n)
-            return 0;
+            return 1;           /* no room to remember it: hand it over again */
         for (size_t i = 0; i < c->codeset_cap; i++) {
             uint64_t *e = c->codeset + 2 * i;
             if (!e[0])

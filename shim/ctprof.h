@@ -312,10 +312,10 @@ struct stack_bounds { uintptr_t lo, hi; };
  * allocate the rule cache and find the shim's own code, outside any
  * handler.  Not AS-safe.  Idempotent. */
 void unwind_init(void);
-/* The stack of whoever called into the shim, leaf (that caller) first: the
- * shim's own frames are dropped.  Cached CFI rules, libgcc's
- * _Unwind_Backtrace if they give nothing.  Used by the heap hooks; never
- * from a signal handler (libgcc may take a lock). */
+/* The stack of whoever called the interposer whose frame is `frame`
+ * (__builtin_frame_address(0) in it), leaf (that caller) first.  Cached CFI
+ * rules, libgcc's _Unwind_Backtrace if they give nothing.  Used by the heap
+ * hooks; never from a signal handler (libgcc may take a lock). */
 int unwind_caller(const struct stack_bounds *b, const void *frame, uint64_t *ips, int max, int *truncated);
 /* Is the page at `page` mapped readable?  (cfi.c; AS-safe: one syscall,
  * nothing touched.) */

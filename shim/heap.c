@@ -303,6 +303,14 @@ static void commit(void *rec, uint32_t size, uint32_t tid, uint16_t type, uint16
 
 /* ---- events ------------------------------------------------------------------- */
 
+/* The allocating call stack, leaf first (the caller of the interposer whose
+ * frame is `frame`), then maybe its Python frames: MAX_HEAP_WORDS at most. */
+static int caller_stack(void *frame, uint64_t *ips, int *truncated)
+{
+    int n = unwind_caller(sampler_bounds(), frame, ips, depth, truncated);
+    return n + pylocal_append(ips + n, MAX_HEAP_WORDS - n, 0);
+}
+
 void heap_on_alloc(void *ptr, size_t size, void *frame)
 {
     uint16_t flags = 0;
@@ -320,8 +328,7 @@ void heap_on_alloc(void *ptr, size_t size, void *frame)
     }
     uint64_t ips[MAX_HEAP_WORDS];
     int truncated = 0;
-    int n = unwind_caller(sampler_bounds(), frame, ips, depth, &truncated);
-    n += pylocal_append(ips + n, MAX_HEAP_WORDS - n, 0);
+    int n = caller_stack(frame, ips, &truncated);
     uint32_t bytes = (uint32_t)(sizeof(struct rec_alloc) + (size_t)n * 8);
     uint32_t tid = (uint32_t)ctprof_gettid();
     struct rec_alloc *rec = reserve(bytes, tid, NULL);
@@ -376,8 +383,7 @@ void heap_realloc_end(void *old, void *ptr, size_t size, void *frame)
     }
     uint64_t ips[MAX_HEAP_WORDS];
     int truncated = 0;
-    int n = unwind_caller(sampler_bounds(), frame, ips, depth, &truncated);
-    n += pylocal_append(ips + n, MAX_HEAP_WORDS - n, 0);
+    int n = caller_stack(frame, ips, &truncated);
     uint32_t bytes = (uint32_t)(sizeof(struct rec_realloc) + (size_t)n * 8);
     uint32_t tid = (uint32_t)ctprof_gettid();
     struct rec_realloc *rec = reserve(bytes, tid, NULL);

@@ -114,25 +114,16 @@ int unwind_stack(enum unwind_mode mode, void *ucv, const struct stack_bounds *b,
     return n;
 }
 
-__attribute__((noinline)) int unwind_caller(const struct stack_bounds *b, const void *frame, uint64_t *ips, int max,
-                                            int *truncated)
+int unwind_caller(const struct stack_bounds *b, const void *frame, uint64_t *ips, int max, int *truncated)
 {
-    uint64_t pc, sp, fp;
-    int flags = CFI_RULES | CFI_STRICT | CFI_MEMO;
+    /* The interposer's frame: the shim keeps frame pointers, so its
+     * caller's registers are at hand -- no rule of the shim's own frames is
+     * looked up (nor their .eh_frame pages touched). */
+    const uint64_t *f = frame;
+    uint64_t fp = f[0], pc = f[1], sp = (uint64_t)(uintptr_t)(f + 2);
     *truncated = 0;
-    if (frame) {
-        /* The interposer's frame: the shim keeps frame pointers, so its
-         * caller's registers are at hand -- no rule of the shim's own
-         * frames is looked up (nor their .eh_frame pages touched). */
-        const uint64_t *f = frame;
-        fp = f[0];
-        pc = f[1];
-        sp = (uint64_t)(uintptr_t)(f + 2);
-        flags |= CFI_RETURN_ADDRESS;
-    } else {
-        __asm__ volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2" : "=r"(pc), "=r"(sp), "=r"(fp));
-    }
-    int n = cfi_unwind(pc, sp, fp, b, ips, max, shim_lo, shim_hi, flags, truncated);
+    int n = cfi_unwind(pc, sp, fp, b, ips, max, shim_lo, shim_hi, CFI_RULES | CFI_STRICT | CFI_MEMO | CFI_RETURN_ADDRESS,
+                       truncated);
     if (n > 0)
         return n;
     struct dwarf_state s = {shim_lo, shim_hi, ips, max, 0, 0, 0, 0};
