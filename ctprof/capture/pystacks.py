@@ -49,11 +49,12 @@ MAX_PENDING = 1_000_000
 
 
 def _load():
-    lib = ctypes.CDLL(shim_path("pyreader"))
+    path = shim_path("pyreader")
+    lib = ctypes.CDLL(path)
     # Reading one code object is a few microseconds: called with the GIL
     # held (PyDLL), or each call would wait a switch interval (5 ms) to get
     # it back from a busy thread -- hundreds of calls per batch of stacks.
-    lib.pyr_code_record = ctypes.PyDLL(shim_path("pyreader")).pyr_code_record
+    lib.pyr_code_record = ctypes.PyDLL(path).pyr_code_record
     lib.pyr_add_ring.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
     lib.pyr_cursor.argtypes = [ctypes.c_int]
     lib.pyr_cursor.restype = ctypes.c_uint64
@@ -276,7 +277,7 @@ class PythonStacks:
         eval-loop activation held the innermost frame's address and an
         instruction pointer into its code (``values``: its registers)."""
         leaf, lo, hi = check
-        ok = leaf in values and any(lo <= v < hi for v in values)
+        ok = leaf in values and any(map(range(lo, hi).__contains__, values))   # a C loop: per sample
         if not ok:
             self.stale += 1
         return ok
@@ -305,27 +306,33 @@ def parse_code(data: bytes, off: int, end: int) -> Tuple[int, int, Optional[list
     return pid, address, [_decode(qw, qualname), _decode(fw, filename), firstlineno, linetable.hex()]
 
 
+def _python_part(words: Sequence[int]):
+    """(where PYFRAMES_MARK is, the (code object key, index word) pairs
+    after it) of an in-process event's words; (len(words), []) if none."""
+    try:
+        cut = words.index(PYFRAMES_MARK)
+    except ValueError:
+        return len(words), []
+    rest = words[cut + 1:]
+    return cut, [((rest[i], rest[i + 1] >> PRINT_SHIFT), rest[i + 1]) for i in range(0, len(rest) - 1, 2)]
+
+
 def code_addresses(words: Sequence[int]) -> List[Tuple[int, int]]:
     """The code objects of an in-process event's Python frames, as
     (address, fingerprint) pairs."""
-    if PYFRAMES_MARK not in words:
-        return []
-    cut = words.index(PYFRAMES_MARK)
-    rest = words[cut + 1:]
-    return [(rest[i], rest[i + 1] >> PRINT_SHIFT) for i in range(0, len(rest) - 1, 2)]
+    return [key for key, _ in _python_part(words)[1]]
 
 
 def split_python(words: Tuple[int, ...], code_id) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     """An in-process event's words as (return addresses, Python frames with
     each code object replaced by ``code_id((address, fingerprint))``)."""
-    if PYFRAMES_MARK not in words:
+    cut, pairs = _python_part(words)
+    if not pairs and cut == len(words):
         return words, ()
-    cut = words.index(PYFRAMES_MARK)
-    rest = words[cut + 1:]
     py: List[int] = []
-    for i in range(0, len(rest) - 1, 2):
-        py.append(code_id((rest[i], rest[i + 1] >> PRINT_SHIFT)))
-        py.append(rest[i + 1] & INDEX_AND_ENTRY)
+    for key, word in pairs:
+        py.append(code_id(key))
+        py.append(word & INDEX_AND_ENTRY)
     return words[:cut], tuple(py)
 
 

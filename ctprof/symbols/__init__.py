@@ -78,12 +78,13 @@ def resolve_session(session: Session, *, demangle: bool = True, lines: bool = Fa
                     if (pid, gen) != tables_key:
                         tables_key = (pid, gen)
                         pcs, returns, multi = ids.tables_of(pid, gen)
-                    try:
-                        frames = (*map(returns.__getitem__, ips[:0:-1]), pcs[ips[0]])
-                        if multi[0]:
-                            frames = ids.stack(pid, gen, ips)
-                    except (KeyError, IndexError):     # a new address, or no address at all
+                    if multi[0]:                       # inlined frames (--lines): expanded there
                         frames = ids.stack(pid, gen, ips)
+                    else:
+                        try:
+                            frames = (*map(returns.__getitem__, ips[:0:-1]), pcs[ips[0]])
+                        except (KeyError, IndexError):  # a new address, or no address at all
+                            frames = ids.stack(pid, gen, ips)
                 if root is not None:
                     frames = (root,) + frames
                 rkey = (frames, pid, s.tid)

@@ -53,20 +53,12 @@ class PythonFrames:
             if isinstance(version, list) and len(version) == 2 and isinstance(codes, list):
                 self.codes[pid] = ((int(version[0]), int(version[1])), codes)
         self._tables: Dict[Tuple[int, int], Optional[LineTable]] = {}
-        self._frames: Dict[Tuple[int, int, int], Frame] = {}
         # Memos for merge (a heap profile has tens of thousands of stacks
         # sharing a few hundred Python frames): frame ids of one profile's
         # intern, groups per Python part, and which native ids are the eval loop.
         self._ids: Dict[Tuple[int, int, int], int] = {}
         self._group_memo: Dict[Tuple[int, Tuple[int, ...]], List[List[int]]] = {}
         self._eval_memo: Dict[Tuple[int, ...], bool] = {}
-
-    def frame(self, pid: int, code_id: int, index: int) -> Frame:
-        key = (pid, code_id, index)
-        got = self._frames.get(key)
-        if got is None:
-            got = self._frames[key] = self._make(pid, code_id, index)
-        return got
 
     def _make(self, pid: int, code_id: int, index: int) -> Frame:
         version, codes = self.codes.get(pid, ((0, 0), []))
@@ -135,7 +127,7 @@ class PythonFrames:
             key = (pid, py[i], word & 0xFFFFFFFF)
             fid = ids.get(key)
             if fid is None:
-                fid = ids[key] = intern(self.frame(*key))
+                fid = ids[key] = intern(self._make(*key))
             current.append(fid)
             if word & PYFRAME_ENTRY:
                 groups.append(current[::-1])
