@@ -84,7 +84,8 @@ def heaptrack_figures(cmd, tmp, env=None):
                           capture_output=True, text=True).stdout
     runtime = re.search(r"total runtime: ([0-9.]+)s", text)
     rss = re.search(r"peak RSS \(including heaptrack overhead\): ([0-9.]+)([KMG]?)", text)
-    scale = {"": 1 / 1024, "K": 1, "M": 1024, "G": 1024 * 1024}
+    # heaptrack_print's units are decimal: 1,000,000 bytes print as "1000.00K"
+    scale = {"": 1 / 1024, "K": 1000 / 1024, "M": 1e6 / 1024, "G": 1e9 / 1024}
     rss_kb = int(float(rss.group(1)) * scale[rss.group(2)]) if rss else 0
     return (float(runtime.group(1)) if runtime else float("nan")), wall, rss_kb
 

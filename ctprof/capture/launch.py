@@ -438,12 +438,11 @@ def _follow_descendants(kernel: KernelSampler, main_pid: int, interrupts: "_Inte
     Nothing is decided before the records of the last moments are in: a
     process that forked and exited just now has its child's FORK record
     still in flight."""
-    settle = time.monotonic() + FOLLOW_SETTLE_SECONDS
     t0 = time.monotonic()
     announced = False
     left: List = []
+    time.sleep(FOLLOW_SETTLE_SECONDS)
     while True:
-        time.sleep(KERNEL_POLL_SECONDS)
         kernel.drain()
         left = kernel.running(exclude=[main_pid])
         if interrupts.count:
@@ -453,8 +452,9 @@ def _follow_descendants(kernel: KernelSampler, main_pid: int, interrupts: "_Inte
             names = ", ".join(f"{p.pid} {p.comm}" for p in left[:5]) + (" ..." if len(left) > 5 else "")
             say(f"the program exited; following the {len(left)} process(es) it left running ({names}) "
                 f"until they end (Ctrl-C to stop)")
-        if not left and time.monotonic() >= settle:
+        if not left:
             break
+        time.sleep(KERNEL_POLL_SECONDS)
     if left:
         names = ", ".join(f"{p.pid} {p.comm}" for p in left[:5]) + (" ..." if len(left) > 5 else "")
         return [f"{len(left)} process(es) the program started were still running when ctprof stopped "

@@ -171,8 +171,10 @@ class HeapRing(MappedFile):
         process waits at its exit, or the run is over)."""
         if not self.ensure_consumer():
             return 0
-        self.heartbeat()
-        n = self.lib.ctprof_heap_consume(self.consumer, self.address) if drain or not self.drained_in_c else 0
+        n = 0
+        if drain or not self.drained_in_c:    # (the drainer writes the heartbeat when it drains)
+            self.heartbeat()
+            n = self.lib.ctprof_heap_consume(self.consumer, self.address)
         now = time.monotonic()
         self._observe(now - self.start)
         self._name_python_frames(now)
@@ -437,7 +439,8 @@ class HeapCollector:
                 del self._scans[name]
             moved += ring.consume(drain=final)
             if ring.consumer is not None and ring.exit_waiting():
-                ring.consume(drain=True)
+                if not final:                 # (a final poll has just drained it)
+                    ring.consume(drain=True)
                 if final:
                     self._scan(ring)
                 else:
