@@ -357,20 +357,19 @@ while time.thread_time() - start < seconds:
 
 @pytest.mark.parametrize("loop", sorted(ALTERNATE_LOOPS))
 @pytest.mark.parametrize("which", WHICH)
-def test_native_frames_belong_to_the_python_function_that_called_them(tmp_path, which, loop, request):
+def test_native_frames_belong_to_the_python_function_that_called_them(tmp_path, which, loop):
     """A script that switches between a zlib call and a pure-Python loop every
     few hundred microseconds: each sample's Python frames must be those of
     the moment its native stack was taken, so deflate sits beneath squeeze,
     not beneath count.  (Python frames read some time after the sample, from
     a thread that has moved on, pair one moment's C stack with another's
     Python function.)"""
-    if which == "system" and loop == "at-module-level":
-        # Known limit (README, Python programs): Debian's PGO build of 3.11
-        # leaves a stale pointer into count's code in a spill slot of the
-        # evaluation loop's own stack frame, where squeeze and count share
-        # one frame address; the confirmation cannot tell it from a live one.
-        request.applymarker(pytest.mark.xfail(reason="stale spill slot on Debian's 3.11 build: a documented limit",
-                                              strict=False))
+    # Known limit (README, Python programs): Debian's PGO build of 3.11 leaves
+    # a stale pointer into count's code in a spill slot of the evaluation
+    # loop's own stack frame, where squeeze and count share one frame
+    # address; the confirmation cannot tell it from a live one.  Only the
+    # pairing checks are excused there, nothing else.
+    spill_slot_limit = which == "system" and loop == "at-module-level"
     for python in supported_interpreters(which):
         script = str(tmp_path / (ALTERNATE + ".py"))
         with open(script, "w") as f:
@@ -391,8 +390,10 @@ def test_native_frames_belong_to_the_python_function_that_called_them(tmp_path, 
         # frames could not be read in time keep native frames only (the run
         # says how many): at least half of them must still have their Python
         # caller (measured on the loaded 2-core machine: 72-87%).
-        assert under.get("count", 0) <= 0.05 * deflate and under.get("squeeze", 0) >= 0.5 * deflate, \
-            f"{python}: samples in deflate by the Python function they are shown under: {under}"
+        paired = under.get("count", 0) <= 0.05 * deflate and under.get("squeeze", 0) >= 0.5 * deflate
+        if not paired and spill_slot_limit:
+            pytest.xfail(f"stale spill slot on Debian's 3.11 build, a documented limit: {under}")
+        assert paired, f"{python}: samples in deflate by the Python function they are shown under: {under}"
 
 
 # ---------------------------------------------------------------------------
