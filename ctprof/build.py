@@ -29,9 +29,10 @@ def memory_columns() -> Dict[str, str]:
     return {"samples": "samples", **MEMORY_METRICS, **DETAIL_METRICS}
 
 
-def run_metadata(session: Session, columns: Iterable[str] = ()) -> Dict[str, object]:
+def run_metadata(session: Session, columns: Iterable[str]) -> Dict[str, object]:
     """What a profile says about the run that produced it (``columns``: the
-    profile's, when its raw stacks are gone: ``resolve_session(consume=True)``)."""
+    profile's value columns; its raw stacks may be gone by then,
+    ``resolve_session(consume=True)``)."""
     procs = session.processes.values()
     threads = {str(tid): name for p in procs for tid, name in p.threads.items()}
     meta: Dict[str, object] = {
@@ -53,7 +54,7 @@ def run_metadata(session: Session, columns: Iterable[str] = ()) -> Dict[str, obj
         "threads": threads,
         "notes": session_notes(session),
     }
-    if "wall" in columns or any("wall" in st.values for st in session.stacks):
+    if "wall" in columns:
         # --off-cpu: wall and off-CPU time, in microseconds
         meta["units"] = {**meta["units"], **OFF_CPU_UNITS}
     if session.kind == "memory":
