@@ -34,18 +34,20 @@ import os
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
 
 from ..files import process_uid, read_shared_file
-from ..session import ProcessInfo, RawStack
-from ..symbols.maps import MapTable, Mapping
-# The leaf of an off-CPU raw stack says why the thread left the CPU: not
-# addresses (no user mapping lies there); the symbolizer turns them into a
-# ``[off-cpu: REASON]`` frame.
-from ..symbols.offcpu import OFF_CPU_BLOCKED, OFF_CPU_PREEMPTED
-from ..unwinder import Unwinder
 from . import perf
 from .pystacks import PythonStacks
+
+# Opening the events (``run``: between the program's fork and exec) needs
+# only perf; the maps, session and unwinder modules are imported where the
+# records are handled, once the program runs (``ctprof run`` starts it
+# before importing them).
+if TYPE_CHECKING:
+    from ..session import ProcessInfo, RawStack
+    from ..symbols.maps import MapTable, Mapping
+    from ..unwinder import Unwinder
 
 TIMER_NAME = "perf_event task-clock (kernel sampler)"
 #: Records newer than this when a drain starts wait for the next drain: a
@@ -182,6 +184,7 @@ class TracedProcess:
         generation is written only when a sample needs it, so a program that
         maps and unmaps thousands of times between two samples costs one."""
         if self.dirty or self.table is None:
+            from ..symbols.maps import MapTable
             text = "\n".join(_mapping_line(m) for m in self.mappings) + "\n"
             if not self.gens or self.gens[-1] != text:
                 self.gens.append(text)
@@ -191,6 +194,7 @@ class TracedProcess:
 
 
 def _slice(m: Mapping, start: int, end: int) -> Mapping:
+    from ..symbols.maps import Mapping
     return Mapping(start, end, m.perms, m.offset + (start - m.start), m.dev, m.inode, m.path, m.deleted)
 
 
@@ -206,9 +210,9 @@ class KernelSampler:
     """Per-CPU inherited sampling events on a target, their rings, and the
     process tree rebuilt from their records."""
 
-    def __init__(self, opts: TraceOptions, unwinder: Unwinder) -> None:
+    def __init__(self, opts: TraceOptions, unwinder: Optional[Unwinder]) -> None:
         self.opts = opts
-        self.unwinder = unwinder
+        self.unwinder = unwinder          # None: set before the first drain (``run`` makes it once the program runs)
         self.cpus = perf.online_cpus()
         self.rings: Dict[int, perf.EventRing] = {}          # cpu -> ring
         self.switch_rings: Dict[int, perf.EventRing] = {}   # cpu -> ring of the switch event
@@ -224,7 +228,7 @@ class KernelSampler:
         self.pending: List[tuple] = []
         self.lost = 0
         self.unwind_ns = 0
-        self.python = PythonStacks(unwinder.image) if opts.python else None
+        self.python = PythonStacks(lambda m: self.unwinder.image(m)) if opts.python else None
 
     # -- events ----------------------------------------------------------------
     def probe(self) -> None:
@@ -508,6 +512,7 @@ class KernelSampler:
             path = ""
         perms = ("r" if prot & _PROT_READ else "-") + ("w" if prot & _PROT_WRITE else "-") + "x" \
             + ("s" if flags & _MAP_SHARED else "p")
+        from ..symbols.maps import Mapping
         self.add_mapping(pid, Mapping(addr, addr + length, perms, pgoff, f"{maj:02x}:{mnr:02x}", ino, path, deleted))
 
     def add_mapping(self, pid: int, mapping: Mapping) -> None:
@@ -564,6 +569,10 @@ class KernelSampler:
         us = max(0, stamp - t_out) // 1000
         if not us or not ips:
             return
+        # The leaf of an off-CPU raw stack says why the thread left the CPU:
+        # not an address (no user mapping lies there); the symbolizer turns
+        # it into a ``[off-cpu: REASON]`` frame.
+        from ..symbols.offcpu import OFF_CPU_BLOCKED, OFF_CPU_PREEMPTED
         marker = OFF_CPU_PREEMPTED if self.preempted.pop(tid, False) else OFF_CPU_BLOCKED
         key = (ktid, gen, (marker,) + ips, truncated, py)
         proc.off_cpu_us[key] = proc.off_cpu_us.get(key, 0) + us
@@ -578,6 +587,7 @@ class KernelSampler:
 
     def process_infos(self, end_ns: int) -> Tuple[Dict[int, ProcessInfo], List[RawStack]]:
         """What each process left: ProcessInfo and its raw stacks."""
+        from ..session import ProcessInfo
         from .ring import raw_stacks
         infos: Dict[int, ProcessInfo] = {}
         stacks: List[RawStack] = []
@@ -612,6 +622,7 @@ class KernelSampler:
         """With off-CPU recording: on-CPU stacks weigh ``period`` of wall
         time per sample, off-CPU stacks their measured time (``wall`` and
         ``offcpu`` in microseconds); ``samples`` stays the CPU profile."""
+        from ..session import RawStack
         out = [RawStack(pid, tid, gen, ips, truncated, {"samples": n, "wall": n * self.period_us, "offcpu": 0}, py)
                for (tid, gen, ips, truncated, py), n in p.stacks.items()]
         out += [RawStack(pid, tid, gen, ips, truncated, {"samples": 0, "wall": us, "offcpu": us}, py)

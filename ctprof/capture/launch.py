@@ -19,18 +19,22 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..errors import TargetError, UsageError
 from ..files import private_session_dir, process_uid, read_shared_file
 from ..nogc import paused_collector
-from ..session import ProcessInfo, RawStack, Session
-from ..unwinder import Unwinder
-from . import cpython, perf
-from . import ring as ringmod
+from . import perf
 from .kernel import KernelSampler, KernelSamplerError, TraceOptions, own_vdso
-from .build import shim_path
 from .target import check_program
+
+# Only what starts the program is imported with this module: the kernel
+# sampler's unwinder, the shim's rings and the session are imported where
+# they are used, once the program runs or only with the shim (``ctprof
+# run`` starts the program as early as it can).
+if TYPE_CHECKING:
+    from ..session import ProcessInfo, RawStack, Session
+    from . import ring as ringmod
 
 POLL_SECONDS = 0.05
 KERNEL_POLL_SECONDS = 0.02
@@ -133,6 +137,7 @@ def child_environment(shim: str, session_dir: str, opts: CaptureOptions,
         env.pop("CTPROF_TIMER", None)
     env["CTPROF_MEM_DEPTH"] = str(opts.mem_depth)
     env["CTPROF_MEM_SAMPLE"] = str(opts.mem_sample)
+    from . import cpython
     env["CTPROF_PYLAYOUTS"] = cpython.layouts_env()
     return env
 
@@ -141,6 +146,7 @@ class Collector:
     """Discovers ring files in the session directory and drains them."""
 
     def __init__(self, session_dir: str, shim: str) -> None:
+        from . import ring as ringmod
         self.session_dir = session_dir
         self.drain_fn = ringmod.load_drain(shim)
         self.buffer = bytearray(4 << 20)
@@ -151,6 +157,7 @@ class Collector:
         self._last_names = 0.0
 
     def poll(self, decode: bool = False) -> None:
+        from . import ring as ringmod
         try:
             names = os.listdir(self.session_dir)
         except OSError:
@@ -209,6 +216,8 @@ class Collector:
         return processes
 
     def _process_info(self, ring: ringmod.RingFile, end_ns: int) -> ProcessInfo:
+        from ..session import ProcessInfo
+        from . import ring as ringmod
         h = ring.header()
         pid = int(h["pid"])
         maps: List[str] = []
@@ -245,6 +254,7 @@ class Collector:
 def _snapshot_session(argv, opts: CaptureOptions, collector: "Collector", heap, start: float,
                       start_ns: int) -> Session:
     """The session so far, without disturbing the run."""
+    from ..session import Session
     now = time.monotonic_ns()
     collector.poll(decode=True)
     processes: Dict[int, ProcessInfo] = {}
@@ -344,7 +354,7 @@ def _kernel_sampler(opts: CaptureOptions) -> Optional[KernelSampler]:
         pages *= 2
     trace = TraceOptions(hz=opts.hz, stack_bytes=stack_bytes, max_depth=opts.max_depth, ring_pages=pages,
                          enable_on_exec=True, off_cpu=opts.off_cpu)
-    sampler = KernelSampler(trace, Unwinder(vdso=own_vdso()))
+    sampler = KernelSampler(trace, None)     # its unwinder: _give_unwinder, once the program runs
     try:
         sampler.probe()
     except KernelSamplerError as err:
@@ -419,6 +429,27 @@ def _start_under(cmd: List[str], program: str, env: Optional[Dict[str, str]],
             raise TargetError(f"cannot sample {cmd[0]}: perf_event_open: {err.strerror}") from None
         raise err
     return proc
+
+
+def _give_unwinder(kernel: KernelSampler) -> None:
+    """The kernel sampler's unwinder, made once the program runs (its
+    modules are a good part of what ctprof imports) and before the first
+    drain needs it."""
+    from ..unwinder import Unwinder
+    kernel.unwinder = Unwinder(vdso=own_vdso())
+
+
+def _warm_up_step(steps) -> None:
+    """Run the next of the caller's ``while_running`` steps, if any.  A step
+    only prepares what is needed after the program ends (imports): one that
+    fails is left for that later use to report, never stops the run."""
+    step = next(steps, None)
+    if step is None:
+        return
+    try:
+        step()
+    except Exception:  # noqa: BLE001 -- see the docstring
+        pass
 
 
 def _exit_note(rc: int) -> Optional[str]:
@@ -527,12 +558,17 @@ def _finish_kernel(kernel: KernelSampler, main_pid: int, end_ns: int) -> Tuple[D
 
 def run_program(argv: List[str], opts: CaptureOptions,
                 on_snapshot: Optional[Callable[[Session], None]] = None,
-                say: Optional[Callable[[str], None]] = None) -> Session:
+                say: Optional[Callable[[str], None]] = None,
+                while_running: Iterable[Callable[[], object]] = ()) -> Session:
     """Run ``argv`` under the sampler until it exits; return the session.
 
     ``kill -USR2`` on ctprof while the program runs calls ``on_snapshot``
     with the session so far (heap: what is live now).  ``say`` receives
-    progress lines meant for a person (following a daemon)."""
+    progress lines meant for a person (following a daemon).
+    ``while_running``: steps (callables) run one per poll while the program
+    runs, on what is otherwise an idle controller -- the caller's imports of
+    what it needs once the program ends, so they are not paid after it
+    (steps left when it ends are skipped)."""
     opts.validate()
     if not argv:
         raise UsageError("no program given (usage: ctprof run [options] -- PROGRAM ARGS...)")
@@ -553,6 +589,7 @@ def run_program(argv: List[str], opts: CaptureOptions,
         collector = None
         env = None
         if preload:
+            from .build import shim_path
             shim = shim_path()  # the controller's own copy: ring drain and heap consumer
             target_shim = shim_path("mem") if opts.memory else shim
             collector = Collector(session_dir, shim)
@@ -564,6 +601,9 @@ def run_program(argv: List[str], opts: CaptureOptions,
             heap = HeapCollector(session_dir, shim, time.monotonic())
             heap.start_thread()
         proc = _start_under([program] + list(argv[1:]), program, env, kernel)
+        if kernel is not None:
+            _give_unwinder(kernel)
+        steps = iter(while_running)
         if kernel is not None and kernel.off_cpu_refused:
             notes.append(kernel.off_cpu_refused)        # printed once, with the notes
         poll = KERNEL_POLL_SECONDS if kernel else POLL_SECONDS
@@ -578,6 +618,7 @@ def run_program(argv: List[str], opts: CaptureOptions,
                     interrupts.snapshot_requested = False
                     if on_snapshot and collector:
                         on_snapshot(_snapshot_session(argv, opts, collector, heap, start, start_ns))
+                _warm_up_step(steps)
                 try:
                     proc.wait(timeout=poll)
                 except subprocess.TimeoutExpired:
@@ -597,6 +638,7 @@ def run_program(argv: List[str], opts: CaptureOptions,
                 _merge_kernel_processes(processes, stacks, kprocs, kstacks)
                 notes += knotes
         rc = proc.returncode
+        from ..session import Session
         session = Session(kind="memory" if opts.memory else "cpu", command=list(argv), hz=float(opts.hz),
                           unwind="dwarf" if kernel else opts.unwind, max_depth=opts.max_depth, start_time=start,
                           wall_s=(end_ns - start_ns) / 1e9, exit_status=128 - rc if rc < 0 else rc,

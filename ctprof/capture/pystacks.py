@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..errors import BuildError
-from ..symbols.maps import Mapping
-from . import cpython, perf
-from .build import shim_path
+from . import perf
+
+# The kernel sampler makes a PythonStacks before the program starts; what
+# reads an interpreter (cpython, the unwinder's ELF reading) and builds the
+# reader is imported when a CPython process turns up.
+if TYPE_CHECKING:
+    from ..symbols.maps import Mapping
+    from . import cpython
 
 _OUT_SAMPLE, _OUT_CODE = 1, 2
 _HEAD = struct.Struct("<II")
@@ -49,6 +54,7 @@ MAX_PENDING = 1_000_000
 
 
 def _load():
+    from .build import shim_path
     path = shim_path("pyreader")
     lib = ctypes.CDLL(path)
     # Reading one code object is a few microseconds: called with the GIL
@@ -128,6 +134,7 @@ class PythonStacks:
     def mapped(self, pid: int, m: Mapping, rings) -> None:
         """A new executable mapping of ``pid``: register the process if the
         image holds a supported interpreter."""
+        from . import cpython
         if pid in self.interpreters or not cpython.may_hold_interpreter(m.path) or (pid, m.path) in self.looked:
             return
         self.looked.add((pid, m.path))
@@ -138,6 +145,7 @@ class PythonStacks:
             self._register(pid, interp, rings)
 
     def _register(self, pid: int, interp: cpython.Interpreter, rings) -> None:
+        from . import cpython
         if not self._start(rings):
             self.notes.setdefault(pid, []).append(self.failed)
             return
@@ -364,6 +372,7 @@ class CodeReader:
         self._next_look = now + self.RETRY_SECONDS
         from ..symbols.maps import parse_maps
         from ..unwinder import Unwinder
+        from . import cpython
         try:
             with open(f"/proc/{self.pid}/maps") as f:
                 maps = parse_maps(f.read())

@@ -48,16 +48,22 @@ def register(command_class):
     return command_class
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
+    """The parser of every command; given the command line, only the
+    options of the command it names are added (the others' subparsers only
+    carry their help line): ``ctprof run`` starts the program sooner for not
+    building, or importing what builds, every other command's options."""
     for module in COMMAND_MODULES:
         importlib.import_module(module)
     parser = ArgumentParser(prog="ctprof", description="Sampling CPU and heap profiler for native programs.")
     from .. import __version__
     parser.add_argument("--version", action="version", version=f"ctprof {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    named = argv[0] if argv and argv[0] in REGISTRY else None
     for name, command in REGISTRY.items():
         p = sub.add_parser(name, help=command.help, description=command.help)
-        command.prepare_parser(p)
+        if named is None or name == named:
+            command.prepare_parser(p)
     return parser
 
 
@@ -70,10 +76,10 @@ def error(message: str) -> None:
 def suggest_command(argv: List[str]) -> Optional[str]:
     """For a mistyped command (``ctprof rn``), the line that names the
     closest one; None when the first word is fine or nothing is close."""
-    import difflib
     first = next((a for a in argv if not a.startswith("-")), None)
     if first is None or first in REGISTRY:
         return None
+    import difflib
     close = difflib.get_close_matches(first, list(REGISTRY), n=1, cutoff=0.5)
     if not close:
         return None
@@ -81,8 +87,8 @@ def suggest_command(argv: List[str]) -> Optional[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     hint = suggest_command(argv[:1])
     if hint:
         error(hint)

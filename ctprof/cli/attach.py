@@ -5,7 +5,6 @@ import argparse
 
 from . import Command, register
 from .capture import WARN_HZ, add_off_cpu_option, add_output_options, check_metric, check_run_options, finish_capture, parse_hz, say
-from ..capture.attach import AttachOptions, attach_process
 from ..errors import UsageError
 
 
@@ -47,6 +46,7 @@ class AttachCommand(Command):
         add_output_options(parser)
 
     def run(self, args: argparse.Namespace) -> int:
+        from ..capture.attach import AttachOptions, attach_process  # not imported by the other commands
         pid = parse_pid(args.pid)
         hz = parse_hz(args.hz)
         duration = parse_duration(args.duration) if args.duration is not None else None

@@ -2,24 +2,27 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 from . import Command, register
 from ..capture.launch import CaptureOptions, preloads_shim, run_program
-from ..build import build_profile, finish_profile
-from ..capture.stats import overhead_lines, select_threads
 from ..capture.target import check_program
 from ..errors import OutputError, UsageError, printable
-from ..nogc import paused_collector
 from ..files import check_outputs, directory_unwritable, fallback_directories, reserve_new_file
-from ..profile import Profile
-from ..session import Session, save
 
+# What only runs once the program has ended (resolving, building, saving
+# and printing the profile) is imported there, not here: ``ctprof run``
+# starts the program as early as it can, and imports these while the
+# program runs (finish_imports).
 if TYPE_CHECKING:
     from ..fileformat import EncodedSession
+    from ..profile import Profile
+    from ..session import Session
 
 MIN_HZ, MAX_HZ, WARN_HZ = 10.0, 100000.0, 1000.0
 
@@ -81,6 +84,7 @@ def save_profile(output: str, profile: Profile, session: "Session | EncodedSessi
     """Save the profile at ``output``; if that fails after all (the disk
     filled, the directory vanished), save it in a fallback directory and
     say where: a profile is never lost.  Returns where it went."""
+    from ..session import save
     try:
         save(output, profile, session)
         return output
@@ -174,6 +178,7 @@ def finish_capture(session: Session, args: argparse.Namespace, output: Optional[
     # of the cyclic collector over them is wasted (four of them, 0.31 s
     # after a g++ compile's --mem run).
     from ..fileformat import EncodedSession
+    from ..nogc import paused_collector
     with paused_collector():
         encoded = EncodedSession(session)
         try:
@@ -182,8 +187,33 @@ def finish_capture(session: Session, args: argparse.Namespace, output: Optional[
             encoded.close()
 
 
+def finish_imports(args: argparse.Namespace) -> List[Callable[[], object]]:
+    """What :func:`finish_capture` will import, and the demangler it will
+    load, as steps for ``run_program(while_running=...)``: done while the
+    program runs, on the controller's otherwise idle CPU, instead of after
+    it ends.  (Each module compiles from source where no bytecode is cached,
+    the demangler's lookup runs ``ldconfig``.)"""
+    names = ["ctprof.session", "ctprof.symbols", "ctprof.capture.ring", "ctprof.fileformat", "ctprof.build",
+             "ctprof.capture.stats", "ctprof.render", "ctprof.memory.timeline"]
+    if args.lines or args.group_by:
+        names.append("ctprof.processors")
+    if getattr(args, "mem", False):
+        names += ["ctprof.memory.model", "ctprof.memory.report"]
+    steps: List[Callable[[], object]] = [functools.partial(importlib.import_module, name) for name in names]
+    if not args.no_demangle:
+        steps.append(_load_demangler)
+    return steps
+
+
+def _load_demangler() -> None:
+    from ..symbols import demangle
+    demangle.available()
+
+
 def _finish_capture(session: Session, encoded: "EncodedSession", args: argparse.Namespace,
                     output: Optional[str]) -> Profile:
+    from ..build import finish_profile
+    from ..capture.stats import overhead_lines, select_threads
     from ..render import top_text, write_folded, write_svg
     from ..symbols import resolve_session
 
@@ -272,6 +302,8 @@ class RunCommand(Command):
         snapshots = []
 
         def write_snapshot(partial: Session) -> None:
+            from ..build import build_profile
+            from ..session import save
             snap = build_profile(partial, demangle=not args.no_demangle, progress=False)
             path = f"{output}.snapshot{len(snapshots) + 1}"
             try:
@@ -283,7 +315,8 @@ class RunCommand(Command):
             say(f"snapshot: {path}")
 
         try:
-            session = run_program(argv, opts, on_snapshot=write_snapshot, say=say)
+            session = run_program(argv, opts, on_snapshot=write_snapshot, say=say,
+                                  while_running=finish_imports(args))
         except BaseException:
             if not args.output:  # the reserved default name, still empty
                 _remove_quietly(output)

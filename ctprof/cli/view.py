@@ -7,7 +7,6 @@ import os
 import sys
 
 from ..errors import UsageError, printable
-from ..processors import ProcessOptions, apply
 from . import Command, register
 
 
@@ -66,6 +65,7 @@ def _load(args: argparse.Namespace, path: str):
 def _processed(args: argparse.Namespace, path: str, invert: bool = False, positions: bool = True):
     """The profile at ``path`` through the transforms the options ask for
     (``positions=False``: frames keep their plain names and file/line)."""
+    from ..processors import ProcessOptions, apply
     profile = _load(args, path)
     options = ProcessOptions(group_by=getattr(args, "group_by", None), drop=getattr(args, "drop", None),
                              collapse=getattr(args, "collapse", None), max_depth=getattr(args, "max_depth", None),
