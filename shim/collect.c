@@ -98,13 +98,6 @@ static uint64_t mix(uint64_t x)
     return x;
 }
 
-static uint64_t hash_ips(const uint64_t *ips, uint32_t n, uint32_t truncated)
-{
-    uint64_t h = 0x9e3779b97f4a7c15ull ^ n ^ ((uint64_t)truncated << 40);
-    for (uint32_t i = 0; i < n; i++)
-        h = mix(h ^ ips[i]) + i;
-    return h | 1;
-}
 
 static int grow(void **p, size_t *cap, size_t need, size_t elem)
 {
@@ -187,7 +180,7 @@ static int stab_rehash(struct consumer *c)
 
 static int64_t intern(struct consumer *c, const uint64_t *ips, uint32_t n, uint32_t truncated)
 {
-    uint64_t h = hash_ips(ips, n, truncated);
+    uint64_t h = heap_stack_hash(ips, n, truncated);
     uint32_t mask = c->stab_cap - 1, i = (uint32_t)(h & mask);
     while (c->stab[i].id_plus1) {
         struct stack_entry *e = &c->stab[i];
@@ -211,6 +204,20 @@ static int64_t intern(struct consumer *c, const uint64_t *ips, uint32_t n, uint3
     if (c->nstacks * 2 > c->stab_cap && stab_rehash(c) != 0)
         return -1;
     return id;
+}
+
+/* The stack an ALLOC_KNOWN record names by its hash: its writer sent it
+ * whole before.  Should that record have been skipped (its writer left the
+ * hook half-way), the allocation still counts, under an empty truncated
+ * stack. */
+static int64_t known_stack(struct consumer *c, uint64_t h)
+{
+    uint32_t mask = c->stab_cap - 1, i = (uint32_t)(h & mask);
+    for (; c->stab[i].id_plus1; i = (i + 1) & mask)
+        if (c->stab[i].hash == h)
+            return c->stab[i].id_plus1 - 1;
+    static const uint64_t no_frames[1];
+    return intern(c, no_frames, 0, 1);
 }
 
 /* ---- live blocks ------------------------------------------------------------------ */
@@ -307,7 +314,7 @@ static void on_free(struct consumer *c, uint64_t ptr)
 static void on_alloc(struct consumer *c, uint64_t ptr, uint64_t size, const uint64_t *ips, uint32_t n,
                      uint32_t flags)
 {
-    int64_t id = intern(c, ips, n, (flags & ALLOC_TRUNCATED) ? 1 : 0);
+    int64_t id = (flags & ALLOC_KNOWN) ? known_stack(c, ips[0]) : intern(c, ips, n, (flags & ALLOC_TRUNCATED) ? 1 : 0);
     if (id < 0)
         return;
     double count = 1, bytes = (double)size;
@@ -413,6 +420,12 @@ static void on_realloc(struct consumer *c, const struct rec_realloc *r)
         on_alloc(c, r->ptr, r->size, (const uint64_t *)(r + 1), r->nips, r->h.flags);
 }
 
+/* An ALLOC_KNOWN record holds no frames and one word, its stack's hash. */
+static int stack_words_fit(uint32_t flags, uint32_t nips, size_t room)
+{
+    return !(flags & ALLOC_KNOWN) || (nips == 0 && room >= 8);
+}
+
 /* One committed record (already copied out of the ring).  Every length is
  * checked against the record's size: the ring is the program's memory. */
 static void process(struct consumer *c, const unsigned char *buf, uint32_t size)
@@ -422,7 +435,7 @@ static void process(struct consumer *c, const unsigned char *buf, uint32_t size)
     switch (h->type) {
     case REC_ALLOC: {
         const struct rec_alloc *a = (const void *)h;
-        if (size < sizeof *a || a->nips > (size - sizeof *a) / 8)
+        if (size < sizeof *a || a->nips > (size - sizeof *a) / 8 || !stack_words_fit(h->flags, a->nips, size - sizeof *a))
             break;
         on_alloc(c, a->ptr, a->size, (const uint64_t *)(a + 1), a->nips, h->flags);
         return;
@@ -441,7 +454,7 @@ static void process(struct consumer *c, const unsigned char *buf, uint32_t size)
     }
     case REC_REALLOC: {
         const struct rec_realloc *r = (const void *)h;
-        if (size < sizeof *r || r->nips > (size - sizeof *r) / 8)
+        if (size < sizeof *r || r->nips > (size - sizeof *r) / 8 || !stack_words_fit(h->flags, r->nips, size - sizeof *r))
             break;
         on_realloc(c, r);
         return;
@@ -764,6 +777,16 @@ struct block {
     uint8_t state;
 };
 
+/* The pages that hold a block, each with the blocks touching it (indexes
+ * [first, end) of the sorted blocks): most words of a program's memory are
+ * not pointers, or point outside the heap (code, data, a compiler's own
+ * mmapped arenas), and one probe here rules them out without a binary
+ * search over all the blocks. */
+struct page_slot {
+    uint64_t page_plus1;      /* 0: empty */
+    uint32_t first, end;
+};
+
 struct scan {
     struct consumer *c;
     int pid;
@@ -774,6 +797,8 @@ struct scan {
     unsigned char *buf;
     size_t buf_cap;
     uint64_t *heartbeat;
+    struct page_slot *pages;
+    uint64_t page_mask;       /* slots - 1 (a power of two) */
 };
 
 static int by_lo(const void *a, const void *b)
@@ -794,6 +819,67 @@ static size_t first_above(const struct scan *s, uint64_t v)
             hi = mid;
     }
     return lo;
+}
+
+#define PAGE_SHIFT_SCAN 12
+
+static uint64_t page_hash(uint64_t page, uint64_t mask)
+{
+    return (page * 0x9E3779B97F4A7C15ull >> 20) & mask;
+}
+
+/* Index every page a block touches (blocks sorted, so a page's blocks are
+ * consecutive).  The table holds at most one slot per block plus one per
+ * page of live memory, at most half full; without memory for it the scan
+ * goes on without (s->pages stays NULL). */
+static void index_pages(struct scan *s)
+{
+    uint64_t want = 0;
+    for (size_t b = 0; b < s->n; b++)
+        want += ((s->blocks[b].hi - 1) >> PAGE_SHIFT_SCAN) - (s->blocks[b].lo >> PAGE_SHIFT_SCAN) + 1;
+    uint64_t slots = 1024;
+    while (slots < 2 * want)
+        slots <<= 1;
+    s->pages = calloc(slots, sizeof *s->pages);
+    if (!s->pages)
+        return;
+    s->page_mask = slots - 1;
+    for (size_t b = 0; b < s->n; b++) {
+        for (uint64_t pg = s->blocks[b].lo >> PAGE_SHIFT_SCAN; pg <= (s->blocks[b].hi - 1) >> PAGE_SHIFT_SCAN; pg++) {
+            uint64_t h = page_hash(pg, s->page_mask);
+            while (s->pages[h].page_plus1 && s->pages[h].page_plus1 != pg + 1)
+                h = (h + 1) & s->page_mask;
+            if (!s->pages[h].page_plus1)
+                s->pages[h] = (struct page_slot){pg + 1, (uint32_t)b, (uint32_t)b + 1};
+            else
+                s->pages[h].end = (uint32_t)b + 1;
+        }
+    }
+}
+
+/* The block holding address v, or s->n if none. */
+static size_t block_at(const struct scan *s, uint64_t v)
+{
+    if (!s->pages) {                 /* no memory for the index: search all the blocks */
+        size_t b = first_above(s, v);
+        return b < s->n && v >= s->blocks[b].lo ? b : s->n;
+    }
+    uint64_t pg = v >> PAGE_SHIFT_SCAN;
+    uint64_t h = page_hash(pg, s->page_mask);
+    while (s->pages[h].page_plus1 != pg + 1) {
+        if (!s->pages[h].page_plus1)
+            return s->n;
+        h = (h + 1) & s->page_mask;
+    }
+    size_t lo = s->pages[h].first, hi = s->pages[h].end;
+    while (lo < hi) {                /* the first of them whose end is above v */
+        size_t mid = (lo + hi) / 2;
+        if (s->blocks[mid].hi <= v)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < s->pages[h].end && v >= s->blocks[lo].lo ? lo : s->n;
 }
 
 static void mark(struct scan *s, size_t b, uint8_t state)
@@ -828,8 +914,8 @@ static void scan_words(struct scan *s, const unsigned char *p, uint64_t addr, si
         memcpy(&v, p + i, 8);
         if (v < min || v >= max)
             continue;
-        size_t b = first_above(s, v);
-        if (b >= s->n || v < s->blocks[b].lo)
+        size_t b = block_at(s, v);
+        if (b == s->n)
             continue;
         uint8_t st = s->blocks[b].state;
         if (source == INDIRECT) {
@@ -938,6 +1024,7 @@ static void free_scan(struct scan *s)
     free(s->blocks);
     free(s->work);
     free(s->buf);
+    free(s->pages);
 }
 
 /* Classify every live block.  `ranges` holds nranges (lo, hi, kind)
@@ -951,7 +1038,7 @@ static void free_scan(struct scan *s)
  * could not be read. */
 static int scan_locked(struct consumer *c, int pid, const uint64_t *ranges, int nranges, uint64_t *heartbeat)
 {
-    struct scan s = {c, pid, NULL, 0, NULL, 0, NULL, 8u << 20, heartbeat};
+    struct scan s = {c, pid, NULL, 0, NULL, 0, NULL, 8u << 20, heartbeat, NULL, 0};
     /* each block enters the work list at most four times (possibly,
      * reachable; twice in the last phase) */
     s.blocks = malloc((c->live_n + 1) * sizeof *s.blocks);
@@ -968,6 +1055,7 @@ static int scan_locked(struct consumer *c, int pid, const uint64_t *ranges, int 
         s.blocks[s.n++] = (struct block){c->live[i].ptr, c->live[i].ptr + size, (uint32_t)i, UNREACHED};
     }
     qsort(s.blocks, s.n, sizeof *s.blocks, by_lo);
+    index_pages(&s);
     uint64_t probe;
     if (s.n && read_remote(pid, s.blocks[0].lo, &probe, 1) != 1) {
         free_scan(&s);

@@ -82,7 +82,10 @@ enum { REC_SAMPLE = 1, REC_THREAD = 2, REC_ALLOC = 3, REC_FREE = 4, REC_REALLOC 
  * Python frame (code object address, lasti | PYFRAME_ENTRY). */
 enum { REC_PYSAMPLE = 16 };
 #define PYFRAME_ENTRY (1ull << 32)
-enum { ALLOC_SAMPLED = 1, ALLOC_TRUNCATED = 2 };
+/* ALLOC_KNOWN: the writer sent this stack whole before (to this ring, from
+ * this thread): the record carries its heap_stack_hash() alone (nips 0, one
+ * word after the record), not its frames. */
+enum { ALLOC_SAMPLED = 1, ALLOC_TRUNCATED = 2, ALLOC_KNOWN = 4 };
 enum { SAMPLE_TRUNCATED = 1 };
 enum { THREAD_START = 0, THREAD_EXIT = 1 };
 
@@ -208,6 +211,7 @@ void heap_realloc_begin(void *old);
 void heap_realloc_end(void *old, void *ptr, size_t size, void *frame);
 const struct stack_bounds *sampler_bounds(void);
 void heap_account_time(uint64_t ns);            /* a timed hook call */
+void heap_thread_exit(void);                    /* the thread's last hook has run */
 
 /* Sampled mode's fast path, inlined into the hooks so that an allocation
  * that is not sampled costs a subtraction, and a free of a block that was
@@ -223,6 +227,18 @@ static inline uint64_t heap_mix64(uint64_t x)
     x *= 0xff51afd7ed558ccdull;
     x ^= x >> 33;
     return x;
+}
+/* A heap stack's hash, as the writer (heap.c) and the controller's
+ * consumer (collect.c) both compute it: the stack's identity in an
+ * ALLOC_KNOWN record.  Never 0. */
+static inline uint64_t heap_stack_hash(const uint64_t *ips, uint32_t n, uint32_t truncated)
+{
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ n ^ ((uint64_t)truncated << 40);
+    for (uint32_t i = 0; i < n; i++) {
+        h = (h ^ ips[i]) * 0x9fb21c651e98df25ull;
+        h ^= h >> 29;
+    }
+    return heap_mix64(h) | 1;
 }
 /* The two functions of libm sampled mode needs, here so that the shim does
  * not load libm into the program (its pages count in the program's RSS).

@@ -301,6 +301,83 @@ static void commit(void *rec, uint32_t size, uint32_t tid, uint16_t type, uint16
     __atomic_compare_exchange_n((uint64_t *)rec, &claim, final, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
 }
 
+/* ---- stacks already sent ------------------------------------------------------ */
+
+/* The stacks this thread sent whole to the ring, by hash (direct-mapped,
+ * in a page of its own mapped on first need).  One sent again goes as its
+ * hash alone (ALLOC_KNOWN): 40 bytes in the ring instead of up to 300,
+ * and the controller neither hashes nor compares it.  A program allocates
+ * from a few thousand stacks millions of times.  The table is emptied
+ * when the ring changes (a fork child's ring knows none of them). */
+#define SENT_SLOTS 2048
+static __thread uint64_t *sent CTPROF_TLS;
+static __thread uint32_t sent_epoch CTPROF_TLS;
+static __thread int sent_gone CTPROF_TLS;   /* the thread is exiting: no new mmap to leak */
+static uint32_t ring_epoch;                 /* bumped whenever the ring is opened */
+
+/* The slot of `hash` in this thread's table; NULL without one. */
+static uint64_t *sent_slot(uint64_t hash)
+{
+    uint32_t epoch = __atomic_load_n(&ring_epoch, __ATOMIC_ACQUIRE);
+    if (!sent || sent_epoch != epoch) {
+        if (sent_gone)
+            return NULL;
+        if (sent) {
+            memset(sent, 0, SENT_SLOTS * sizeof *sent);
+        } else {
+            void *p = mmap(NULL, SENT_SLOTS * sizeof *sent, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (p == MAP_FAILED)
+                return NULL;
+            sent = p;
+        }
+        sent_epoch = epoch;
+    }
+    return &sent[(hash >> 1) & (SENT_SLOTS - 1)];
+}
+
+void heap_thread_exit(void)
+{
+    uint64_t *p = sent;
+    sent = NULL;
+    sent_gone = 1;
+    if (p)
+        munmap(p, SENT_SLOTS * sizeof *p);
+}
+
+/* How a record carries its stack: its frames, or its hash alone when this
+ * thread sent it whole before. */
+struct stack_out {
+    const uint64_t *words;
+    uint32_t nwords, nips;
+    uint16_t flags;                 /* ALLOC_TRUNCATED, ALLOC_KNOWN */
+    uint64_t hash;
+    uint64_t *slot;                 /* where to note it as sent (NULL: known, or no table) */
+};
+
+static void stack_out(struct stack_out *o, const uint64_t *ips, int n, int truncated)
+{
+    o->hash = heap_stack_hash(ips, (uint32_t)n, (uint32_t)truncated);
+    o->flags = truncated ? ALLOC_TRUNCATED : 0;
+    o->slot = sent_slot(o->hash);
+    if (o->slot && *o->slot == o->hash) {
+        o->words = &o->hash;
+        o->nwords = 1;
+        o->nips = 0;
+        o->flags |= ALLOC_KNOWN;
+        o->slot = NULL;
+    } else {
+        o->words = ips;
+        o->nwords = o->nips = (uint32_t)n;
+    }
+}
+
+/* The record holding the stack whole is committed: from now on it is known. */
+static void stack_sent(const struct stack_out *o)
+{
+    if (o->slot)
+        *o->slot = o->hash;
+}
+
 /* ---- events ------------------------------------------------------------------- */
 
 /* The allocating call stack, leaf first (the caller of the interposer whose
@@ -329,7 +406,9 @@ void heap_on_alloc(void *ptr, size_t size, void *frame)
     uint64_t ips[MAX_HEAP_WORDS];
     int truncated = 0;
     int n = caller_stack(frame, ips, &truncated);
-    uint32_t bytes = (uint32_t)(sizeof(struct rec_alloc) + (size_t)n * 8);
+    struct stack_out st;
+    stack_out(&st, ips, n, truncated);
+    uint32_t bytes = (uint32_t)(sizeof(struct rec_alloc) + (size_t)st.nwords * 8);
     uint32_t tid = (uint32_t)ctprof_gettid();
     struct rec_alloc *rec = reserve(bytes, tid, NULL);
     if (!rec)
@@ -337,9 +416,10 @@ void heap_on_alloc(void *ptr, size_t size, void *frame)
     rec->ptr = (uint64_t)(uintptr_t)ptr;
     rec->size = size;
     rec->tid = tid;
-    rec->nips = (uint32_t)n;
-    memcpy(rec + 1, ips, (size_t)n * 8);
-    commit(rec, bytes, tid, REC_ALLOC, flags | (truncated ? ALLOC_TRUNCATED : 0));
+    rec->nips = st.nips;
+    memcpy(rec + 1, st.words, (size_t)st.nwords * 8);
+    commit(rec, bytes, tid, REC_ALLOC, flags | st.flags);
+    stack_sent(&st);
 }
 
 void heap_on_free(void *ptr)
@@ -384,7 +464,9 @@ void heap_realloc_end(void *old, void *ptr, size_t size, void *frame)
     uint64_t ips[MAX_HEAP_WORDS];
     int truncated = 0;
     int n = caller_stack(frame, ips, &truncated);
-    uint32_t bytes = (uint32_t)(sizeof(struct rec_realloc) + (size_t)n * 8);
+    struct stack_out st;
+    stack_out(&st, ips, n, truncated);
+    uint32_t bytes = (uint32_t)(sizeof(struct rec_realloc) + (size_t)st.nwords * 8);
     uint32_t tid = (uint32_t)ctprof_gettid();
     struct rec_realloc *rec = reserve(bytes, tid, NULL);
     if (!rec)
@@ -393,9 +475,10 @@ void heap_realloc_end(void *old, void *ptr, size_t size, void *frame)
     rec->ptr = (uint64_t)(uintptr_t)ptr;
     rec->size = size;
     rec->tid = tid;
-    rec->nips = (uint32_t)n;
-    memcpy(rec + 1, ips, (size_t)n * 8);
-    commit(rec, bytes, tid, REC_REALLOC, truncated ? ALLOC_TRUNCATED : 0);
+    rec->nips = st.nips;
+    memcpy(rec + 1, st.words, (size_t)st.nwords * 8);
+    commit(rec, bytes, tid, REC_REALLOC, st.flags);
+    stack_sent(&st);
 }
 
 void heap_account_time(uint64_t ns)
@@ -415,6 +498,7 @@ static int open_heap_ring(void)
     if (ring_open(&r, heap_dir, ".heap", ring_kb << 10, &reused) != 0)
         return -1;
     heap_ring = r;
+    __atomic_add_fetch(&ring_epoch, 1, __ATOMIC_RELEASE);   /* a new ring knows none of our stacks */
     hs = (struct heap_shared *)((char *)r.hdr + HEAP_SHARED_OFFSET);
     if (reused) {            /* after exec: the old image's blocks are gone */
         hs->exit_state = EXIT_RUNNING;

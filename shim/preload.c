@@ -58,6 +58,9 @@ static void thread_gone(void *unused)
 {
     (void)unused;
     sampler_thread_stop();
+#ifdef CTPROF_HEAP
+    heap_thread_exit();
+#endif
 }
 
 struct trampoline {

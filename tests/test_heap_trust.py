@@ -297,6 +297,29 @@ def test_sampled_mode_never_claims_a_reachable_list_lost(build, tmp_path):
     assert exact.total("definite_bytes") == 0
 
 
+def test_a_fork_child_gets_every_stack_whole(build, tmp_path):
+    """A thread sends a stack it sent before as its hash alone; the stacks a
+    parent sent are unknown to its fork child's ring, and each thread keeps
+    its own record of what it sent: every 96-byte allocation of the one site
+    must keep its call chain, in both processes."""
+    proc, p = run_mem(tmp_path, [build("heap_known_fork.c")])
+    assert proc.returncode == 0, proc.stderr.decode()
+    counts = dict(zip(("parent", "child", "thread"), map(int, proc.stdout.split()[1::2])))
+    at_site, elsewhere = {}, 0
+    for i, stack in enumerate(p.stacks):
+        names = [p.frames[f].name for f in stack]
+        allocs = p.values["alloc_count"][i]
+        if names and names[-1] == "shared_site":
+            at_site[p.pids[i]] = at_site.get(p.pids[i], 0) + allocs
+            assert p.values["alloc_bytes"][i] == 96 * allocs
+        elif "main" not in names and "thread_main" not in names:
+            elsewhere += allocs      # an empty stack standing in for one never sent whole
+    parent = min(p.pids)             # the process ctprof started
+    assert elsewhere == 0
+    assert sorted(at_site.items()) == [(parent, counts["parent"]),
+                                       (max(at_site), counts["child"] + counts["thread"])]
+
+
 # ---- 5. the profiler is invisible in the profile -------------------------------
 
 def test_fork_storm_shows_no_shim_allocation(build, tmp_path):
