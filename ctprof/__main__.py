@@ -1,6 +1,6 @@
 import sys
 
-from .cli import main
+from .cli import entry_point
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry_point())
