@@ -25,7 +25,6 @@ import contextlib
 import errno
 import io
 import os
-import secrets
 import stat
 import sys
 from typing import BinaryIO, Callable, Dict, Iterator, List, Optional
@@ -42,9 +41,16 @@ def _describe(err: OSError) -> str:
     return (err.strerror or str(err)).lower()
 
 
+def _random_token() -> str:
+    """16 hex digits from os.urandom, as ``secrets.token_hex(8)`` makes them
+    (importing secrets -- hmac, OpenSSL's hashlib, random -- delayed the
+    start of every ``ctprof run``)."""
+    return os.urandom(8).hex()
+
+
 def _temporary_name(path: str) -> str:
     directory, base = os.path.split(path)
-    return os.path.join(directory, f".{base}.{secrets.token_hex(8)}.tmp")
+    return os.path.join(directory, f".{base}.{_random_token()}.tmp")
 
 
 def _create_temporary(path: str, mode: int) -> "tuple[int, str]":
@@ -208,7 +214,7 @@ def directory_unwritable(directory: str) -> Optional[str]:
         return f"{directory} is not a directory"
     # The honest test: create a file as the writer will (root passes every
     # permission check, but not a read-only mount).
-    tmp = os.path.join(directory, f".ctprof-probe.{secrets.token_hex(8)}.tmp")
+    tmp = os.path.join(directory, f".ctprof-probe.{_random_token()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as err:

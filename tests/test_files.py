@@ -91,7 +91,7 @@ def test_writer_never_follows_a_link_at_any_name_it_could_pick(tmp_path, monkeyp
     victim.write_text("precious\n")
     dest = tmp_path / "out.svg"
     draws = iter(["planted1", "planted2", "planted3", "fresh"])
-    monkeypatch.setattr(files.secrets, "token_hex", lambda n: next(draws))
+    monkeypatch.setattr(files, "_random_token", lambda: next(draws))
     for token in ("planted1", "planted2", "planted3"):
         os.symlink(victim, tmp_path / f".out.svg.{token}.tmp")
     os.symlink(victim, dest)
