@@ -83,6 +83,7 @@ struct consumer {
     double snap_at;
     uint64_t *codeset;        /* code objects already handed over (pairs; see codeset_add) */
     int done;                 /* the live-block table is gone: nothing more is consumed */
+    uint32_t python_stacks;   /* stacks interned with Python frames (their code objects are to be read) */
     size_t codeset_cap, codeset_n;
 };
 
@@ -196,6 +197,11 @@ static int64_t intern(struct consumer *c, const uint64_t *ips, uint32_t n, uint3
     if (grow((void **)&c->stack_slot, &c->slot_cap, (size_t)id + 1, sizeof *c->stack_slot))
         return -1;
     memcpy(c->ippool + c->ippool_len, ips, n * 8);
+    for (uint32_t k = n; k-- > 0;)
+        if (ips[k] == PYFRAMES_MARK) {
+            c->python_stacks++;
+            break;
+        }
     c->stab[i] = (struct stack_entry){h, (uint32_t)c->ippool_len, n, id + 1, truncated};
     c->stack_slot[id] = i;
     c->ippool_len += n;
@@ -1195,6 +1201,8 @@ CTPROF_API size_t ctprof_heap_stats(struct consumer *c, uint32_t first, double *
 struct drained {
     struct consumer *c;
     void *base;                    /* the mapped .heap file */
+    uint32_t python_seen;          /* c->python_stacks when last told */
+    int exit_told;                 /* its process waiting at exit was told */
 };
 static struct {
     pthread_mutex_t lock;          /* guards everything below */
@@ -1205,6 +1213,48 @@ static struct {
 } drainer = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0, 0, 0, 0};
 
 static struct heap_shared *shared_of(void *base) { return (struct heap_shared *)((char *)base + HEAP_SHARED_OFFSET); }
+
+/* What the controller's Python must do soon, raised by the drainer: a
+ * process waits at its exit for the leak scan, or new stacks hold Python
+ * frames whose code objects are to be read while they exist.  Python
+ * sleeps on this futex between its looks (ctprof_heap_wait_attention):
+ * without it, it would poll every millisecond for those two, taking CPU
+ * from the drainer and the program on a small machine. */
+static uint32_t attention;
+
+static void raise_attention(void)
+{
+    if (!__atomic_exchange_n(&attention, 1, __ATOMIC_ACQ_REL))
+        syscall(SYS_futex, &attention, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+/* Does ring d call for the controller's Python?  (consumer lock held) */
+static int needs_python(struct drained *d)
+{
+    int want = 0;
+    if (d->c->python_stacks != d->python_seen) {
+        d->python_seen = d->c->python_stacks;
+        want = 1;
+    }
+    int waiting = __atomic_load_n(&shared_of(d->base)->exit_state, __ATOMIC_ACQUIRE) == EXIT_WAITING;
+    if (waiting && !d->exit_told)
+        want = 1;
+    d->exit_told = waiting;     /* (an exec'd image runs, and exits, again) */
+    return want;
+}
+
+/* Block (without the GIL: an ordinary ctypes call) until the drainer
+ * raises attention or `ms` milliseconds pass; 1 if it was raised. */
+CTPROF_API int ctprof_heap_wait_attention(int ms)
+{
+    struct timespec t = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    if (!__atomic_load_n(&attention, __ATOMIC_ACQUIRE))
+        syscall(SYS_futex, &attention, FUTEX_WAIT_PRIVATE, 0, &t, NULL, 0);
+    return (int)__atomic_exchange_n(&attention, 0, __ATOMIC_ACQ_REL);
+}
+
+/* Wake the Python thread waiting above (the run is over). */
+CTPROF_API void ctprof_heap_raise_attention(void) { raise_attention(); }
 
 /* One pass over every ring (drainer.lock held); returns the base of the
  * one that moved most, NULL if none moved. */
@@ -1219,7 +1269,10 @@ static void *drain_pass(void)
         if (__atomic_load_n(&d->c->wanted, __ATOMIC_ACQUIRE) || pthread_mutex_trylock(&d->c->lock) != 0)
             continue;
         size_t n = consume_locked(d->c, d->base);
+        int wake = needs_python(d);
         pthread_mutex_unlock(&d->c->lock);
+        if (wake)
+            raise_attention();
         if (n > most) {
             most = n;
             hot = d->base;
@@ -1298,7 +1351,7 @@ CTPROF_API int ctprof_heap_drain_add(struct consumer *c, void *base)
         }
     }
     if (drainer.running && drainer.n < drainer.cap) {
-        drainer.list[drainer.n++] = (struct drained){c, base};
+        drainer.list[drainer.n++] = (struct drained){c, base, 0, 0};
         rc = 0;
     }
     pthread_mutex_unlock(&drainer.lock);

@@ -64,6 +64,8 @@ TIMELINE_MAX_POINTS = 20000
 TIMELINE_STEP_S = 0.005
 RSS_STEP_S = 0.05
 DISCOVER_STEP_S = 0.02
+#: Longest wait between two looks at the rings the drainer thread drains.
+LOOK_STEP_S = 0.01
 
 
 def bind(shim: str):
@@ -98,6 +100,9 @@ def bind(shim: str):
     lib.ctprof_heap_drain_add.restype = ctypes.c_int
     lib.ctprof_heap_drain_stop.argtypes = []
     lib.ctprof_heap_forget_live.argtypes = [vp]
+    lib.ctprof_heap_wait_attention.argtypes = [ctypes.c_int]
+    lib.ctprof_heap_wait_attention.restype = ctypes.c_int
+    lib.ctprof_heap_raise_attention.argtypes = []
     return lib
 
 
@@ -458,18 +463,31 @@ class HeapCollector:
                                   if r.consumer is not None and n not in self._scans}
                 self._snapshot_ready.set()
             if not self.poll_once():
-                time.sleep(0.001)
+                self._idle()
+
+    def _idle(self) -> None:
+        """Wait for the next look.  While the drainer thread drains every
+        ring, Python only follows the figures, discovers new processes, and
+        answers the drainer's calls (a process waiting at its exit, code
+        objects to read): it sleeps until called, or LOOK_STEP_S.  A ring
+        Python drains itself is looked at every millisecond."""
+        if self.rings and all(r.drained_in_c for r in self.rings.values()):
+            self.lib.ctprof_heap_wait_attention(int(LOOK_STEP_S * 1000))
+        else:
+            time.sleep(0.001)
 
     def snapshot(self, timeout: float = 30.0) -> Dict[int, HeapProcess]:
         """The heap state of every process now, taken by the draining thread
         (the only one that touches the consumers)."""
         self._snapshot_ready.clear()
         self._snapshot_wanted.set()
+        self.lib.ctprof_heap_raise_attention()
         self._snapshot_ready.wait(timeout)
         return self._snapshot
 
     def stop(self) -> Dict[int, HeapProcess]:
         self._stop.set()
+        self.lib.ctprof_heap_raise_attention()
         if self._thread.is_alive():
             self._thread.join()
         self.lib.ctprof_heap_drain_stop()
