@@ -66,6 +66,11 @@ RSS_STEP_S = 0.05
 DISCOVER_STEP_S = 0.02
 #: Longest wait between two looks at the rings the drainer thread drains.
 LOOK_STEP_S = 0.01
+#: New stacks' addresses are copied while the program runs, this often and
+#: at most this many at a time (about 10 ms of the interpreter's time), so
+#: that little is left to copy once it has ended.
+TAKE_STEP_S = 0.1
+TAKE_BATCH_STACKS = 4000
 
 
 def bind(shim: str):
@@ -148,6 +153,12 @@ class HeapRing(MappedFile):
         self.codes = CodeReader(self.pid)
         self._stacks_named = 0
         self.drained_in_c = False
+        # The stacks' addresses never change once interned: they come over
+        # while the program runs (each address one shared int object), and
+        # only their figures at the end.
+        self._taken: List[Tuple[int, ...]] = []
+        self._canonical: Dict[int, int] = {}
+        self._last_take = -1.0
 
     def ready(self) -> bool:
         return struct.unpack_from("<I", self.map, HEAP_SHARED_OFFSET)[0] == HEAP_MAGIC
@@ -183,6 +194,9 @@ class HeapRing(MappedFile):
         now = time.monotonic()
         self._observe(now - self.start)
         self._name_python_frames(now)
+        if now - self._last_take >= TAKE_STEP_S:
+            self._last_take = now
+            self._take_stacks(TAKE_BATCH_STACKS)
         return n
 
     def _name_python_frames(self, now: float) -> None:
@@ -208,21 +222,18 @@ class HeapRing(MappedFile):
         self._stacks_named = sid
         self.codes.learn(keys)
 
-    def _stacks(self) -> Tuple[List[Tuple[int, ...]], "array[float]"]:
-        """Every stack's return addresses, and all their statistics (see
-        HeapProcess).  The figures are copied straight into the array; the
-        addresses come in batches of a thousand stacks."""
-        n = self.lib.ctprof_heap_nstacks(self.consumer)
-        table = array("d", [0.0]) * (n * NSTAT)
-        if n:
-            address = ctypes.cast(table.buffer_info()[0], ctypes.POINTER(ctypes.c_double))
-            n = self.lib.ctprof_heap_stats(self.consumer, 0, address, n)
-        canonical = {}.setdefault
+    def _take_stacks(self, limit: Optional[int] = None) -> None:
+        """Copy the return addresses of stacks interned since the last call
+        (at most ``limit`` of them), in batches of a few thousand."""
+        total = self.lib.ctprof_heap_nstacks(self.consumer)
+        if limit is not None:
+            total = min(total, len(self._taken) + limit)
+        canonical = self._canonical.setdefault
         buf = (ctypes.c_uint64 * STACK_BATCH_WORDS)()
         raw = memoryview(buf).cast("B")
         next_id = ctypes.c_uint32()
-        stacks: List[Tuple[int, ...]] = []
-        while len(stacks) < n:
+        stacks = self._taken
+        while len(stacks) < total:
             sid = len(stacks)
             used = self.lib.ctprof_heap_stacks(self.consumer, sid, buf, len(buf), ctypes.byref(next_id))
             if next_id.value == sid:
@@ -230,11 +241,26 @@ class HeapRing(MappedFile):
             words = array("Q")
             words.frombytes(raw[:8 * used])
             pos = 0
-            while pos < used and len(stacks) < n:   # (stacks interned meanwhile have no figures here)
+            while pos < used and len(stacks) < total:
                 depth = words[pos]
                 frame = words[pos + 1:pos + 1 + depth]
                 stacks.append(tuple(map(canonical, frame, frame)))
                 pos += 1 + depth
+
+    def _stacks(self, final: bool) -> Tuple[List[Tuple[int, ...]], "array[float]"]:
+        """Every stack's return addresses, and all their statistics (see
+        HeapProcess), copied straight into one array.  ``final``: the
+        stacks are handed over for good (else a copy, for a snapshot)."""
+        n = self.lib.ctprof_heap_nstacks(self.consumer)
+        table = array("d", [0.0]) * (n * NSTAT)
+        if n:
+            address = ctypes.cast(table.buffer_info()[0], ctypes.POINTER(ctypes.c_double))
+            n = self.lib.ctprof_heap_stats(self.consumer, 0, address, n)
+        self._take_stacks()
+        stacks = self._taken if final else list(self._taken)
+        if final:
+            self._taken, self._canonical = [], {}
+        del stacks[n:]                      # (stacks interned meanwhile have no figures here)
         del table[len(stacks) * NSTAT:]
         return stacks, table
 
@@ -288,11 +314,11 @@ class HeapRing(MappedFile):
         self.info = HeapProcess(self.pid, timeline=list(saved.timeline), peak_time=saved.peak_time,
                                 peak_rss=saved.peak_rss)
         try:
-            return self.finish()
+            return self.finish(final=False)
         finally:
             self.info = saved
 
-    def finish(self) -> HeapProcess:
+    def finish(self, final: bool = True) -> HeapProcess:
         info = self.info
         info.header = self.header()
         # the ring is resident wherever it was ever written: its header
@@ -306,7 +332,7 @@ class HeapRing(MappedFile):
         self._name_python_frames(time.monotonic())
         info.python_version = self.codes.interp.version if self.codes.interp else None
         info.python_codes = self.codes.entries
-        info.stacks, info.stats = self._stacks()
+        info.stacks, info.stats = self._stacks(final)
         return info
 
     def close(self) -> None:
