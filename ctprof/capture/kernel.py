@@ -38,16 +38,16 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
 
 from ..files import process_uid, read_shared_file
 from . import perf
-from .pystacks import PythonStacks
 
 # Opening the events (``run``: between the program's fork and exec) needs
-# only perf; the maps, session and unwinder modules are imported where the
-# records are handled, once the program runs (``ctprof run`` starts it
-# before importing them).
+# only perf; the maps, session, unwinder and Python frame modules are
+# imported where the records are handled, once the program runs (``ctprof
+# run`` starts it before importing them).
 if TYPE_CHECKING:
     from ..session import ProcessInfo, RawStack
     from ..symbols.maps import MapTable, Mapping
     from ..unwinder import Unwinder
+    from .pystacks import PythonStacks
 
 TIMER_NAME = "perf_event task-clock (kernel sampler)"
 #: Records newer than this when a drain starts wait for the next drain: a
@@ -212,7 +212,6 @@ class KernelSampler:
 
     def __init__(self, opts: TraceOptions, unwinder: Optional[Unwinder]) -> None:
         self.opts = opts
-        self.unwinder = unwinder          # None: set before the first drain (``run`` makes it once the program runs)
         self.cpus = perf.online_cpus()
         self.rings: Dict[int, perf.EventRing] = {}          # cpu -> ring
         self.switch_rings: Dict[int, perf.EventRing] = {}   # cpu -> ring of the switch event
@@ -228,7 +227,20 @@ class KernelSampler:
         self.pending: List[tuple] = []
         self.lost = 0
         self.unwind_ns = 0
-        self.python = PythonStacks(lambda m: self.unwinder.image(m)) if opts.python else None
+        self.unwinder: Optional[Unwinder] = None
+        self.python: Optional[PythonStacks] = None
+        if unwinder is not None:
+            self.use_unwinder(unwinder)
+
+    def use_unwinder(self, unwinder: Unwinder) -> None:
+        """The samples' unwinder, and the Python frame reader that reads
+        images through it; before the first drain.  ``run`` opens the
+        events without them and gives them once the program runs, so that
+        their modules load while it does (a reader made after rings were
+        attached takes them all when it starts)."""
+        from .pystacks import PythonStacks
+        self.unwinder = unwinder
+        self.python = PythonStacks(unwinder.image) if self.opts.python else None
 
     # -- events ----------------------------------------------------------------
     def probe(self) -> None:

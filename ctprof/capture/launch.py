@@ -436,7 +436,7 @@ def _give_unwinder(kernel: KernelSampler) -> None:
     modules are a good part of what ctprof imports) and before the first
     drain needs it."""
     from ..unwinder import Unwinder
-    kernel.unwinder = Unwinder(vdso=own_vdso())
+    kernel.use_unwinder(Unwinder(vdso=own_vdso()))
 
 
 def _warm_up_step(steps) -> None:
