@@ -33,7 +33,7 @@ enum {
 enum {
     T_LIVE_BYTES, T_LIVE_COUNT, T_PEAK_BYTES, T_PEAK_COUNT, T_ALLOC_COUNT, T_ALLOC_BYTES, T_FREE_COUNT,
     T_FREE_BYTES, T_UNMATCHED_FREES, T_EVENTS, T_STACKS, T_SCANNED, T_SNAPSHOTS, T_MAX_LIVE_BLOCKS,
-    T_SKIPPED_RECORDS, T_BAD_RECORDS, NTOTAL = 16
+    T_SKIPPED_RECORDS, T_BAD_RECORDS, T_PYTHON_STACKS, NTOTAL = 17
 };
 /* A realloc in flight: its old block waits in the live table under this key
  * (never a user address on x86-64) until the realloc's outcome is known. */
@@ -83,7 +83,6 @@ struct consumer {
     double snap_at;
     uint64_t *codeset;        /* code objects already handed over (pairs; see codeset_add) */
     int done;                 /* the live-block table is gone: nothing more is consumed */
-    uint32_t python_stacks;   /* stacks interned with Python frames (their code objects are to be read) */
     size_t codeset_cap, codeset_n;
 };
 
@@ -199,7 +198,7 @@ static int64_t intern(struct consumer *c, const uint64_t *ips, uint32_t n, uint3
     memcpy(c->ippool + c->ippool_len, ips, n * 8);
     for (uint32_t k = n; k-- > 0;)
         if (ips[k] == PYFRAMES_MARK) {
-            c->python_stacks++;
+            c->totals[T_PYTHON_STACKS]++;
             break;
         }
     c->stab[i] = (struct stack_entry){h, (uint32_t)c->ippool_len, n, id + 1, truncated};
@@ -1201,7 +1200,7 @@ CTPROF_API size_t ctprof_heap_stats(struct consumer *c, uint32_t first, double *
 struct drained {
     struct consumer *c;
     void *base;                    /* the mapped .heap file */
-    uint32_t python_seen;          /* c->python_stacks when last told */
+    double python_seen;            /* its stacks with Python frames when last told */
     int exit_told;                 /* its process waiting at exit was told */
 };
 static struct {
@@ -1232,8 +1231,8 @@ static void raise_attention(void)
 static int needs_python(struct drained *d)
 {
     int want = 0;
-    if (d->c->python_stacks != d->python_seen) {
-        d->python_seen = d->c->python_stacks;
+    if (d->c->totals[T_PYTHON_STACKS] != d->python_seen) {
+        d->python_seen = d->c->totals[T_PYTHON_STACKS];
         want = 1;
     }
     int waiting = __atomic_load_n(&shared_of(d->base)->exit_state, __ATOMIC_ACQUIRE) == EXIT_WAITING;

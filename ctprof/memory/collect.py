@@ -56,10 +56,10 @@ STAT_NAMES = ("alloc_count", "alloc_bytes", "free_count", "free_bytes", "live_co
               "peak_count", "peak_bytes", "definite_count", "definite_bytes", "indirect_count",
               "indirect_bytes", "reachable_count", "reachable_bytes", "truncated", "possible_count",
               "possible_bytes")
-NTOTAL = 16
 TOTAL_NAMES = ("live_bytes", "live_count", "peak_bytes", "peak_count", "alloc_count", "alloc_bytes",
                "free_count", "free_bytes", "unmatched_frees", "events", "stacks", "scanned", "snapshots",
-               "max_live_blocks", "skipped_records", "bad_records")
+               "max_live_blocks", "skipped_records", "bad_records", "python_stacks")
+NTOTAL = len(TOTAL_NAMES)          # collect.c's NTOTAL: the figures it copies out
 TIMELINE_MAX_POINTS = 20000
 TIMELINE_STEP_S = 0.005
 RSS_STEP_S = 0.05
@@ -67,10 +67,10 @@ DISCOVER_STEP_S = 0.02
 #: Longest wait between two looks at the rings the drainer thread drains.
 LOOK_STEP_S = 0.01
 #: New stacks' addresses are copied while the program runs, this often and
-#: at most this many at a time (about 10 ms of the interpreter's time), so
-#: that little is left to copy once it has ended.
-TAKE_STEP_S = 0.1
-TAKE_BATCH_STACKS = 4000
+#: at most this many at a time (a few ms of the interpreter's time, behind
+#: the naming of Python frames), so that little is left once it has ended.
+TAKE_STEP_S = 0.05
+TAKE_BATCH_STACKS = 1000
 
 
 def bind(shim: str):
@@ -193,22 +193,23 @@ class HeapRing(MappedFile):
             n = self.lib.ctprof_heap_consume(self.consumer, self.address)
         now = time.monotonic()
         self._observe(now - self.start)
-        self._name_python_frames(now)
-        if now - self._last_take >= TAKE_STEP_S:
+        if not self._name_python_frames(now) and now - self._last_take >= TAKE_STEP_S:
             self._last_take = now
             self._take_stacks(TAKE_BATCH_STACKS)
         return n
 
-    def _name_python_frames(self, now: float) -> None:
+    def _name_python_frames(self, now: float) -> bool:
         """Read the code objects new stacks' Python frames refer to, while
         the process is alive to be read (the consumer hands over each code
-        object once)."""
+        object once).  True if there were any: that comes first, before
+        anything else this thread could do (a code object can be freed any
+        moment)."""
         if not self.codes.found(now):
-            return
+            return False
         total = self.lib.ctprof_heap_nstacks(self.consumer)
         sid = self._stacks_named
         if total <= sid:
-            return
+            return False
         buf = (ctypes.c_uint64 * STACK_BATCH_WORDS)()
         next_id = ctypes.c_uint32()
         keys = set()
@@ -221,6 +222,7 @@ class HeapRing(MappedFile):
             keys.update(zip(words[0::2], words[1::2]))
         self._stacks_named = sid
         self.codes.learn(keys)
+        return True
 
     def _take_stacks(self, limit: Optional[int] = None) -> None:
         """Copy the return addresses of stacks interned since the last call

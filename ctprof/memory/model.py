@@ -3,8 +3,8 @@ reports need (totals, peak, leaks, overhead), kept in ``Session.memory``."""
 from __future__ import annotations
 
 from array import array
-from operator import itemgetter
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from itertools import compress
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 from ..nogc import paused_collector
 from ..session import ProcessInfo, RawStack, Session
@@ -49,40 +49,42 @@ _UNSCANNED_COLUMNS = {k: v for k, v in _SCANNED_COLUMNS.items()
                       if k.startswith(("alloc_", "peak_", "live_"))}
 
 
-#: For each of the above: (the profile columns, a getter of their figures
-#: out of a stack's statistics, the columns "leaked" adds up: bytes, then
-#: counts).
+#: For each of the above: the profile columns (the two "leaked" ones last),
+#: the statistic each of the others comes from, and which of those columns
+#: each "leaked" one adds up.
 def _plan(table: Dict[str, str], leaked_bytes: Sequence[str], leaked_counts: Sequence[str]):
     columns = tuple(table.values())
-    figures = itemgetter(*(_STAT_INDEX[k] for k in table))
-    return columns, figures, tuple(leaked_bytes), tuple(leaked_counts)
+    stats = tuple(_STAT_INDEX[k] for k in table)
+    sums = tuple(tuple(columns.index(c) for c in group) for group in (leaked_bytes, leaked_counts))
+    return columns + ("leaked_bytes", "leaked_count"), stats, sums
 
 
 _STAT_INDEX = {name: i for i, name in enumerate(STAT_NAMES)}
 _SCANNED_PLAN = _plan(_SCANNED_COLUMNS, ("definite_bytes", "indirect_bytes"), ("definite_count", "indirect_count"))
 _UNSCANNED_PLAN = _plan(_UNSCANNED_COLUMNS, ("live_bytes",), ("live_count",))
 TRUNCATED_STAT = _STAT_INDEX["truncated"]
+#: Stacks whose figures are turned into columns at a time.
+_CHUNK = 4096
 
 
-def stack_values(stats: Sequence[float], scanned: bool) -> Dict[str, int]:
-    """The non-zero profile columns of one allocation stack (``stats`` in
-    STAT_NAMES order; a missing column is 0).  Without an exit scan (the
-    program crashed, was killed or called _exit) everything still allocated
-    counts as leaked: "live at death"."""
-    # This runs once for each of 100,000 stacks of a large program: one
-    # pass over the columns, no dict of the raw figures.
-    columns, figures, leaked_bytes, leaked_counts = _SCANNED_PLAN if scanned else _UNSCANNED_PLAN
-    values = {column: round(v) for column, v in zip(columns, figures(stats)) if v}
-    get = values.get
-    leaked = get(leaked_bytes[0], 0) + (get(leaked_bytes[1], 0) if len(leaked_bytes) > 1 else 0)
-    if leaked:
-        values["leaked_bytes"] = leaked
-    leaked_n = get(leaked_counts[0], 0) + (get(leaked_counts[1], 0) if len(leaked_counts) > 1 else 0)
-    if leaked_n:
-        values["leaked_count"] = leaked_n
-    if 0 in values.values():       # a sampled weight below one half
-        values = {k: v for k, v in values.items() if v}
-    return values
+def stack_values(table: "array[float]", scanned: bool) -> Iterator[Dict[str, int]]:
+    """Each allocation stack's non-zero profile columns, in order, from the
+    packed statistics (NSTAT per stack, STAT_NAMES order; a missing column
+    is 0).  Without an exit scan (the program crashed, was killed or called
+    _exit) everything still allocated counts as leaked: "live at death"."""
+    # 100,000 stacks in a large program: the figures are rounded a column
+    # at a time, and each stack's dict built by C loops (compress keeps the
+    # non-zero ones), never a Python loop over the columns.
+    names, stats, sums = _SCANNED_PLAN if scanned else _UNSCANNED_PLAN
+    n = len(table) // NSTAT
+    for lo in range(0, n, _CHUNK):
+        part = table[lo * NSTAT:min(n, lo + _CHUNK) * NSTAT]
+        columns = [list(map(round, part[i::NSTAT])) for i in stats]
+        for group in sums:
+            columns.append(list(map(sum, zip(*(columns[i] for i in group)))) if len(group) > 1
+                           else columns[group[0]])
+        for row in zip(*columns):
+            yield dict(compress(zip(names, row), row))
 
 
 def _code_ids(proc: Optional[ProcessInfo], info: HeapProcess) -> Callable[[Tuple[int, int]], int]:
@@ -106,29 +108,27 @@ def _add_stacks(session: Session, heap: Dict[int, HeapProcess]) -> None:
         proc = session.processes.get(pid)
         gen = max(0, len(proc.maps) - 1) if proc else 0
         code_id = _code_ids(proc, info)
-        scanned = info.scanned
         pending, info.stacks = info.stacks, []
         table, info.stats = info.stats, array("d")
+        truncated = table[TRUNCATED_STAT::NSTAT]
+        values_of = stack_values(table, info.scanned)
+        with_python = info.totals.get("python_stacks", 0) > 0
         pending.reverse()
-        row = 0
-        while pending:
+        for flag, values in zip(truncated, values_of):
             ips = pending.pop()
-            stats = table[row:row + NSTAT]
-            row += NSTAT
-            if not ips:
+            if not ips or not values:
                 continue
-            values = stack_values(stats, scanned)
-            if not values:
-                continue
-            ips, py = split_python(ips, code_id)
-            if not ips:
-                continue
+            py: Tuple[int, ...] = ()
+            if with_python:
+                ips, py = split_python(ips, code_id)
+                if not ips:
+                    continue
             # Every address is a return address; the resolver treats the
             # first one as exact, so hand it the call instruction itself
             # (one int object per distinct call; the other addresses come
             # from HeapRing.finish as one shared int object per address).
             call = ips[0] - 1
-            append(RawStack(pid, 0, gen, (call_of(call, call),) + ips[1:], bool(stats[TRUNCATED_STAT]), values, py))
+            append(RawStack(pid, 0, gen, (call_of(call, call),) + ips[1:], bool(flag), values, py))
 
 
 def add_heap_to_session(session: Session, heap: Dict[int, HeapProcess]) -> None:
