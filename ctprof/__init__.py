@@ -27,8 +27,9 @@ __all__ = ["CtprofError", "UsageError", "TargetError", "AttachError", "FormatErr
 # the program starts delays its start (the API pulls in the session and
 # file modules).  Importing the submodule ``ctprof.profile`` above bound the
 # name ``profile`` to it; it is dropped so that ``ctprof.profile`` is the
-# API's function, as it always was.
-del profile
+# API's function, as it always was (the submodule is imported first so that
+# no later import of it rebinds the name).
+globals().pop("profile")
 _LAZY = {"Result": "api", "Profiler": "api", "run": "api", "attach": "api", "load": "api", "profile": "api"}
 
 
