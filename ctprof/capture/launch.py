@@ -26,7 +26,7 @@ from ..errors import TargetError, UsageError
 from ..files import private_session_dir, process_uid, read_shared_file
 from ..nogc import paused_collector
 from . import perf
-from .kernel import KernelSampler, KernelSamplerError, TraceOptions, own_vdso
+from .kernel import REORDER_NS, KernelSampler, KernelSamplerError, TraceOptions, own_vdso
 from .target import check_program
 
 # Only what starts the program is imported with this module: the kernel
@@ -39,9 +39,13 @@ if TYPE_CHECKING:
 
 POLL_SECONDS = 0.05
 KERNEL_POLL_SECONDS = 0.02
-#: After the program exits, how long records of its last forks may take to
-#: arrive before ctprof decides nothing it started is still running.
-FOLLOW_SETTLE_SECONDS = 0.01
+#: After the program exits, the wait before ctprof first decides whether
+#: anything it started is still running.  A drain handles the records
+#: stamped up to REORDER_NS before it begins, so one REORDER_NS after the
+#: exit was seen the first drain has the FORK record of every process
+#: started until then (the kernel writes it within the fork call).  (It
+#: was 10 ms.)
+FOLLOW_SETTLE_SECONDS = REORDER_NS / 1e9
 #: Deeper than this, ``auto`` samples in the program: the kernel's stack
 #: copy (at most 63 KiB) cannot hold thousands of frames.
 KERNEL_MAX_DEPTH = 1024
