@@ -99,6 +99,9 @@ static uint64_t mix(uint64_t x)
 }
 
 
+/* Room for `need` elements.  The new room is left as it comes: not zeroed,
+ * its pages are not resident until used (a large program's pools are tens
+ * of megabytes, up to half of it room to grow into). */
 static int grow(void **p, size_t *cap, size_t need, size_t elem)
 {
     if (need <= *cap)
@@ -109,7 +112,6 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem)
     void *q = realloc(*p, n * elem);
     if (!q)
         return -1;
-    memset((char *)q + *cap * elem, 0, (n - *cap) * elem);
     *p = q;
     *cap = n;
     return 0;
@@ -205,6 +207,7 @@ static int64_t intern(struct consumer *c, const uint64_t *ips, uint32_t n, uint3
     c->stack_slot[id] = i;
     c->ippool_len += n;
     c->nstacks++;
+    memset(c->stats + (size_t)id * NSTAT, 0, NSTAT * sizeof(double));
     c->stats[(size_t)id * NSTAT + ST_TRUNCATED] = truncated;
     if (c->nstacks * 2 > c->stab_cap && stab_rehash(c) != 0)
         return -1;
