@@ -11,7 +11,7 @@ import hashlib
 import os
 import shutil
 import subprocess
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from ..cache import cache_dir
 from ..errors import BuildError
@@ -77,12 +77,29 @@ def find_compiler() -> str:
     return path
 
 
+#: ``cc --version``'s answer per compiler file as os.stat sees it (path,
+#: device, inode, size, mtime), for this process only: ``run --mem`` asks
+#: for three variants before the program starts, and each asked the
+#: compiler again.  A compiler replaced since is another file: asked anew.
+_identities: Dict[tuple, str] = {}
+
+
 def _compiler_identity(cc: str) -> str:
     try:
+        st = os.stat(cc)
+        key: Optional[tuple] = (cc, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = None
+    if key in _identities:
+        return _identities[key]
+    try:
         out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
-        return out.stdout.splitlines()[0] if out.stdout else ""
     except (OSError, subprocess.TimeoutExpired):
         return ""
+    identity = out.stdout.splitlines()[0] if out.stdout else ""
+    if key is not None and out.returncode == 0:
+        _identities[key] = identity
+    return identity
 
 
 def shim_key(cc: str, sources: List[str], flags: List[str]) -> str:
