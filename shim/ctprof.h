@@ -230,7 +230,9 @@ static inline uint64_t heap_mix64(uint64_t x)
 }
 /* A heap stack's hash, as the writer (heap.c) and the controller's
  * consumer (collect.c) both compute it: the stack's identity in an
- * ALLOC_KNOWN record.  Never 0. */
+ * ALLOC_KNOWN record.  Never 0, and never a user-space address: the
+ * writer's table of them, in the program's memory, holds nothing the leak
+ * scan could take for a pointer to a block. */
 static inline uint64_t heap_stack_hash(const uint64_t *ips, uint32_t n, uint32_t truncated)
 {
     uint64_t h = 0x9e3779b97f4a7c15ull ^ n ^ ((uint64_t)truncated << 40);
@@ -238,7 +240,7 @@ static inline uint64_t heap_stack_hash(const uint64_t *ips, uint32_t n, uint32_t
         h = (h ^ ips[i]) * 0x9fb21c651e98df25ull;
         h ^= h >> 29;
     }
-    return heap_mix64(h) | 1;
+    return heap_mix64(h) | 1ull << 63;
 }
 /* The two functions of libm sampled mode needs, here so that the shim does
  * not load libm into the program (its pages count in the program's RSS).

@@ -304,7 +304,7 @@ static void commit(void *rec, uint32_t size, uint32_t tid, uint16_t type, uint16
 /* ---- stacks already sent ------------------------------------------------------ */
 
 /* The stacks this thread sent whole to the ring, by hash (direct-mapped,
- * in a page of its own mapped on first need).  One sent again goes as its
+ * 16 KiB of its own mapped on first need).  One sent again goes as its
  * hash alone (ALLOC_KNOWN): 40 bytes in the ring instead of up to 300,
  * and the controller neither hashes nor compares it.  A program allocates
  * from a few thousand stacks millions of times.  The table is emptied
@@ -332,7 +332,7 @@ static uint64_t *sent_slot(uint64_t hash)
         }
         sent_epoch = epoch;
     }
-    return &sent[(hash >> 1) & (SENT_SLOTS - 1)];
+    return &sent[hash & (SENT_SLOTS - 1)];
 }
 
 void heap_thread_exit(void)
