@@ -16,7 +16,7 @@ from array import array
 import struct
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
 from ..capture.build import shim_path
@@ -66,6 +66,8 @@ RSS_STEP_S = 0.05
 DISCOVER_STEP_S = 0.02
 #: Longest wait between two looks at the rings the drainer thread drains.
 LOOK_STEP_S = 0.01
+#: How often the processes of the rings still open are checked for having exited.
+EXIT_CHECK_S = 0.05
 #: New stacks' addresses are copied while the program runs, this often and
 #: at most this many at a time (a few ms of the interpreter's time, behind
 #: the naming of Python frames), so that little is left once it has ended.
@@ -134,6 +136,11 @@ class HeapProcess:
     #: Python frames name ((address, fingerprint) -> [qualname, filename, firstlineno, line table hex]).
     python_version: Optional[Tuple[int, int]] = None
     python_codes: Dict[Tuple[int, int], list] = field(default_factory=dict)
+
+    def copy(self) -> "HeapProcess":
+        """A copy whose stacks and figures can be consumed (a snapshot's)."""
+        return replace(self, stacks=list(self.stacks), stats=array("d", self.stats),
+                                   timeline=list(self.timeline), totals=dict(self.totals), header=dict(self.header))
 
 
 class HeapRing(MappedFile):
@@ -432,6 +439,8 @@ class HeapCollector:
         self._thread = threading.Thread(target=self._loop, name="ctprof-heap", daemon=True)
         self._scans: Dict[str, threading.Thread] = {}
         self._last_discover = -1.0
+        self._finished: Dict[str, HeapProcess] = {}     # processes over before the run
+        self._last_exit_check = -1.0
 
     def start_thread(self) -> None:
         self._thread.start()
@@ -446,7 +455,7 @@ class HeapCollector:
         except OSError:
             return
         for name in names:
-            if name.endswith(".heap") and name not in self.rings:
+            if name.endswith(".heap") and name not in self.rings and name not in self._finished:
                 try:
                     self.rings[name] = HeapRing(self.lib, os.path.join(self.session_dir, name), self.start)
                 except (OSError, ValueError):
@@ -482,15 +491,38 @@ class HeapCollector:
                     self._scans[name].start()
         return moved
 
+    def _finish_exited(self) -> None:
+        """Finish each process that has exited (after its leak scan, or
+        killed) now, not when the run ends: its consumer's tables are freed
+        at once (a build runs hundreds of processes one after another), and
+        copying out its figures is off the wait after the program."""
+        now = time.monotonic()
+        if now - self._last_exit_check < EXIT_CHECK_S:
+            return
+        self._last_exit_check = now
+        for name, ring in list(self.rings.items()):
+            if ring.consumer is None or name in self._scans or process_running(ring.pid):
+                continue
+            ring.consume(drain=True)                 # whatever it wrote last
+            self.lib.ctprof_heap_forget_live(ring.consumer)
+            self._finished[name] = ring.finish()
+            ring.detach()        # a process given the same pid later is not tracked into this file
+            ring.close()
+            del self.rings[name]
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             if self._snapshot_wanted.is_set():
                 self._snapshot_wanted.clear()
                 self.poll_once()
-                self._snapshot = {r.pid: r.snapshot() for n, r in self.rings.items()
-                                  if r.consumer is not None and n not in self._scans}
+                snapshot = {info.pid: info.copy() for info in self._finished.values()}
+                snapshot.update({r.pid: r.snapshot() for n, r in self.rings.items()
+                                 if r.consumer is not None and n not in self._scans})
+                self._snapshot = snapshot
                 self._snapshot_ready.set()
-            if not self.poll_once():
+            moved = self.poll_once()
+            self._finish_exited()
+            if not moved:
                 self._idle()
 
     def _idle(self) -> None:
@@ -499,7 +531,7 @@ class HeapCollector:
         answers the drainer's calls (a process waiting at its exit, code
         objects to read): it sleeps until called, or LOOK_STEP_S.  A ring
         Python drains itself is looked at every millisecond."""
-        if self.rings and all(r.drained_in_c for r in self.rings.values()):
+        if all(r.drained_in_c for r in self.rings.values()):
             self.lib.ctprof_heap_wait_attention(int(LOOK_STEP_S * 1000))
         else:
             time.sleep(0.001)
@@ -520,7 +552,8 @@ class HeapCollector:
             self._thread.join()
         self.lib.ctprof_heap_drain_stop()
         self.poll_once(final=True)
-        out: Dict[int, HeapProcess] = {}
+        out: Dict[int, HeapProcess] = {info.pid: info for info in self._finished.values()}
+        self._finished = {}
         for ring in self.rings.values():  # one .heap file per pid
             if ring.consumer is not None:
                 self.lib.ctprof_heap_forget_live(ring.consumer)   # scanned: free it before the stacks come over
