@@ -293,12 +293,13 @@ lose:
 
 /* Publish a claimed record.  A CAS, not a store: if the controller judged
  * this claim abandoned (we were stopped for long inside the hook) and
- * skipped it, the space is no longer ours and the header stays untouched. */
-static void commit(void *rec, uint32_t size, uint32_t tid, uint16_t type, uint16_t flags)
+ * skipped it, the space is no longer ours and the header stays untouched.
+ * Returns whether the record was published. */
+static int commit(void *rec, uint32_t size, uint32_t tid, uint16_t type, uint16_t flags)
 {
     uint64_t claim = (uint64_t)size | (uint64_t)(HEAP_CLAIM | tid) << 32;
     uint64_t final = (uint64_t)size | (uint64_t)type << 32 | (uint64_t)flags << 48;
-    __atomic_compare_exchange_n((uint64_t *)rec, &claim, final, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+    return __atomic_compare_exchange_n((uint64_t *)rec, &claim, final, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED);
 }
 
 /* ---- stacks already sent ------------------------------------------------------ */
@@ -371,10 +372,12 @@ static void stack_out(struct stack_out *o, const uint64_t *ips, int n, int trunc
     }
 }
 
-/* The record holding the stack whole is committed: from now on it is known. */
-static void stack_sent(const struct stack_out *o)
+/* The record holding the stack whole was published (`committed`): from
+ * now on the stack is known.  (One the controller skipped is not: the next
+ * record sends it whole again.) */
+static void stack_sent(const struct stack_out *o, int committed)
 {
-    if (o->slot)
+    if (o->slot && committed)
         *o->slot = o->hash;
 }
 
@@ -418,8 +421,7 @@ void heap_on_alloc(void *ptr, size_t size, void *frame)
     rec->tid = tid;
     rec->nips = st.nips;
     memcpy(rec + 1, st.words, (size_t)st.nwords * 8);
-    commit(rec, bytes, tid, REC_ALLOC, flags | st.flags);
-    stack_sent(&st);
+    stack_sent(&st, commit(rec, bytes, tid, REC_ALLOC, flags | st.flags));
 }
 
 void heap_on_free(void *ptr)
@@ -477,8 +479,7 @@ void heap_realloc_end(void *old, void *ptr, size_t size, void *frame)
     rec->tid = tid;
     rec->nips = st.nips;
     memcpy(rec + 1, st.words, (size_t)st.nwords * 8);
-    commit(rec, bytes, tid, REC_REALLOC, st.flags);
-    stack_sent(&st);
+    stack_sent(&st, commit(rec, bytes, tid, REC_REALLOC, st.flags));
 }
 
 void heap_account_time(uint64_t ns)
