@@ -20,11 +20,14 @@ import os
 import re
 import struct
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
-from ..symbols import elf as _elf
-from ..symbols.maps import Mapping
-from ..unwinder import load_vaddr
+# The ELF reading is imported where an image is read: ``run`` calls
+# layouts_env() before the program starts (the shim's environment), and
+# the symbols package is a good part of what ctprof imports.
+if TYPE_CHECKING:
+    from ..symbols import elf as _elf
+    from ..symbols.maps import Mapping
 
 #: The order of shim/pywalk.h's ``enum pyw_field``.
 LAYOUT_FIELDS = (
@@ -113,6 +116,7 @@ def may_hold_interpreter(path: str) -> bool:
 
 def _data_symbols(data, info: _elf.ElfFile, wanted: Tuple[str, ...]) -> Dict[str, Tuple[int, int]]:
     """name -> (value, size) of the symbols in ``wanted`` (any type)."""
+    from ..symbols import elf as _elf
     found: Dict[str, Tuple[int, int]] = {}
     targets = {w.encode(): w for w in wanted}
     for section in info.sections:
@@ -163,6 +167,8 @@ def inspect_image(data, mapping: Mapping) -> Tuple[Optional[Interpreter], str]:
     """The interpreter in the image ``data`` mapped at ``mapping`` (an
     executable mapping of it), or (None, why not: "" when the image simply
     holds no interpreter)."""
+    from ..symbols import elf as _elf
+    from ..unwinder import load_vaddr
     info = _elf.parse(data)
     if not info.is64 or info.endian != "<":
         return None, ""
