@@ -26,12 +26,14 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from .errors import CtprofError, UsageError
 from .files import check_outputs
 from .profile import Frame, Profile
-from .session import Session
+
+if TYPE_CHECKING:  # the session module is imported once a run has one, not before the program starts
+    from .session import Session
 
 __all__ = ["Result", "run", "attach", "load", "profile", "Profiler"]
 
