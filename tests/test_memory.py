@@ -256,6 +256,28 @@ def test_usr2_writes_a_snapshot_while_running(build, tmp_path):
     assert b"snapshot: " in stderr
 
 
+def test_a_child_finished_before_a_snapshot_stays_in_both(build, tmp_path):
+    """A process that has exited is finished while the run goes on: a
+    snapshot taken after that shows its heap, and so does the final
+    profile (the snapshot works on a copy)."""
+    import signal
+    import sys
+    import time
+    from conftest import ctprof_env
+    out = str(tmp_path / "c.ctprof")
+    p = subprocess.Popen([sys.executable, "-m", "ctprof", "run", "--mem", "-o", out, "--", build("mem_snapshot_child.c")],
+                         cwd=str(tmp_path), env=ctprof_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline() == b"ready\n"
+    time.sleep(0.5)          # the child has been reaped: ctprof finishes it within 50 ms
+    p.send_signal(signal.SIGUSR2)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 0, stderr.decode()
+    for path in (out + ".snapshot1", out):
+        profile = load_profile(path)[0]
+        assert site(profile, "alloc_bytes", "child_site") == 1500, path
+        assert site(profile, "alloc_count", "child_site") == 3, path
+
+
 def test_program_with_its_own_allocator_is_reported(build, tmp_path):
     proc, p = run_mem(tmp_path, [build("mem_ownalloc.c")])
     assert proc.returncode == 0, proc.stderr.decode()

@@ -139,8 +139,8 @@ class HeapProcess:
 
     def copy(self) -> "HeapProcess":
         """A copy whose stacks and figures can be consumed (a snapshot's)."""
-        return replace(self, stacks=list(self.stacks), stats=array("d", self.stats),
-                                   timeline=list(self.timeline), totals=dict(self.totals), header=dict(self.header))
+        return replace(self, stacks=list(self.stacks), stats=array("d", self.stats), timeline=list(self.timeline),
+                       totals=dict(self.totals), header=dict(self.header))
 
 
 class HeapRing(MappedFile):
