@@ -501,7 +501,7 @@ class HeapCollector:
             return
         self._last_exit_check = now
         for name, ring in list(self.rings.items()):
-            if ring.consumer is None or name in self._scans or process_running(ring.pid):
+            if ring.consumer is None or name in self._scans or not process_gone(ring.pid):
                 continue
             ring.consume(drain=True)                 # whatever it wrote last
             self.lib.ctprof_heap_forget_live(ring.consumer)
@@ -570,8 +570,20 @@ class HeapCollector:
 
 def process_running(pid: int) -> bool:
     """Is ``pid`` alive (not a zombie)?"""
+    return _process_state(pid) not in (None, "Z", "X")
+
+
+def process_gone(pid: int) -> bool:
+    """Has ``pid`` certainly ended (no such process, or a zombie)?  A
+    process whose state cannot be read counts as running."""
+    state = _process_state(pid)
+    return state in ("Z", "X") or (state is None and not os.path.exists(f"/proc/{pid}"))
+
+
+def _process_state(pid: int) -> Optional[str]:
+    """The state letter of ``pid`` in /proc, None if it cannot be read."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+            return f.read().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
-        return False
+        return None
