@@ -260,6 +260,7 @@ def test_a_child_finished_before_a_snapshot_stays_in_both(build, tmp_path):
     """A process that has exited is finished while the run goes on: a
     snapshot taken after that shows its heap, and so does the final
     profile (the snapshot works on a copy)."""
+    import select
     import signal
     import sys
     import time
@@ -267,8 +268,13 @@ def test_a_child_finished_before_a_snapshot_stays_in_both(build, tmp_path):
     out = str(tmp_path / "c.ctprof")
     p = subprocess.Popen([sys.executable, "-m", "ctprof", "run", "--mem", "-o", out, "--", build("mem_snapshot_child.c")],
                          cwd=str(tmp_path), env=ctprof_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert p.stdout.readline() == b"ready\n"
-    time.sleep(0.5)          # the child has been reaped: ctprof finishes it within 50 ms
+    ready, _, _ = select.select([p.stdout], [], [], 60)
+    if not ready:
+        p.kill()
+    line = p.stdout.readline() if ready else b""
+    assert line.startswith(b"ready "), p.communicate()[1].decode()
+    child = line.split()[1].decode()
+    time.sleep(1.0)          # the child has been reaped: ctprof finishes it within 60 ms
     p.send_signal(signal.SIGUSR2)
     stdout, stderr = p.communicate(timeout=60)
     assert p.returncode == 0, stderr.decode()
@@ -276,6 +282,9 @@ def test_a_child_finished_before_a_snapshot_stays_in_both(build, tmp_path):
         profile = load_profile(path)[0]
         assert site(profile, "alloc_bytes", "child_site") == 1500, path
         assert site(profile, "alloc_count", "child_site") == 3, path
+        # the snapshot saw the child finished (its exit scan done): a live
+        # process's snapshot is never scanned
+        assert profile.metadata["memory"][child]["scanned"], path
 
 
 def test_program_with_its_own_allocator_is_reported(build, tmp_path):

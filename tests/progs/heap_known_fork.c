@@ -37,6 +37,6 @@ int main(void)
     }
     int status = 0;
     waitpid(c, &status, 0);
-    printf("parent %d child %d thread %d\n", PARENT, CHILD, THREAD);
+    printf("parent %d child %d thread %d parent_pid %d child_pid %d\n", PARENT, CHILD, THREAD, (int)getpid(), (int)c);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
 }

@@ -1,5 +1,5 @@
 /* A fork child leaks 3 x 500 bytes from child_site and exits; the parent
- * reaps it, says "ready", sleeps, exits. */
+ * reaps it, says "ready CHILD_PID", sleeps, exits. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -17,7 +17,7 @@ int main(void)
         exit(0);
     }
     waitpid(c, NULL, 0);
-    printf("ready\n");
+    printf("ready %d\n", (int)c);
     fflush(stdout);
     sleep(2);
     return 0;
