@@ -17,7 +17,7 @@ stacks come out as the file holds them.
 
 The profile: by default one of the g++ -O2 -c compile of bench_e2e's
 template-heavy file (about 100,000 distinct heap stacks of depth 32), made on
-first use and kept in ``$TMPDIR/ctprof-bench-postexit``; or any saved
+first use and kept in ctprof's cache (``bench-postexit``); or any saved
 ``--mem`` profile of a native program given with ``--profile``.
 
 Usage: python bench/bench_postexit.py [--runs N] [--profile FILE]
@@ -30,7 +30,6 @@ import io
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import tracemalloc
 from array import array
@@ -51,15 +50,16 @@ _STAT_OF = {"possibly_lost_bytes": "possible_bytes", "possibly_lost_count": "pos
 
 
 def default_profile() -> str:
-    """A --mem profile of g++ -O2 -c on bench_e2e's template file, made once."""
+    """A --mem profile of g++ -O2 -c on bench_e2e's template file, made once
+    in ctprof's own cache (a private 0700 directory, not a shared /tmp
+    path another user could plant files in)."""
     import bench_e2e
-    work = os.path.join(tempfile.gettempdir(), "ctprof-bench-postexit")
-    os.makedirs(work, exist_ok=True)
+    from ctprof.cache import cache_dir, write_atomic
+    work = cache_dir("bench-postexit")
     path = os.path.join(work, "templates.ctprof")
     if not os.path.exists(path):
         source = os.path.join(work, "templates.cpp")
-        with open(source, "w") as f:
-            f.write(bench_e2e.TEMPLATE_CPP)
+        write_atomic(source, bench_e2e.TEMPLATE_CPP.encode())
         env = dict(os.environ, PYTHONPATH=ROOT)
         print("(making the profile: ctprof run --mem -- g++ -O2 -c templates.cpp)", flush=True)
         subprocess.run([sys.executable, "-m", "ctprof", "run", "--mem", "-q", "-o", path, "--",
@@ -120,7 +120,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", help="a saved ctprof run --mem profile")
+    parser.add_argument("--quick", action="store_true", help="one run of each stage (make bench --quick)")
     args = parser.parse_args()
+    if args.quick:
+        args.runs = 1
     path = args.profile or default_profile()
     _saved, session = fileformat.load(path)
     if session is None or session.kind != "memory":

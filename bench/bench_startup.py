@@ -87,7 +87,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5, help="interleaved rounds (default 5)")
     ap.add_argument("--tree", action="append", help="ctprof source tree on PYTHONPATH (repeatable; default: this one)")
     ap.add_argument("--quick", action="store_true", help="two rounds")
-    args, _ = ap.parse_known_args()
+    args = ap.parse_args()
     trees = [os.path.abspath(t) for t in (args.tree or [ROOT])]
     runs = 2 if args.quick else args.runs
     if not shutil.which("strace") or not shutil.which("g++"):
