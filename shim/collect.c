@@ -102,6 +102,16 @@ static uint64_t mix(uint64_t x)
 /* Room for `need` elements.  The new room is left as it comes: not zeroed,
  * its pages are not resident until used (a large program's pools are tens
  * of megabytes, up to half of it room to grow into). */
+/* Where a stack's Python frames start: the index of its PYFRAMES_MARK
+ * (they follow it, two words each), or n if it has none. */
+static uint32_t python_part(const uint64_t *ips, uint32_t n)
+{
+    uint32_t at = 0;
+    while (at < n && ips[at] != PYFRAMES_MARK)
+        at++;
+    return at;
+}
+
 static int grow(void **p, size_t *cap, size_t need, size_t elem)
 {
     if (need <= *cap)
@@ -198,11 +208,8 @@ static int64_t intern(struct consumer *c, const uint64_t *ips, uint32_t n, uint3
     if (grow((void **)&c->stack_slot, &c->slot_cap, (size_t)id + 1, sizeof *c->stack_slot))
         return -1;
     memcpy(c->ippool + c->ippool_len, ips, n * 8);
-    for (uint32_t k = n; k-- > 0;)
-        if (ips[k] == PYFRAMES_MARK) {
-            c->totals[T_PYTHON_STACKS]++;
-            break;
-        }
+    if (python_part(ips, n) < n)
+        c->totals[T_PYTHON_STACKS]++;
     c->stab[i] = (struct stack_entry){h, (uint32_t)c->ippool_len, n, id + 1, truncated};
     c->stack_slot[id] = i;
     c->ippool_len += n;
@@ -720,10 +727,7 @@ static size_t python_frames_locked(struct consumer *c, uint32_t first, uint64_t 
     for (; id < c->nstacks && used + 2 * PYHEAP_MAX_FRAMES <= cap; id++) {
         const struct stack_entry *e = &c->stab[c->stack_slot[id]];
         const uint64_t *ips = c->ippool + e->off;
-        uint32_t at = 0;
-        while (at < e->depth && ips[at] != PYFRAMES_MARK)
-            at++;
-        for (uint32_t k = at + 1; k + 1 < e->depth; k += 2) {
+        for (uint32_t k = python_part(ips, e->depth) + 1; k + 1 < e->depth; k += 2) {
             uint64_t print = ips[k + 1] >> PYFRAME_PRINT_SHIFT;
             if (ips[k] && codeset_add(c, ips[k], print)) {
                 out[used++] = ips[k];
@@ -1115,10 +1119,16 @@ static int scan_locked(struct consumer *c, int pid, const uint64_t *ranges, int 
 
 /* ---- the entry points of the controller's Python: each under the consumer's lock ---- */
 
+/* When the controller's Python last called in (see the drainer). */
+static uint64_t python_seen_ns;
+
+static void python_seen(void) { __atomic_store_n(&python_seen_ns, now_ns(), __ATOMIC_RELAXED); }
+
 /* Python's calls take the lock before the drainer: it is asked to let go
  * between batches (a program allocating flat out keeps it busy for good). */
 static void lock_for_python(struct consumer *c)
 {
+    python_seen();
     __atomic_add_fetch(&c->wanted, 1, __ATOMIC_ACQ_REL);
     pthread_mutex_lock(&c->lock);
     __atomic_sub_fetch(&c->wanted, 1, __ATOMIC_ACQ_REL);
@@ -1194,16 +1204,20 @@ CTPROF_API size_t ctprof_heap_stats(struct consumer *c, uint32_t first, double *
  * drained from Python, the ring had to be large, and it is the main
  * metadata in the program.  The drainer sleeps on the ring that moved most
  * (a futex in its shared header) until its writers find a quarter of it
- * waiting, or for DRAIN_IDLE_NS; polling instead would take a CPU from the
- * program on a small machine.  Each pass writes every ring's heartbeat
- * (the shim's sign that the controller lives).  A ring whose consumer is
+ * waiting, or for DRAIN_IDLE_NS at most (spinning instead would take a CPU
+ * from the program on a small machine).  Each pass writes every ring's
+ * heartbeat (the shim's sign that the controller lives), but only while
+ * the controller's Python has called in within PYTHON_QUIET_NS: a
+ * controller whose Python died or hangs must not keep a program waiting
+ * at its exit for a leak scan that never comes.  A ring whose consumer is
  * busy (the controller reading its figures, or the leak scan) is skipped
  * for that pass. */
 #define DRAIN_IDLE_NS 1000000
+#define PYTHON_QUIET_NS 5000000000ull
 struct drained {
     struct consumer *c;
     void *base;                    /* the mapped .heap file */
-    double python_seen;            /* its stacks with Python frames when last told */
+    double python_stacks_told;     /* its stacks with Python frames when last told */
     int exit_told;                 /* its process waiting at exit was told */
 };
 static struct {
@@ -1234,8 +1248,8 @@ static void raise_attention(void)
 static int needs_python(struct drained *d)
 {
     int want = 0;
-    if (d->c->totals[T_PYTHON_STACKS] != d->python_seen) {
-        d->python_seen = d->c->totals[T_PYTHON_STACKS];
+    if (d->c->totals[T_PYTHON_STACKS] != d->python_stacks_told) {
+        d->python_stacks_told = d->c->totals[T_PYTHON_STACKS];
         want = 1;
     }
     int waiting = __atomic_load_n(&shared_of(d->base)->exit_state, __ATOMIC_ACQUIRE) == EXIT_WAITING;
@@ -1249,6 +1263,7 @@ static int needs_python(struct drained *d)
  * raises attention or `ms` milliseconds pass; 1 if it was raised. */
 CTPROF_API int ctprof_heap_wait_attention(int ms)
 {
+    python_seen();
     struct timespec t = {ms / 1000, (long)(ms % 1000) * 1000000L};
     if (!__atomic_load_n(&attention, __ATOMIC_ACQUIRE))
         syscall(SYS_futex, &attention, FUTEX_WAIT_PRIVATE, 0, &t, NULL, 0);
@@ -1265,9 +1280,11 @@ static void *drain_pass(void)
     size_t most = 0;
     void *hot = NULL;
     uint64_t now = now_ns();
+    int python_alive = now - __atomic_load_n(&python_seen_ns, __ATOMIC_RELAXED) < PYTHON_QUIET_NS;
     for (size_t i = 0; i < drainer.n; i++) {
         struct drained *d = &drainer.list[i];
-        __atomic_store_n(&shared_of(d->base)->heartbeat_ns, now, __ATOMIC_RELAXED);
+        if (python_alive)
+            __atomic_store_n(&shared_of(d->base)->heartbeat_ns, now, __ATOMIC_RELAXED);
         if (__atomic_load_n(&d->c->wanted, __ATOMIC_ACQUIRE) || pthread_mutex_trylock(&d->c->lock) != 0)
             continue;
         size_t n = consume_locked(d->c, d->base);
@@ -1338,6 +1355,7 @@ static void *drain_main(void *arg)
  * (started at the first ring).  -1: no thread; the caller drains it. */
 CTPROF_API int ctprof_heap_drain_add(struct consumer *c, void *base)
 {
+    python_seen();
     int rc = -1;
     pthread_mutex_lock(&drainer.lock);
     if (!drainer.running) {

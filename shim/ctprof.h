@@ -117,7 +117,7 @@ struct rec_thread {
  *  - reader (collect.c): a committed record is consumed; a claimed one whose
  *    writer died (thread gone, or an exec since) or left the hook (ran on or
  *    sleeps long after claiming: longjmp out of a signal handler) is skipped
- *    by its size and counted; the reader zeroes or punches consumed space.
+ *    by its size and counted; the reader zeroes consumed space.
  * An allocation of `size` bytes at `ptr` made from the stack ips[nips] (leaf
  * first, the caller of malloc first). */
 #define HEAP_BUSY 0x8000u                 /* rec_header.flags of a claimed record */
@@ -172,14 +172,14 @@ struct heap_shared {
     uint64_t exit_sp;         /* stack pointer of the thread running exit */
     uint64_t exit_fs;         /* its thread pointer (TCB: dtv, pthread_setspecific data) */
     uint64_t exit_tid;
-    uint64_t heartbeat_ns;    /* controller's CLOCK_MONOTONIC at its last drain */
+    uint64_t heartbeat_ns;    /* controller's CLOCK_MONOTONIC at its last drain (while its Python lives) */
     uint64_t lost;            /* events not recorded: ring full and the controller judged gone */
     uint64_t wait_ns;         /* time writers waited for ring space */
     uint64_t controller_pid;  /* written by the controller at its first drain */
     uint64_t timed_calls;     /* every 64th call is timed ... */
     uint64_t timed_ns;        /* ... and its time summed here */
     uint64_t sampled_free_overflow; /* sampled mode: set of sampled blocks overflowed */
-    uint64_t unwind_cache_bytes; /* resident part of the unwind rule cache, at exit */
+    uint64_t unwind_cache_bytes; /* at exit: the unwind rule cache's resident part, every thread's memo and table of sent stacks */
     uint64_t detached_ns;     /* CLOCK_MONOTONIC when `detached` was set */
     uint64_t execs;           /* execs of this pid: a claim older than an exec is dead */
     uint64_t exec_pos;        /* ring position where the newest image's records start */

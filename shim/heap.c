@@ -46,7 +46,7 @@ int heap_enabled; /* read inline by the hooks: tracking is on in this process */
  * drainer), so it only has to hold what is written while the drainer
  * sleeps or waits for a CPU: 64 KiB.  A full-speed allocation loop fills
  * any size -- the controller sets the pace -- so more only adds memory. */
-static uint64_t ring_kb = 64; /* KiB */
+#define RING_KB 64
 
 static __thread uint64_t rng_state CTPROF_TLS;
 
@@ -161,8 +161,8 @@ static int64_t next_sample_distance(void)
  * controller is judged gone, once for the whole process, when its process is
  * dead (or a zombie), when it has been stopped (SIGSTOP, a debugger) for
  * STOPPED_NS, or when the ring has not moved for STALL_NS (stuck on
- * something).  Its heartbeat is not trusted alone: a busy interpreter may
- * not run the draining thread for a while.  From then on the hooks forward
+ * something).  Its heartbeat is not trusted alone: the controller's C
+ * drainer writes it only while the controller's Python is seen alive.  From then on the hooks forward
  * only (heap_enabled = 0). */
 #define STOPPED_NS 2000000000ull
 #define STALL_NS 10000000000ull
@@ -305,33 +305,30 @@ static int commit(void *rec, uint32_t size, uint32_t tid, uint16_t type, uint16_
 /* ---- stacks already sent ------------------------------------------------------ */
 
 /* The stacks this thread sent whole to the ring, by hash (direct-mapped,
- * 16 KiB of its own mapped on first need).  One sent again goes as its
- * hash alone (ALLOC_KNOWN): 40 bytes in the ring instead of up to 300,
- * and the controller neither hashes nor compares it.  A program allocates
- * from a few thousand stacks millions of times.  The table is emptied
- * when the ring changes (a fork child's ring knows none of them). */
+ * 16 KiB of its own mapped on first need, counted in the metadata figure).
+ * One sent again goes as its hash alone (ALLOC_KNOWN): 40 bytes in the ring
+ * instead of up to 300, and the controller neither hashes nor compares it.
+ * A program allocates from a few thousand stacks millions of times.  A
+ * fork child's new ring knows none of them: heap_after_fork empties the
+ * table of its one thread (after an exec, thread-local state starts
+ * empty anyway). */
 #define SENT_SLOTS 2048
+#define SENT_BYTES (SENT_SLOTS * sizeof(uint64_t))
 static __thread uint64_t *sent CTPROF_TLS;
-static __thread uint32_t sent_epoch CTPROF_TLS;
 static __thread int sent_gone CTPROF_TLS;   /* the thread is exiting: no new mmap to leak */
-static uint32_t ring_epoch;                 /* bumped whenever the ring is opened */
+static uint64_t sent_total_bytes;           /* every thread's table */
 
 /* The slot of `hash` in this thread's table; NULL without one. */
 static uint64_t *sent_slot(uint64_t hash)
 {
-    uint32_t epoch = __atomic_load_n(&ring_epoch, __ATOMIC_ACQUIRE);
-    if (!sent || sent_epoch != epoch) {
+    if (!sent) {
         if (sent_gone)
             return NULL;
-        if (sent) {
-            memset(sent, 0, SENT_SLOTS * sizeof *sent);
-        } else {
-            void *p = mmap(NULL, SENT_SLOTS * sizeof *sent, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-            if (p == MAP_FAILED)
-                return NULL;
-            sent = p;
-        }
-        sent_epoch = epoch;
+        void *p = mmap(NULL, SENT_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return NULL;
+        sent = p;
+        __atomic_fetch_add(&sent_total_bytes, SENT_BYTES, __ATOMIC_RELAXED);
     }
     return &sent[hash & (SENT_SLOTS - 1)];
 }
@@ -341,8 +338,10 @@ void heap_thread_exit(void)
     uint64_t *p = sent;
     sent = NULL;
     sent_gone = 1;
-    if (p)
-        munmap(p, SENT_SLOTS * sizeof *p);
+    if (p) {
+        munmap(p, SENT_BYTES);
+        __atomic_fetch_sub(&sent_total_bytes, SENT_BYTES, __ATOMIC_RELAXED);
+    }
 }
 
 /* How a record carries its stack: its frames, or its hash alone when this
@@ -357,6 +356,7 @@ struct stack_out {
 
 static void stack_out(struct stack_out *o, const uint64_t *ips, int n, int truncated)
 {
+    truncated = !!truncated;        /* as the consumer hashes it: (flags & ALLOC_TRUNCATED) != 0 */
     o->hash = heap_stack_hash(ips, (uint32_t)n, (uint32_t)truncated);
     o->flags = truncated ? ALLOC_TRUNCATED : 0;
     o->slot = sent_slot(o->hash);
@@ -496,10 +496,9 @@ static int open_heap_ring(void)
 {
     int reused;
     struct ring r;
-    if (ring_open(&r, heap_dir, ".heap", ring_kb << 10, &reused) != 0)
+    if (ring_open(&r, heap_dir, ".heap", RING_KB << 10, &reused) != 0)
         return -1;
     heap_ring = r;
-    __atomic_add_fetch(&ring_epoch, 1, __ATOMIC_RELEASE);   /* a new ring knows none of our stacks */
     hs = (struct heap_shared *)((char *)r.hdr + HEAP_SHARED_OFFSET);
     if (reused) {            /* after exec: the old image's blocks are gone */
         hs->exit_state = EXIT_RUNNING;
@@ -572,6 +571,8 @@ void heap_after_fork(void)
     if (sset)
         memset(sset, 0, sizeof(struct sset_stripe) * SSET_STRIPES + FILTER_SIZE);
     heap_free_all = 0;
+    if (sent)                /* the new ring knows none of the stacks sent to the parent's */
+        memset(sent, 0, SENT_BYTES);
     if (open_heap_ring() == 0)
         active = 1;
 }
@@ -607,7 +608,7 @@ void heap_at_exit(void)
     hs->exit_fs = fs;
     hs->exit_tls_lo = tls[0];
     hs->exit_tls_hi = tls[1];
-    hs->unwind_cache_bytes = cfi_cache_bytes();
+    hs->unwind_cache_bytes = cfi_cache_bytes() + __atomic_load_n(&sent_total_bytes, __ATOMIC_RELAXED);
     hs->exit_tid = (uint64_t)ctprof_gettid();
     __atomic_store_n(&hs->exit_state, EXIT_WAITING, __ATOMIC_RELEASE);
     /* The controller drains the ring, scans our memory for pointers to
