@@ -633,6 +633,9 @@ def run_program(argv: List[str], opts: CaptureOptions,
             from .build import shim_path
             shim = shim_path()  # the controller's own copy: ring drain and heap consumer
             target_shim = shim_path("mem") if opts.memory else shim
+            if opts.memory:
+                from ..memory.collect import prepare_frame_reader
+                prepare_frame_reader()
             collector = Collector(session_dir, shim)
             env = child_environment(target_shim, session_dir, opts, in_process_sampler=kernel is None)
         start = time.time()
@@ -645,7 +648,12 @@ def run_program(argv: List[str], opts: CaptureOptions,
         exit_watch = _ExitWatch(proc)
         after_exit.callback(exit_watch.close)
         if kernel is not None:
-            _give_unwinder(kernel)
+            try:
+                _give_unwinder(kernel)
+            except BaseException:      # nothing samples it: the program does not run on alone
+                proc.kill()
+                proc.wait()
+                raise
         steps = iter(while_running)
         # With the heap tracked, the drainer needs the spare CPU most while
         # the program starts (a program allocating flat out waits for ring

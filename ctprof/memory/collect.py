@@ -146,7 +146,7 @@ class HeapProcess:
 class HeapRing(MappedFile):
     """One mapped .heap file and its consumer."""
 
-    def __init__(self, lib, path: str, start: float) -> None:
+    def __init__(self, lib, path: str, start: float, canonical: Dict[int, int]) -> None:
         super().__init__(path)
         self.lib = lib
         self.pid = int(os.path.basename(path).split(".")[0])
@@ -161,10 +161,11 @@ class HeapRing(MappedFile):
         self._stacks_named = 0
         self.drained_in_c = False
         # The stacks' addresses never change once interned: they come over
-        # while the program runs (each address one shared int object), and
-        # only their figures at the end.
+        # while the program runs (each address one int object shared by
+        # every process: `canonical`, the collector's), and only their
+        # figures at the end.
         self._taken: List[Tuple[int, ...]] = []
-        self._canonical: Dict[int, int] = {}
+        self._canonical = canonical
         self._last_take = -1.0
 
     def ready(self) -> bool:
@@ -237,6 +238,8 @@ class HeapRing(MappedFile):
         total = self.lib.ctprof_heap_nstacks(self.consumer)
         if limit is not None:
             total = min(total, len(self._taken) + limit)
+        if len(self._taken) >= total:
+            return
         canonical = self._canonical.setdefault
         buf = (ctypes.c_uint64 * STACK_BATCH_WORDS)()
         raw = memoryview(buf).cast("B")
@@ -268,15 +271,16 @@ class HeapRing(MappedFile):
         self._take_stacks()
         stacks = self._taken if final else list(self._taken)
         if final:
-            self._taken, self._canonical = [], {}
+            self._taken = []
         del stacks[n:]                      # (stacks interned meanwhile have no figures here)
         del table[len(stacks) * NSTAT:]
         return stacks, table
 
     def detach(self) -> None:
-        """The run is over but this process is not: it stops tracking at its
-        next hook and runs at full speed from then on (nothing drains its
-        ring any more)."""
+        """Nothing drains this ring any more: the run is over but its process
+        is not (it stops tracking at its next hook and runs at full speed from
+        then on), or its process has ended (a later one given the same pid
+        is not tracked into this file)."""
         if struct.unpack_from("<I", self.map, DETACHED_OFFSET)[0] == 0:
             struct.pack_into("<I", self.map, DETACHED_OFFSET, DETACH_RUN_ENDED)
 
@@ -407,10 +411,24 @@ def root_ranges(pid: int, h: Dict[str, int], session_dir: str) -> List[Tuple[int
     return ranges
 
 
+def prepare_frame_reader() -> None:
+    """Build the frame reader that names Python frames' code objects while
+    the program runs: before the program starts (and before its clock
+    does), not when its first Python process is found -- a short script
+    would end meanwhile, and its code objects be gone.  (Cached after the
+    first run; without it Python frames stay unnamed.)"""
+    try:
+        shim_path("pyreader")
+    except (BuildError, OSError):
+        pass
+
+
 class HeapCollector:
-    """Finds .heap rings in the session directory and drains them in a
-    background thread until :meth:`stop`.  A leak scan runs in a thread of
-    its own, so the other processes' rings keep draining meanwhile (their
+    """Finds .heap rings in the session directory and follows them in a
+    background thread until :meth:`stop` (the shim's C drainer drains them;
+    this thread hands them to it, names Python frames, starts leak scans,
+    and finishes processes that have exited).  A leak scan runs in a thread
+    of its own, so the other processes' rings keep draining meanwhile (their
     writers never take a long scan for a stalled controller).
 
     What happens to processes that outlive the run (``sh -c 'worker &'``, a
@@ -422,15 +440,6 @@ class HeapCollector:
         self.session_dir = session_dir
         self.lib = bind(shim)
         self.start = start
-        # Python frames' code objects are named while the program runs, by
-        # the frame reader: built now, before the program starts, not when
-        # its first Python process is found -- a short script would end
-        # meanwhile, and its code objects be gone.  (Cached after the first
-        # run; without it Python frames stay unnamed.)
-        try:
-            shim_path("pyreader")
-        except (BuildError, OSError):
-            pass
         self.rings: Dict[str, HeapRing] = {}
         self._stop = threading.Event()
         self._snapshot_wanted = threading.Event()
@@ -440,6 +449,7 @@ class HeapCollector:
         self._scans: Dict[str, threading.Thread] = {}
         self._last_discover = -1.0
         self._finished: Dict[str, HeapProcess] = {}     # processes over before the run
+        self._addresses: Dict[int, int] = {}            # one int object per address, for every ring
         self._last_exit_check = -1.0
 
     def start_thread(self) -> None:
@@ -457,7 +467,8 @@ class HeapCollector:
         for name in names:
             if name.endswith(".heap") and name not in self.rings and name not in self._finished:
                 try:
-                    self.rings[name] = HeapRing(self.lib, os.path.join(self.session_dir, name), self.start)
+                    self.rings[name] = HeapRing(self.lib, os.path.join(self.session_dir, name), self.start,
+                                                self._addresses)
                 except (OSError, ValueError):
                     continue
 
@@ -538,7 +549,7 @@ class HeapCollector:
 
     def snapshot(self, timeout: float = 30.0) -> Dict[int, HeapProcess]:
         """The heap state of every process now, taken by the draining thread
-        (the only one that touches the consumers)."""
+        (the only Python thread that reads the consumers while it runs)."""
         self._snapshot_ready.clear()
         self._snapshot_wanted.set()
         self.lib.ctprof_heap_raise_attention()
@@ -556,7 +567,7 @@ class HeapCollector:
         self._finished = {}
         for ring in self.rings.values():  # one .heap file per pid
             if ring.consumer is not None:
-                self.lib.ctprof_heap_forget_live(ring.consumer)   # scanned: free it before the stacks come over
+                self.lib.ctprof_heap_forget_live(ring.consumer)   # done with: free it before the stacks come over
             info = ring.finish() if ring.consumer is not None else None
             if process_running(ring.pid):
                 ring.detach()
