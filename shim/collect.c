@@ -840,15 +840,22 @@ static uint64_t page_hash(uint64_t page, uint64_t mask)
     return (page * 0x9E3779B97F4A7C15ull >> 20) & mask;
 }
 
+/* At most this many pages are indexed (4 GiB of live blocks; the table is
+ * then at most 32 MiB): the index grows with the live bytes, not with the
+ * blocks, and a larger heap is scanned with the binary search alone. */
+#define MAX_INDEXED_PAGES (1u << 20)
+
 /* Index every page a block touches (blocks sorted, so a page's blocks are
  * consecutive).  The table holds at most one slot per block plus one per
- * page of live memory, at most half full; without memory for it the scan
- * goes on without (s->pages stays NULL). */
+ * page of live memory, at most half full; without it (too many pages, or
+ * no memory) the scan goes on without (s->pages stays NULL). */
 static void index_pages(struct scan *s)
 {
     uint64_t want = 0;
     for (size_t b = 0; b < s->n; b++)
         want += ((s->blocks[b].hi - 1) >> PAGE_SHIFT_SCAN) - (s->blocks[b].lo >> PAGE_SHIFT_SCAN) + 1;
+    if (want > MAX_INDEXED_PAGES)
+        return;
     uint64_t slots = 1024;
     while (slots < 2 * want)
         slots <<= 1;
