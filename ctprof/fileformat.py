@@ -81,13 +81,13 @@ from array import array
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import fields
 from collections import Counter
-from itertools import islice
+from itertools import chain, islice, repeat
 from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import FormatError
 from .nogc import paused_collector
 from .profile import Frame, Profile
-from .session import ProcessInfo, RawStack, Session
+from .session import HeapStacks, ProcessInfo, RawStack, Session
 
 FORMAT_NAME = "ctprof-profile"
 FORMAT_VERSION = 2
@@ -117,6 +117,9 @@ _SWAP = sys.byteorder != "little"
 _NONE = -1  # pid, tid or line unknown
 #: Raw stacks flattened and compressed at a time when saving.
 _BATCH = 4096
+#: Session fields stored in sections of their own, not in its JSON document
+#: (the heap's stacks are stored as raw stacks and load as such).
+_SESSION_TABLES = ("processes", "stacks", "heap_stacks")
 
 
 # =============================================================================
@@ -265,7 +268,7 @@ def _profile_arrays(profile: Profile, strings: _Strings) -> Dict[str, array]:
 
 
 def _session_doc(session: Session) -> Dict[str, Any]:
-    doc = {f.name: getattr(session, f.name) for f in fields(Session) if f.name not in ("processes", "stacks")}
+    doc = {f.name: getattr(session, f.name) for f in fields(Session) if f.name not in _SESSION_TABLES}
     doc["processes"] = [_process_doc(p) for p in session.processes.values()]
     return doc
 
@@ -286,7 +289,9 @@ def _is_tid_table(name: str, default: Any) -> bool:
 
 
 def _raw_arrays(session: Session, doc: Dict[str, Any], deflater: _Deflater) -> Dict[str, Any]:
-    stacks = session.stacks
+    """The raw stacks' sections: ``session.stacks``, then the heap's
+    stacks (:class:`~ctprof.session.HeapStacks`) as raw stacks of their own."""
+    stacks, heap = session.stacks, session.heap_stacks
     keysets: Dict[Tuple[str, ...], int] = {}
     keyset_ids = array("I", [keysets.setdefault(tuple(s.values), len(keysets)) for s in stacks])
     ips = deflater.stream()
@@ -295,7 +300,6 @@ def _raw_arrays(session: Session, doc: Dict[str, Any], deflater: _Deflater) -> D
         for s in stacks[start:start + _BATCH]:
             batch.extend(s.ips)
         ips.add(batch)
-    ips.close()
     cols = {
         "raw_pid": array("q", [s.pid for s in stacks]),
         "raw_tid": array("q", [s.tid for s in stacks]),
@@ -307,19 +311,41 @@ def _raw_arrays(session: Session, doc: Dict[str, Any], deflater: _Deflater) -> D
         "raw_py_length": array("I", [len(s.py) for s in stacks]),
         "raw_py": array("Q", [w for s in stacks if s.py for w in s.py]),
     }
-    # Each stack's values in its key set's order, one after the other: one
-    # C call per stack, no per-metric pass over every stack.
+    for block in heap:             # column by column
+        n = len(block)
+        keyset_ids.extend(repeat(keysets.setdefault(tuple(block.values), len(keysets)), n))
+        for start in range(0, n, _BATCH):
+            ips.add(array("Q", chain.from_iterable(block.ips[start:start + _BATCH])))
+        cols["raw_pid"].extend(repeat(block.pid, n))
+        cols["raw_tid"].extend(repeat(0, n))
+        cols["raw_gen"].extend(repeat(block.gen, n))
+        cols["raw_truncated"].extend(array("B", block.truncated))
+        cols["raw_length"].extend(map(len, block.ips))
+        cols["raw_py_length"].extend(map(len, block.py) if block.py else repeat(0, n))
+        cols["raw_py"].extend(chain.from_iterable(block.py or ()))
+    ips.close()
     try:
-        values = array("q")
-        for s in stacks:
-            values.extend(s.values.values())
+        cols["raw_values"] = _raw_values(stacks, heap, "q")
     except (TypeError, OverflowError):
-        values = array("d")
-        for s in stacks:
-            values.extend(s.values.values())
-    cols["raw_values"] = values
+        cols["raw_values"] = _raw_values(stacks, heap, "d")
     doc["raw_keysets"] = [list(k) for k in keysets]
     return cols
+
+
+def _raw_values(stacks: List[RawStack], heap: List[HeapStacks], typecode: str) -> "array[Any]":
+    """Each raw stack's values in its key set's order, one after the
+    other (one C call per stack, no per-metric pass over every stack)."""
+    values = array(typecode)
+    for s in stacks:
+        values.extend(s.values.values())
+    for block in heap:
+        # the block's rows, interleaved from its columns by strided copies
+        rows = array(typecode, bytes(values.itemsize * len(block) * len(block.values)))
+        for j, column in enumerate(block.values.values()):
+            same = isinstance(column, array) and column.typecode == typecode
+            rows[j::len(block.values)] = column if same else array(typecode, column)
+        values.extend(rows)
+    return values
 
 
 def save_to(out: BinaryIO, profile: Profile, session: "Optional[Session | EncodedSession]" = None) -> None:
@@ -868,7 +894,7 @@ class _Validator:
     def check_session(self) -> None:
         doc = self.session_doc
         for name, (check, _) in _field_checks(Session, _SESSION_FIELDS).items():
-            if name in doc and name not in ("processes", "stacks"):
+            if name in doc and name not in _SESSION_TABLES:
                 check(doc[name], f"meta.session.{name}")
         processes = doc.get("processes", [])
         if not isinstance(processes, list):
@@ -982,5 +1008,5 @@ class _Validator:
         return session
 
 
-_SESSION_NAMES = {f.name for f in fields(Session)} - {"processes", "stacks"}
+_SESSION_NAMES = {f.name for f in fields(Session)} - set(_SESSION_TABLES)
 _PROCESS_NAMES = {f.name for f in fields(ProcessInfo)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .profile import Profile
 
@@ -40,6 +40,36 @@ class RawStack:
     truncated: bool
     values: Dict[str, int]
     py: Tuple[int, ...] = ()
+
+
+@dataclass(**_COMPACT)
+class HeapStacks:
+    """One process's heap allocation stacks, column by column: the form
+    ``--mem`` captures them in (a large program leaves 100,000 of them; no
+    object per stack, no dict of values per stack).
+
+    Row ``i`` is one stack: ``ips[i]`` its addresses leaf first as in
+    :attr:`RawStack.ips` (the leaf the call into the allocator),
+    ``truncated[i]``, ``py[i]`` its Python frames as in :attr:`RawStack.py`
+    (``py`` is None when no stack of the process has any), and
+    ``values[metric][i]`` for every metric.  Every row has a non-zero value."""
+
+    pid: int
+    gen: int
+    ips: List[Tuple[int, ...]]
+    truncated: Sequence[int]
+    values: Dict[str, Sequence[int]]
+    py: Optional[List[Tuple[int, ...]]] = None
+
+    def __len__(self) -> int:
+        return len(self.ips)
+
+    def raw_stack(self, i: int) -> RawStack:
+        """Row ``i`` as a raw stack, as a saved profile loads it (a value
+        for every metric)."""
+        values = {m: column[i] for m, column in self.values.items()}
+        return RawStack(self.pid, 0, self.gen, self.ips[i], bool(self.truncated[i]), values,
+                        self.py[i] if self.py else ())
 
 
 @dataclass
@@ -85,6 +115,9 @@ class Session:
     exit_status: Optional[int] = None
     processes: Dict[int, ProcessInfo] = field(default_factory=dict)
     stacks: List[RawStack] = field(default_factory=list)
+    #: ``--mem``'s allocation stacks, one block per process (besides
+    #: ``stacks``; a loaded session has them as raw stacks)
+    heap_stacks: List[HeapStacks] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     #: Heap profiling (``run --mem``): per pid (as a string), the totals,
     #: live-heap timeline, peak time, scan state and overhead figures.

@@ -754,13 +754,30 @@ static void forget_live_locked(struct consumer *c)
 
 /* The statistics of stacks `first` .. `first`+`count`-1 (as many as
  * exist) into `out`, NSTAT doubles each; returns how many stacks. */
-static size_t stats_locked(struct consumer *c, uint32_t first, double *out, size_t count)
+/* x rounded half to even, as Python's round() (no libm: the shim links
+ * nothing but libc).  Figures are counts and bytes, far below 2^63. */
+static int64_t round_even(double x)
+{
+    double t = x < 0 ? -x : x;
+    int64_t n = (int64_t)t;
+    double frac = t - (double)n;
+    if (frac > 0.5 || (frac == 0.5 && (n & 1)))
+        n++;
+    return x < 0 ? -n : n;
+}
+
+/* Stacks' figures rounded to whole numbers: the profile's columns, made a
+ * column at a time by slicing instead of a Python round() per figure (1.5
+ * million of them after a large compile). */
+static size_t stats_locked(struct consumer *c, uint32_t first, int64_t *out, size_t count)
 {
     if (first >= c->nstacks)
         return 0;
     if (count > c->nstacks - first)
         count = c->nstacks - first;
-    memcpy(out, c->stats + (size_t)first * NSTAT, count * NSTAT * sizeof(double));
+    const double *in = c->stats + (size_t)first * NSTAT;
+    for (size_t i = 0; i < count * NSTAT; i++)
+        out[i] = round_even(in[i]);
     return count;
 }
 
@@ -1196,7 +1213,7 @@ CTPROF_API void ctprof_heap_forget_live(struct consumer *c)
     pthread_mutex_unlock(&c->lock);
 }
 
-CTPROF_API size_t ctprof_heap_stats(struct consumer *c, uint32_t first, double *out, size_t count)
+CTPROF_API size_t ctprof_heap_stats(struct consumer *c, uint32_t first, int64_t *out, size_t count)
 {
     lock_for_python(c);
     size_t r = stats_locked(c, first, out, count);

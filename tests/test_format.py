@@ -16,6 +16,7 @@ import subprocess
 import sys
 import zlib
 from array import array
+from dataclasses import replace
 from typing import Callable, Dict, List, Tuple
 
 import pytest
@@ -274,7 +275,11 @@ def test_real_capture_round_trips_exactly(work_program, tmp_path):
     assert profile.values == result.profile.values
     assert (profile.pids, profile.tids) == (result.profile.pids, result.profile.tids)
     assert profile.metadata == json.loads(json.dumps(result.profile.metadata))
-    assert session == result.session and len(session.stacks) > 0
+    # (the heap's stacks, kept column by column, load as raw stacks)
+    heap = result.session.heap_stacks
+    assert heap and session.heap_stacks == []
+    as_raw = [block.raw_stack(i) for block in heap for i in range(len(block))]
+    assert session == replace(result.session, stacks=result.session.stacks + as_raw, heap_stacks=[])
     # The figures still match the program's own: SMALL allocations from
     # site_small, BIG + 1 from site_big (4321 bytes never freed).
     def count(fn: str, metric: str) -> int:

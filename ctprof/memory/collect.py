@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
 from ..capture.build import shim_path
-from ..capture.pystacks import CodeReader
+from ..capture.pystacks import PYFRAMES_MARK, CodeReader
 from ..capture.ring import MappedFile
 from ..errors import BuildError
 
@@ -97,7 +97,7 @@ def bind(shim: str):
     lib.ctprof_heap_nstacks.restype = ctypes.c_uint32
     lib.ctprof_heap_stacks.argtypes = [vp, ctypes.c_uint32, u64p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint32)]
     lib.ctprof_heap_stacks.restype = ctypes.c_size_t
-    lib.ctprof_heap_stats.argtypes = [vp, ctypes.c_uint32, ctypes.POINTER(ctypes.c_double), ctypes.c_size_t]
+    lib.ctprof_heap_stats.argtypes = [vp, ctypes.c_uint32, ctypes.POINTER(ctypes.c_int64), ctypes.c_size_t]
     lib.ctprof_heap_stats.restype = ctypes.c_size_t
     lib.ctprof_heap_python_frames.argtypes = [vp, ctypes.c_uint32, u64p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint32)]
     lib.ctprof_heap_python_frames.restype = ctypes.c_size_t
@@ -120,12 +120,14 @@ class HeapProcess:
     pid: int
     totals: Dict[str, float] = field(default_factory=dict)
     header: Dict[str, int] = field(default_factory=dict)
-    #: each stack's return addresses (each distinct address one shared int
-    #: object: a large program leaves 100,000 stacks) ...
+    #: each stack's addresses leaf first, the leaf the call into the
+    #: allocator, the others return addresses (each distinct address one
+    #: shared int object: a large program leaves 100,000 stacks) ...
     stacks: List[Tuple[int, ...]] = field(default_factory=list)
-    #: ... and their statistics, NSTAT per stack in STAT_NAMES order, stack
-    #: after stack in one packed array (no object per stack)
-    stats: "array[float]" = field(default_factory=lambda: array("d"))
+    #: ... and their statistics rounded to whole numbers, NSTAT per stack in
+    #: STAT_NAMES order, stack after stack in one packed array (no object
+    #: per stack)
+    stats: "array[int]" = field(default_factory=lambda: array("q"))
     timeline: List[Tuple[float, float]] = field(default_factory=list)  # (seconds since start, live bytes)
     peak_time: float = 0.0
     scanned: bool = False
@@ -139,7 +141,7 @@ class HeapProcess:
 
     def copy(self) -> "HeapProcess":
         """A copy whose stacks and figures can be consumed (a snapshot's)."""
-        return replace(self, stacks=list(self.stacks), stats=array("d", self.stats), timeline=list(self.timeline),
+        return replace(self, stacks=list(self.stacks), stats=array("q", self.stats), timeline=list(self.timeline),
                        totals=dict(self.totals), header=dict(self.header))
 
 
@@ -256,17 +258,22 @@ class HeapRing(MappedFile):
             while pos < used and len(stacks) < total:
                 depth = words[pos]
                 frame = words[pos + 1:pos + 1 + depth]
+                # The leaf is the allocator's return address: made the
+                # call instruction itself, as a raw stack's first address
+                # is exact (unless the stack has no native frame at all).
+                if depth and frame[0] != PYFRAMES_MARK:
+                    frame[0] -= 1
                 stacks.append(tuple(map(canonical, frame, frame)))
                 pos += 1 + depth
 
-    def _stacks(self, final: bool) -> Tuple[List[Tuple[int, ...]], "array[float]"]:
+    def _stacks(self, final: bool) -> Tuple[List[Tuple[int, ...]], "array[int]"]:
         """Every stack's return addresses, and all their statistics (see
         HeapProcess), copied straight into one array.  ``final``: the
         stacks are handed over for good (else a copy, for a snapshot)."""
         n = self.lib.ctprof_heap_nstacks(self.consumer)
-        table = array("d", [0.0]) * (n * NSTAT)
+        table = array("q", bytes(8 * n * NSTAT))
         if n:
-            address = ctypes.cast(table.buffer_info()[0], ctypes.POINTER(ctypes.c_double))
+            address = ctypes.cast(table.buffer_info()[0], ctypes.POINTER(ctypes.c_int64))
             n = self.lib.ctprof_heap_stats(self.consumer, 0, address, n)
         self._take_stacks()
         stacks = self._taken if final else list(self._taken)

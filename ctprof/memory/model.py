@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from array import array
 from itertools import compress
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
+from operator import add, and_, or_
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..nogc import paused_collector
-from ..session import ProcessInfo, RawStack, Session
+from ..session import HeapStacks, ProcessInfo, Session
 from ..capture.pystacks import CodeTable, split_python
 from .collect import DETACH_REASONS, NSTAT, STAT_NAMES, HeapProcess
 
@@ -63,28 +64,22 @@ _STAT_INDEX = {name: i for i, name in enumerate(STAT_NAMES)}
 _SCANNED_PLAN = _plan(_SCANNED_COLUMNS, ("definite_bytes", "indirect_bytes"), ("definite_count", "indirect_count"))
 _UNSCANNED_PLAN = _plan(_UNSCANNED_COLUMNS, ("live_bytes",), ("live_count",))
 TRUNCATED_STAT = _STAT_INDEX["truncated"]
-#: Stacks whose figures are turned into columns at a time.
-_CHUNK = 4096
 
 
-def stack_values(table: "array[float]", scanned: bool) -> Iterator[Dict[str, int]]:
-    """Each allocation stack's non-zero profile columns, in order, from the
-    packed statistics (NSTAT per stack, STAT_NAMES order; a missing column
-    is 0).  Without an exit scan (the program crashed, was killed or called
-    _exit) everything still allocated counts as leaked: "live at death"."""
-    # 100,000 stacks in a large program: the figures are rounded a column
-    # at a time, and each stack's dict built by C loops (compress keeps the
-    # non-zero ones), never a Python loop over the columns.
+def stack_columns(table: "array[int]", scanned: bool) -> Dict[str, "array[int]"]:
+    """Every profile column of the allocation stacks, from their packed
+    statistics (NSTAT whole numbers per stack, STAT_NAMES order).  Without
+    an exit scan (the program crashed, was killed or called _exit)
+    everything still allocated counts as leaked: "live at death"."""
+    # A column at a time, by slicing: a large program leaves 100,000
+    # stacks and 15 columns, and a machine integer array holds them
+    # without an int object per value.
     names, stats, sums = _SCANNED_PLAN if scanned else _UNSCANNED_PLAN
-    n = len(table) // NSTAT
-    for lo in range(0, n, _CHUNK):
-        part = table[lo * NSTAT:min(n, lo + _CHUNK) * NSTAT]
-        columns = [list(map(round, part[i::NSTAT])) for i in stats]
-        for group in sums:
-            columns.append(list(map(sum, zip(*(columns[i] for i in group)))) if len(group) > 1
-                           else columns[group[0]])
-        for row in zip(*columns):
-            yield dict(compress(zip(names, row), row))
+    columns = [table[i::NSTAT] for i in stats]
+    for group in sums:                 # (one column or two)
+        columns.append(array("q", map(add, *(columns[i] for i in group))) if len(group) == 2
+                       else columns[group[0]])
+    return dict(zip(names, columns))
 
 
 def _code_ids(proc: Optional[ProcessInfo], info: HeapProcess) -> Callable[[Tuple[int, int]], int]:
@@ -99,49 +94,45 @@ def _code_ids(proc: Optional[ProcessInfo], info: HeapProcess) -> Callable[[Tuple
     return lambda key: table.id_of(key, info.python_codes.get(key))
 
 
-def _add_stacks(session: Session, heap: Dict[int, HeapProcess]) -> None:
-    """The heap's stacks as raw stacks (see :func:`add_heap_to_session`)."""
-    calls: Dict[int, int] = {}
-    call_of = calls.setdefault
-    append = session.stacks.append
-    for pid, info in heap.items():
-        proc = session.processes.get(pid)
-        gen = max(0, len(proc.maps) - 1) if proc else 0
+def _heap_stacks(session: Session, info: HeapProcess) -> HeapStacks:
+    """One process's allocation stacks (see :func:`add_heap_to_session`)."""
+    proc = session.processes.get(info.pid)
+    gen = max(0, len(proc.maps) - 1) if proc else 0
+    ips, info.stacks = info.stacks, []
+    table, info.stats = info.stats, array("q")
+    values = stack_columns(table, info.scanned)
+    truncated = array("B", table[TRUNCATED_STAT::NSTAT])
+    del table
+    py: Optional[List[Tuple[int, ...]]] = None
+    if info.totals.get("python_stacks", 0) > 0:
         code_id = _code_ids(proc, info)
-        pending, info.stacks = info.stacks, []
-        table, info.stats = info.stats, array("d")
-        truncated = table[TRUNCATED_STAT::NSTAT]
-        values_of = stack_values(table, info.scanned)
-        with_python = info.totals.get("python_stacks", 0) > 0
-        pending.reverse()
-        for flag, values in zip(truncated, values_of):
-            ips = pending.pop()
-            if not ips or not values:
-                continue
-            py: Tuple[int, ...] = ()
-            if with_python:
-                ips, py = split_python(ips, code_id)
-                if not ips:
-                    continue
-            # Every address is a return address; the resolver treats the
-            # first one as exact, so hand it the call instruction itself
-            # (one int object per distinct call; the other addresses come
-            # from HeapRing.finish as one shared int object per address).
-            call = ips[0] - 1
-            append(RawStack(pid, 0, gen, (call_of(call, call),) + ips[1:], bool(flag), values, py))
+        ips, py = map(list, zip(*(split_python(words, code_id) for words in ips))) if ips else ([], [])
+    # Only rows with an address and a non-zero value (a stack interned
+    # but whose figures are all zero adds nothing to the profile).  Every
+    # figure of a stack is at most what it allocated: one with neither an
+    # allocation nor a byte counted has none.
+    allocated = map(bool, map(or_, values["alloc_count"], values["alloc_bytes"]))
+    keep = list(map(and_, map(bool, ips), allocated))
+    if not all(keep):
+        ips = list(compress(ips, keep))
+        truncated = array("B", compress(truncated, keep))
+        values = {m: array("q", compress(column, keep)) for m, column in values.items()}
+        if py is not None:
+            py = list(compress(py, keep))
+    return HeapStacks(info.pid, gen, ips, truncated, values, py)
 
 
 def add_heap_to_session(session: Session, heap: Dict[int, HeapProcess]) -> None:
-    """Add the heap's stacks (as raw stacks) and figures to ``session``.
+    """Add the heap's stacks (one :class:`HeapStacks` per process, in
+    ``session.heap_stacks``) and figures to ``session``.
 
-    Each process's ``stacks`` list is consumed (emptied) as it is converted:
-    a large program leaves 100,000 stacks, and its statistics need not stay
-    in memory beside the raw stacks made from them.  Raw stacks keep only
-    their non-zero values (a missing metric is 0), and every address is one
-    shared int object (a few thousand distinct addresses fill millions of
-    frames)."""
+    Each process's ``stacks`` and ``stats`` are consumed (emptied) as they
+    are converted: a large program leaves 100,000 stacks, and its packed
+    statistics need not stay in memory beside the columns made from them.
+    Every address is one shared int object (a few thousand distinct
+    addresses fill millions of frames)."""
     with paused_collector():           # 100,000 new objects, no cycles
-        _add_stacks(session, heap)
+        session.heap_stacks.extend(_heap_stacks(session, info) for info in heap.values())
     for pid, info in heap.items():
         h = info.header
         timed = h.get("timed_calls", 0)

@@ -15,13 +15,14 @@ Entry point for capture: :func:`resolve_session`.  Lower-level and reusable
 """
 from __future__ import annotations
 
-from itertools import chain
-from operator import attrgetter
+from array import array
+from itertools import chain, compress, repeat
+from operator import attrgetter, not_
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ..nogc import paused_collector
 from ..profile import Profile
-from ..session import Session
+from ..session import HeapStacks, Session
 from . import offcpu
 from .python import PythonFrames
 from .resolve import TRUNCATED, Resolver
@@ -56,10 +57,12 @@ def resolve_session(session: Session, *, demangle: bool = True, lines: bool = Fa
     raw = session.stacks
     total = len(raw)
     # every metric, in the order it first appears (before any is let go of)
-    columns = _Columns(profile.values, dict.fromkeys(chain.from_iterable(map(attrgetter("values"), raw))))
+    heap = session.heap_stacks
+    columns = _Columns(profile.values, dict.fromkeys(chain(chain.from_iterable(map(attrgetter("values"), raw)),
+                                                           *(block.values for block in heap))))
     if consume:
-        session.stacks = []
-        raw = _consumed(raw)
+        session.stacks, session.heap_stacks = [], []
+        raw, heap = _consumed(raw), _consumed(heap)
     python = PythonFrames(session)
 
     # No reference cycles are created here; without the collector walking
@@ -102,6 +105,8 @@ def resolve_session(session: Session, *, demangle: bool = True, lines: bool = Fa
                                                      f"{resolver.stats['modules']} modules, "
                                                      f"{resolver.stats['addresses']} addresses")
             columns.flush()
+            for block in heap:
+                _add_heap_block(block, ids, python, rows, (stacks, pids, tids), columns)
     finally:
         resolver.close()
     resolver.progress.done(f"resolved {resolver.stats['addresses']} addresses in "
@@ -205,6 +210,42 @@ class _FrameIds:
         return tuple(parts)
 
 
+def _add_heap_block(block: HeapStacks, ids: _FrameIds, python: PythonFrames, rows: dict,
+                    lists: Tuple[list, list, list], columns: "_Columns") -> None:
+    """Resolve one process's heap stacks (column by column) into rows of
+    the profile: a stack that resolves like an earlier one of the process
+    adds to that one's row."""
+    stacks, pids, tids = lists
+    pid, gen, py, truncated = block.pid, block.gen, block.py, block.truncated
+    pcs, returns, multi = ids.tables_of(pid, gen)
+    return_frame = returns.__getitem__
+    root = ids.truncated() if any(truncated) else None
+    row_of = array("l")
+    is_new = bytearray()
+    for i, ips in enumerate(block.ips):
+        if py and py[i]:
+            frames = ids.special(block.raw_stack(i), python)
+        elif multi[0]:                 # inlined frames (--lines): expanded there
+            frames = ids.stack(pid, gen, ips)
+        else:                          # ids.stack inlined: every address seen
+            try:
+                frames = (*map(return_frame, ips[:0:-1]), pcs[ips[0]])
+            except KeyError:           # a new address
+                frames = ids.stack(pid, gen, ips)
+        if truncated[i]:
+            frames = (root,) + frames
+        row = rows.setdefault((frames, pid, 0), len(stacks))
+        if row == len(stacks):
+            stacks.append(frames)
+            pids.append(pid)
+            tids.append(0)
+            is_new.append(1)
+        else:
+            is_new.append(0)
+        row_of.append(row)
+    columns.add_block(row_of, is_new, block.values)
+
+
 def _consumed(stacks: list) -> Iterator:
     """``stacks`` in order, each dropped from the list as it is handed out."""
     stacks.reverse()
@@ -244,6 +285,22 @@ class _Columns:
         columns = self.columns
         for metric, value in values.items():
             columns[metric][row] += value
+
+    def add_block(self, row_of: Sequence[int], is_new: Sequence[int], values: Mapping[str, Sequence[int]]) -> None:
+        """The values of a block of stacks, given column by column: stack
+        ``i`` adds to row ``row_of[i]``, a new row (in order) where
+        ``is_new[i]``.  A Python step per metric only for a repeated row."""
+        self.flush()
+        count = sum(is_new)
+        for metric, column in zip(self.zeros, self.lists):
+            source = values.get(metric)
+            column.extend(repeat(0, count) if source is None else compress(source, is_new))
+        self.done += count
+        columns = self.columns
+        for i in compress(range(len(row_of)), map(not_, is_new)):
+            row = row_of[i]
+            for metric, source in values.items():
+                columns[metric][row] += source[i]
 
     def flush(self) -> None:
         """Transpose the pending rows into the columns."""
