@@ -2,12 +2,12 @@
 """Benchmark the controller's work after the program ends (``ctprof run --mem``).
 
 Once the program has exited, ``ctprof run --mem`` turns the heap's stacks into
-raw stacks (``add_heap_to_session``), resolves them into the profile
+columns (``add_heap_to_session``), resolves them into the profile
 (``build_profile``), saves both (``fileformat.save_to``) and prints the memory
 report.  This times each stage on a saved memory profile, repeatably and
 without re-running the program: the heap's stacks are rebuilt from the
-profile's raw session as ``HeapRing.finish`` hands them over (return
-addresses, a packed array of statistics), and every stage runs ``--runs``
+profile's raw session as ``HeapRing.finish`` hands them over (addresses, a
+packed array of whole-number statistics), and every stage runs ``--runs``
 times (best CPU time printed; the save also with the main thread's own CPU,
 since its compression runs on a second thread), then resolving and saving
 as ``ctprof run`` does (the raw session encoded first, its raw stacks let
@@ -79,13 +79,13 @@ def heap_of(session):
         if info is None:
             scanned = session.memory.get(str(s.pid), {}).get("scanned", True)
             info = heap[s.pid] = HeapProcess(s.pid, scanned=scanned)
-        stats = array("d", bytes(8 * NSTAT))
+        stats = array("q", bytes(8 * NSTAT))
         for metric, value in s.values.items():
             name = _STAT_OF.get(metric, metric)
             if name in STAT_NAMES:
                 stats[STAT_NAMES.index(name)] = value
-        stats[STAT_NAMES.index("truncated")] = 1.0 if s.truncated else 0.0
-        info.stacks.append((s.ips[0] + 1,) + tuple(s.ips[1:]))
+        stats[STAT_NAMES.index("truncated")] = 1 if s.truncated else 0
+        info.stacks.append(tuple(s.ips))     # (the leaf made the call address as they come over)
         info.stats.extend(stats)
     return cpu, heap
 
@@ -138,19 +138,20 @@ def main() -> int:
         print(f"{path}: its heap stacks carry Python frames; give a profile of a native program", file=sys.stderr)
         return 2
     cpu, heap = heap_of(session)
-    kept = {pid: (list(info.stacks), array("d", info.stats)) for pid, info in heap.items()}
+    kept = {pid: (list(info.stacks), array("q", info.stats)) for pid, info in heap.items()}
 
     def add_heap():
         for pid, info in heap.items():
-            info.stacks, info.stats = list(kept[pid][0]), array("d", kept[pid][1])
-        session.stacks = list(cpu)
+            info.stacks, info.stats = list(kept[pid][0]), array("q", kept[pid][1])
+        session.stacks, session.heap_stacks = list(cpu), []
         model.add_heap_to_session(session, heap)
-        return session.stacks
 
     print(f"{path}: {sum(len(k[0]) for k in kept.values()):,} heap stacks, {len(cpu):,} CPU stacks; best of {args.runs}, CPU s")
-    t, stacks = best(args.runs, add_heap)
+    t, _ = best(args.runs, add_heap)
+    # the raw stacks the file gets: the CPU ones, then the heap's, a process at a time
+    stacks = session.stacks + [block.raw_stack(i) for block in session.heap_stacks for i in range(len(block))]
     same = expected == [(s.pid, s.gen, tuple(s.ips), s.truncated, {k: v for k, v in s.values.items() if v},
-                         tuple(s.py)) for s in stacks]
+                        tuple(s.py)) for s in stacks]
     print(f"  add_heap_to_session  {t:6.3f}   (raw stacks as in the file: {'yes' if same else 'NO'})")
     t, profile = best(args.runs, lambda: build_profile(session, progress=False))
     print(f"  build_profile        {t:6.3f}   ({len(profile.stacks):,} stacks, {len(profile.frames):,} frames)")

@@ -106,7 +106,7 @@ def resolve_session(session: Session, *, demangle: bool = True, lines: bool = Fa
                                                      f"{resolver.stats['addresses']} addresses")
             columns.flush()
             for block in heap:
-                _add_heap_block(block, ids, python, rows, (stacks, pids, tids), columns)
+                _add_heap_block(block, ids, python, rows, (stacks, pids, tids), columns, consume)
     finally:
         resolver.close()
     resolver.progress.done(f"resolved {resolver.stats['addresses']} addresses in "
@@ -211,18 +211,23 @@ class _FrameIds:
 
 
 def _add_heap_block(block: HeapStacks, ids: _FrameIds, python: PythonFrames, rows: dict,
-                    lists: Tuple[list, list, list], columns: "_Columns") -> None:
+                    lists: Tuple[list, list, list], columns: "_Columns", consume: bool) -> None:
     """Resolve one process's heap stacks (column by column) into rows of
     the profile: a stack that resolves like an earlier one of the process
-    adds to that one's row."""
+    adds to that one's row.  ``consume``: let each stack's addresses go
+    once resolved."""
     stacks, pids, tids = lists
-    pid, gen, py, truncated = block.pid, block.gen, block.py, block.truncated
+    pid, gen, py, truncated, all_ips = block.pid, block.gen, block.py, block.truncated, block.ips
     pcs, returns, multi = ids.tables_of(pid, gen)
     return_frame = returns.__getitem__
     root = ids.truncated() if any(truncated) else None
+    # Rows are keyed by their frames alone unless a raw stack made a row
+    # of this process without a thread (only in a loaded session).
+    shared = any(key[1] == pid and key[2] == 0 for key in rows)
+    row_of_frames: dict = {}
     row_of = array("l")
     is_new = bytearray()
-    for i, ips in enumerate(block.ips):
+    for i, ips in enumerate(all_ips):
         if py and py[i]:
             frames = ids.special(block.raw_stack(i), python)
         elif multi[0]:                 # inlined frames (--lines): expanded there
@@ -232,9 +237,12 @@ def _add_heap_block(block: HeapStacks, ids: _FrameIds, python: PythonFrames, row
                 frames = (*map(return_frame, ips[:0:-1]), pcs[ips[0]])
             except KeyError:           # a new address
                 frames = ids.stack(pid, gen, ips)
+        if consume:
+            all_ips[i] = ()
         if truncated[i]:
             frames = (root,) + frames
-        row = rows.setdefault((frames, pid, 0), len(stacks))
+        row = (rows.setdefault((frames, pid, 0), len(stacks)) if shared
+               else row_of_frames.setdefault(frames, len(stacks)))
         if row == len(stacks):
             stacks.append(frames)
             pids.append(pid)
