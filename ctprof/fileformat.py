@@ -340,12 +340,22 @@ def _raw_values(stacks: List[RawStack], heap: List[HeapStacks], typecode: str) -
         values.extend(s.values.values())
     for block in heap:
         # the block's rows, interleaved from its columns by strided copies
-        rows = array(typecode, bytes(values.itemsize * len(block) * len(block.values)))
+        # into their room (no copy of the whole: millions of values)
+        start, width = len(values), len(block.values)
+        _extend_zeros(values, len(block) * width)
         for j, column in enumerate(block.values.values()):
             same = isinstance(column, array) and column.typecode == typecode
-            rows[j::len(block.values)] = column if same else array(typecode, column)
-        values.extend(rows)
+            values[start + j::width] = column if same else array(typecode, column)
     return values
+
+
+def _extend_zeros(values: "array[Any]", count: int) -> None:
+    """``count`` zeros more at the end of ``values``, a block at a time."""
+    zeros = array(values.typecode, bytes(values.itemsize * min(count, 1 << 16)))
+    while count > len(zeros):
+        values.extend(zeros)
+        count -= len(zeros)
+    values.extend(zeros[:count])
 
 
 def save_to(out: BinaryIO, profile: Profile, session: "Optional[Session | EncodedSession]" = None) -> None:
@@ -799,11 +809,12 @@ _NON_NEGATIVE_HIGH_BYTES = bytes(range(128))
 def _any_negative(values: array) -> bool:
     """Is any value negative?  For an int64 array, from the bytes holding
     its sign bits (a copy and a C scan: ``min`` makes an int object of
-    each value, 60 ms for the 1.5 million of a large memory profile)."""
+    each value, 60 ms for the 1.5 million of a large memory profile; the
+    sign bytes are the one copy)."""
     if values.typecode != "q":
         return bool(values) and min(values) < 0
-    high = values.tobytes()[7::8] if sys.byteorder == "little" else values.tobytes()[0::8]
-    return bool(high.translate(None, _NON_NEGATIVE_HIGH_BYTES))
+    high = memoryview(values).cast("B")[7::8] if sys.byteorder == "little" else memoryview(values).cast("B")[0::8]
+    return bool(high.tobytes().translate(None, _NON_NEGATIVE_HIGH_BYTES))
 
 
 class _Validator:

@@ -42,7 +42,7 @@ enum {
 
 struct stack_entry {
     uint64_t hash;
-    uint32_t off, depth;      /* into ippool */
+    uint32_t off, depth;      /* into ippool (off DROPPED: handed over, see drop_taken_locked) */
     uint32_t id_plus1;        /* 0: empty slot */
     uint32_t truncated;
 };
@@ -73,8 +73,9 @@ struct consumer {
     uint32_t stab_cap, nstacks;
     uint32_t *stack_slot;     /* id -> slot in stab */
     size_t slot_cap;
-    uint64_t *ippool;
+    uint64_t *ippool;         /* the addresses of stacks pool_first on */
     size_t ippool_len, ippool_cap;
+    uint32_t pool_first;
     double *stats;            /* nstacks * NSTAT */
     size_t stats_cap;         /* in stacks */
     struct live_entry *live;
@@ -85,6 +86,8 @@ struct consumer {
     int done;                 /* the live-block table is gone: nothing more is consumed */
     size_t codeset_cap, codeset_n;
 };
+
+#define DROPPED UINT32_MAX
 
 /* ---- small helpers ------------------------------------------------------------ */
 
@@ -99,9 +102,6 @@ static uint64_t mix(uint64_t x)
 }
 
 
-/* Room for `need` elements.  The new room is left as it comes: not zeroed,
- * its pages are not resident until used (a large program's pools are tens
- * of megabytes, up to half of it room to grow into). */
 /* Where a stack's Python frames start: the index of its PYFRAMES_MARK
  * (they follow it, two words each), or n if it has none. */
 static uint32_t python_part(const uint64_t *ips, uint32_t n)
@@ -112,6 +112,9 @@ static uint32_t python_part(const uint64_t *ips, uint32_t n)
     return at;
 }
 
+/* Room for `need` elements.  The new room is left as it comes: not zeroed,
+ * its pages are not resident until used (a large program's pools are tens
+ * of megabytes, up to half of it room to grow into). */
 static int grow(void **p, size_t *cap, size_t need, size_t elem)
 {
     if (need <= *cap)
@@ -197,7 +200,7 @@ static int64_t intern(struct consumer *c, const uint64_t *ips, uint32_t n, uint3
     while (c->stab[i].id_plus1) {
         struct stack_entry *e = &c->stab[i];
         if (e->hash == h && e->depth == n && e->truncated == truncated &&
-            memcmp(c->ippool + e->off, ips, n * 8) == 0)
+            (e->off == DROPPED || memcmp(c->ippool + e->off, ips, n * 8) == 0))
             return e->id_plus1 - 1;
         i = (i + 1) & mask;
     }
@@ -664,6 +667,10 @@ static size_t stacks_locked(struct consumer *c, uint32_t first, uint64_t *out, s
 {
     size_t used = 0;
     uint32_t id = first;
+    if (first < c->pool_first) {      /* handed over and dropped: not again */
+        *next = first;
+        return 0;
+    }
     for (; id < c->nstacks; id++) {
         const struct stack_entry *e = &c->stab[c->stack_slot[id]];
         size_t need = 1 + (size_t)e->depth;
@@ -723,7 +730,7 @@ static int codeset_add(struct consumer *c, uint64_t addr, uint64_t print)
 static size_t python_frames_locked(struct consumer *c, uint32_t first, uint64_t *out, size_t cap, uint32_t *next)
 {
     size_t used = 0;
-    uint32_t id = first;
+    uint32_t id = first < c->pool_first ? c->pool_first : first;   /* (dropped ones have no Python frames) */
     for (; id < c->nstacks && used + 2 * PYHEAP_MAX_FRAMES <= cap; id++) {
         const struct stack_entry *e = &c->stab[c->stack_slot[id]];
         const uint64_t *ips = c->ippool + e->off;
@@ -737,6 +744,38 @@ static size_t python_frames_locked(struct consumer *c, uint32_t first, uint64_t 
     }
     *next = id;
     return used;
+}
+
+/* The controller's Python holds the addresses of stacks [0, upto) (they
+ * come over while the program runs): the pool lets them go and keeps only
+ * the later ones, so that a large program's addresses (tens of megabytes)
+ * are not held twice.  A dropped stack is found again by its hash, depth
+ * and truncation alone, as the writers' ALLOC_KNOWN records already name
+ * it by its hash.  Not in a process with Python frames: a stack's code
+ * objects are named from the pool, after the interpreter is found. */
+static void drop_taken_locked(struct consumer *c, uint32_t upto)
+{
+    if (upto > c->nstacks)
+        upto = c->nstacks;
+    if (upto <= c->pool_first || c->totals[T_PYTHON_STACKS] > 0)
+        return;
+    /* stacks are added in id order: those before `upto` come first */
+    size_t cut = upto < c->nstacks ? c->stab[c->stack_slot[upto]].off : c->ippool_len;
+    memmove(c->ippool, c->ippool + cut, (c->ippool_len - cut) * 8);
+    c->ippool_len -= cut;
+    for (uint32_t id = c->pool_first; id < upto; id++)
+        c->stab[c->stack_slot[id]].off = DROPPED;
+    for (uint32_t id = upto; id < c->nstacks; id++)
+        c->stab[c->stack_slot[id]].off -= (uint32_t)cut;
+    c->pool_first = upto;
+    if (c->ippool_cap > 4 * c->ippool_len + (1u << 16)) {   /* give the room back */
+        size_t cap = 2 * c->ippool_len + (1u << 15);
+        uint64_t *p = realloc(c->ippool, cap * 8);
+        if (p) {
+            c->ippool = p;
+            c->ippool_cap = cap;
+        }
+    }
 }
 
 /* The process is over and scanned: its live-block table (the consumer's
@@ -1195,6 +1234,13 @@ CTPROF_API int ctprof_heap_scan(struct consumer *c, int pid, const uint64_t *ran
     int r = scan_locked(c, pid, ranges, nranges, heartbeat);
     pthread_mutex_unlock(&c->lock);
     return r;
+}
+
+CTPROF_API void ctprof_heap_drop_taken(struct consumer *c, uint32_t upto)
+{
+    lock_for_python(c);
+    drop_taken_locked(c, upto);
+    pthread_mutex_unlock(&c->lock);
 }
 
 CTPROF_API size_t ctprof_heap_python_frames(struct consumer *c, uint32_t first, uint64_t *out, size_t cap,

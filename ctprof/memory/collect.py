@@ -84,7 +84,7 @@ def bind(shim: str):
     # wait at most for the drainer's current batch of records.
     quick = ctypes.PyDLL(shim)
     for name in ("ctprof_heap_totals", "ctprof_heap_nstacks", "ctprof_heap_stacks", "ctprof_heap_stats",
-                 "ctprof_heap_python_frames"):
+                 "ctprof_heap_python_frames", "ctprof_heap_drop_taken"):
         setattr(lib, name, getattr(quick, name))
     vp, u64p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)
     lib.ctprof_heap_new.argtypes = [ctypes.c_double, ctypes.c_int]
@@ -99,6 +99,8 @@ def bind(shim: str):
     lib.ctprof_heap_stacks.restype = ctypes.c_size_t
     lib.ctprof_heap_stats.argtypes = [vp, ctypes.c_uint32, ctypes.POINTER(ctypes.c_int64), ctypes.c_size_t]
     lib.ctprof_heap_stats.restype = ctypes.c_size_t
+    lib.ctprof_heap_drop_taken.argtypes = [vp, ctypes.c_uint32]
+    lib.ctprof_heap_drop_taken.restype = None
     lib.ctprof_heap_python_frames.argtypes = [vp, ctypes.c_uint32, u64p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint32)]
     lib.ctprof_heap_python_frames.restype = ctypes.c_size_t
     lib.ctprof_heap_scan.argtypes = [vp, ctypes.c_int, u64p, ctypes.c_int, u64p]
@@ -265,6 +267,8 @@ class HeapRing(MappedFile):
                     frame[0] -= 1
                 stacks.append(tuple(map(canonical, frame, frame)))
                 pos += 1 + depth
+        # (the consumer keeps the addresses of those not taken yet only)
+        self.lib.ctprof_heap_drop_taken(self.consumer, len(stacks))
 
     def _stacks(self, final: bool) -> Tuple[List[Tuple[int, ...]], "array[int]"]:
         """Every stack's return addresses, and all their statistics (see
