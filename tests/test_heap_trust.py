@@ -314,6 +314,46 @@ def test_a_fork_child_gets_every_stack_whole(build, tmp_path):
     assert at_site == {said[b"parent_pid"]: said[b"parent"], said[b"child_pid"]: said[b"child"] + said[b"thread"]}
 
 
+def test_a_stack_sent_again_after_it_was_taken_is_the_same_stack(build, tmp_path):
+    """The consumer lets go of the addresses of stacks the controller has
+    taken, and finds such a stack again by its hash: a thread sending it
+    whole after that gets the one raw stack (no second copy), with every
+    allocation of both threads, and a stack interned after the pool was cut
+    keeps its own call chain."""
+    out = str(tmp_path / "mem.ctprof")
+    proc = ctprof(["run", "--mem", "--mem-depth", "2", "-o", out, "--", build("heap_drop_taken.c")],
+                  cwd=str(tmp_path), timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    said = dict(zip(proc.stdout.split()[0::2], map(int, proc.stdout.split()[1::2])))
+    p, session = load_profile(out)
+    chains = {}
+    for i, stack in enumerate(p.stacks):
+        names = tuple(p.frames[f].name for f in stack)
+        if names[-2:] in (("via", "site"), ("later", "site")):
+            chains[names[-2]] = chains.get(names[-2], 0) + p.values["alloc_count"][i]
+    assert chains == {"via": said[b"via"], "later": said[b"later"]}
+    heap = [(s.pid, s.ips, s.truncated) for s in session.stacks if "alloc_count" in s.values]
+    assert heap and len(heap) == len(set(heap))     # each stack once
+
+
+def test_stacks_made_in_a_burst_keep_their_chains(build, tmp_path):
+    """6561 distinct stacks at once: the consumer cuts its pool of
+    addresses (those the controller took) while later stacks are in it;
+    every path keeps its own call chain and count."""
+    proc, p = run_mem(tmp_path, [build("heap_many_stacks.c")])
+    assert proc.returncode == 0, proc.stderr.decode()
+    said = dict(zip(proc.stdout.split()[0::2], map(int, proc.stdout.split()[1::2])))
+    paths = {}
+    for i, stack in enumerate(p.stacks):
+        names = [p.frames[f].name for f in stack]
+        if names and names[-1] == "leaf_alloc":
+            steps = [n for n in names if n in ("step0", "step1", "step2")]
+            assert len(steps) == said[b"levels"], names
+            path = int("".join(n[-1] for n in steps), 3)
+            paths[path] = paths.get(path, 0) + p.values["alloc_count"][i]
+    assert paths == {path: said[b"rounds"] for path in range(said[b"paths"])}
+
+
 # ---- 5. the profiler is invisible in the profile -------------------------------
 
 def test_fork_storm_shows_no_shim_allocation(build, tmp_path):
