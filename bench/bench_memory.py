@@ -12,6 +12,9 @@ heaptrack and valgrind massif (where installed), side by side.
 3. End to end on programs no one here wrote: sqlite3 building a
    300,000-row table and a g++ compile, plain, ctprof --mem and heaptrack.
 4. A cross-check of ctprof's allocation count and peak against heaptrack's.
+
+``--tree DIR`` adds ctprof exact from another source tree (a previous
+release) to the cost table, interleaved with the rest.
 """
 from __future__ import annotations
 
@@ -180,6 +183,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--real-only", action="store_true", help="only the metadata and end-to-end tables")
+    ap.add_argument("--tree", action="append", default=[], metavar="DIR",
+                    help="also time ctprof exact from this source tree (another release: side by side in "
+                         "the cost table; repeatable)")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="ctprof-bench-mem-")
     env = dict(os.environ, PYTHONPATH=ROOT)
@@ -194,6 +200,10 @@ def main() -> int:
             "ctprof sampled 512K": lambda c: [sys.executable, "-m", "ctprof", "run", "-q", "--mem",
                                              "--mem-sample", "524288", "-o", out, "--"] + c,
         }
+        for tree in args.tree:   # on its own PYTHONPATH (env overrides the one run() passes)
+            tools[f"ctprof exact [{os.path.basename(os.path.normpath(tree))}]"] = (
+                lambda c, tree=os.path.abspath(tree): ["env", f"PYTHONPATH={tree}", sys.executable, "-m", "ctprof",
+                                                       "run", "-q", "--mem", "-o", out, "--"] + c)
         if shutil.which("heaptrack"):
             tools["heaptrack"] = lambda c: ["heaptrack", "-o", os.path.join(tmp, "ht")] + c
         if shutil.which("valgrind"):
