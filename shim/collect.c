@@ -791,8 +791,6 @@ static void forget_live_locked(struct consumer *c)
     c->done = 1;
 }
 
-/* The statistics of stacks `first` .. `first`+`count`-1 (as many as
- * exist) into `out`, NSTAT doubles each; returns how many stacks. */
 /* x rounded half to even, as Python's round() (no libm: the shim links
  * nothing but libc).  Figures are counts and bytes, far below 2^63. */
 static int64_t round_even(double x)
@@ -805,9 +803,11 @@ static int64_t round_even(double x)
     return x < 0 ? -n : n;
 }
 
-/* Stacks' figures rounded to whole numbers: the profile's columns, made a
- * column at a time by slicing instead of a Python round() per figure (1.5
- * million of them after a large compile). */
+/* The statistics of stacks `first` .. `first`+`count`-1 (as many as
+ * exist) into `out`, NSTAT each, rounded to whole numbers: the profile's
+ * columns, made a column at a time by slicing instead of a Python round()
+ * per figure (1.5 million of them after a large compile); returns how
+ * many stacks. */
 static size_t stats_locked(struct consumer *c, uint32_t first, int64_t *out, size_t count)
 {
     if (first >= c->nstacks)

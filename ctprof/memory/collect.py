@@ -237,8 +237,9 @@ class HeapRing(MappedFile):
         return True
 
     def _take_stacks(self, limit: Optional[int] = None) -> None:
-        """Copy the return addresses of stacks interned since the last call
-        (at most ``limit`` of them), in batches of a few thousand."""
+        """Copy the addresses of stacks interned since the last call (at
+        most ``limit`` of them), in batches of a few thousand; the consumer
+        then lets go of them."""
         total = self.lib.ctprof_heap_nstacks(self.consumer)
         if limit is not None:
             total = min(total, len(self._taken) + limit)
@@ -267,11 +268,10 @@ class HeapRing(MappedFile):
                     frame[0] -= 1
                 stacks.append(tuple(map(canonical, frame, frame)))
                 pos += 1 + depth
-        # (the consumer keeps the addresses of those not taken yet only)
         self.lib.ctprof_heap_drop_taken(self.consumer, len(stacks))
 
     def _stacks(self, final: bool) -> Tuple[List[Tuple[int, ...]], "array[int]"]:
-        """Every stack's return addresses, and all their statistics (see
+        """Every stack's addresses, and all their statistics (see
         HeapProcess), copied straight into one array.  ``final``: the
         stacks are handed over for good (else a copy, for a snapshot)."""
         n = self.lib.ctprof_heap_nstacks(self.consumer)
