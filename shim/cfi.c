@@ -504,15 +504,10 @@ static int fill_page(uint64_t page)
     return 1;
 }
 
-static int read_word(struct reader *m, uint64_t addr, uint64_t *out)
+/* read_word off the thread's stack. */
+static __attribute__((noinline)) int read_word_elsewhere(struct reader *m, uint64_t addr, uint64_t *out)
 {
-    if (addr & 7)
-        return 0;
-    if (addr >= m->direct.lo && addr + 8 <= m->direct.hi) {
-        *out = *(const uint64_t *)(uintptr_t)addr;
-        return 1;
-    }
-    if (!m->any_memory || addr < 4096)
+    if (addr & 7 || !m->any_memory || addr < 4096)
         return 0;
     uint64_t page = addr & ~(uint64_t)4095;
     if (page != read_page_addr) {
@@ -524,6 +519,18 @@ static int read_word(struct reader *m, uint64_t addr, uint64_t *out)
     }
     memcpy(out, read_page + (addr - page), 8);
     return 1;
+}
+
+/* The word at `addr` (8-aligned), or 0 if it cannot be read safely.  A
+ * word of the thread's stack is a plain load, inline: the hooks' walks
+ * read nothing else. */
+static inline int read_word(struct reader *m, uint64_t addr, uint64_t *out)
+{
+    if (!(addr & 7) && addr >= m->direct.lo && addr + 8 <= m->direct.hi) {
+        *out = *(const uint64_t *)(uintptr_t)addr;
+        return 1;
+    }
+    return read_word_elsewhere(m, addr, out);
 }
 
 /* ---- the walk ---------------------------------------------------------------------- */
@@ -544,23 +551,53 @@ static int read_word(struct reader *m, uint64_t addr, uint64_t *out)
  * its rule on the pc and the code generation, its next state on those
  * words.  So when a new walk reaches a state of the last one, and every
  * word the last walk read from that step on still holds what it held, the
- * rest of the walk would find the same frames: they are copied, not looked
- * up (a load and a compare per frame instead of a cache probe).  Only walks
- * whose every read was a plain load from the thread's own stack, and that
- * ended on their own (the stack's end or the depth limit), are kept. */
-struct memo_step {
+ * rest of the walk would find the same frames: they are taken from the
+ * memo, not looked up (a load and a compare per frame instead of a cache
+ * probe).  Only walks whose every read was a plain load from the thread's
+ * own stack, at or above the sp of the step that read it, and that ended
+ * on their own (the stack's end or the depth limit), are kept.
+ *
+ * A saved rbp matters only where a later step uses rbp before another
+ * frame restores it (fp_used: in most optimized code rbp is an ordinary
+ * register and no rule looks at it), so only such words are checked.
+ *
+ * On a g++ compile 17 of a walk's 20 steps come from the memo, so what a
+ * step of it costs is what counts.  It is kept root first: step 0 is the
+ * outermost, top-1 the first (sp decreasing upwards), so a walk that meets
+ * step h shares steps 0..h with the last walk where they lie: only its own
+ * first steps, recorded aside (`fresh`, walk order) until it is known where
+ * they go, are written above h.  (Both walks copied whole into a second
+ * memo cost a fifth of the hooks' time.)  And its fields lie apart by use:
+ * the words to check, the pcs to copy, the sps to search, the rest. */
+struct memo_step {                /* one step as the walk records it */
     uint64_t pc, sp, fp;          /* the state the step started from, */
-    uint32_t exact, fp_used;      /* ... and whether its rule or a later one (before rbp is restored) uses rbp */
+    uint32_t exact;               /* ... whether pc is exact (not a return address), */
+    uint8_t fp_rule;              /* whether its rule uses rbp */
     uint64_t ra_at, ra;           /* the return address read (ra_at 0: none) */
     uint64_t rbp_at, rbp;         /* the saved rbp read (rbp_at 0: none) */
 };
+/* What a step with no return address to check compares: this. */
+static const uint64_t no_word = 0;
+struct memo_check {
+    uint64_t at;                  /* ra_at (&no_word: none) | 1 if the saved rbp is checked too */
+    uint64_t ra;
+};
+struct memo_more {
+    uint64_t fp, rbp_at, rbp;
+    uint32_t exact;
+    uint8_t fp_rule, fp_used;     /* its rule uses rbp; it or a later step does before
+                                     a frame restores rbp (or the resumed walk may) */
+};
 struct memo {
-    uint32_t steps;               /* 0: nothing kept */
+    uint32_t top;                 /* steps 0..top-1 (none: 0) */
     uint32_t gen;                 /* code_gen during the walk */
     uint64_t stack_hi;            /* the stack it was on */
-    int stopped;                  /* it stopped at its depth limit, in state `rest` */
-    struct memo_step rest;
-    struct memo_step step[];
+    int stopped;                  /* it stopped at its depth limit, in state rest_* */
+    uint32_t rest_exact;
+    uint64_t rest_pc, rest_sp;
+    uint64_t *pc, *sp;            /* memo_cap steps each */
+    struct memo_check *check;
+    struct memo_more *more;
 };
 /* Room for the depth limit's frames plus leading frames that are walked
  * but not recorded (the shim's own, when one interposer calls another:
@@ -576,8 +613,9 @@ struct thread_rule {
     struct rule rule;
 };
 static __thread struct thread_rule *thread_rules CTPROF_TLS;
-static __thread struct memo *memos[2] CTPROF_TLS;     /* last walk, next walk: mmap'ed on first need */
-static __thread uint32_t memo_cap CTPROF_TLS, memo_cur CTPROF_TLS;
+static __thread struct memo *memo CTPROF_TLS;          /* mmap'ed on first need */
+static __thread struct memo_step *fresh CTPROF_TLS;    /* memo_cap steps */
+static __thread uint32_t memo_cap CTPROF_TLS;
 static __thread size_t memo_bytes CTPROF_TLS;
 static __thread int memo_busy CTPROF_TLS;
 static __thread int memo_gone CTPROF_TLS;  /* the thread is exiting: no new mmap to leak */
@@ -587,7 +625,8 @@ static void memo_free(void)
     void *p = thread_rules;
     size_t bytes = memo_bytes;
     thread_rules = NULL;
-    memos[0] = memos[1] = NULL;
+    memo = NULL;
+    fresh = NULL;
     memo_cap = 0;
     memo_bytes = 0;
     if (p) {
@@ -596,59 +635,98 @@ static void memo_free(void)
     }
 }
 
-/* The calling thread's last walk (NULL: none usable) and the record for
- * this one; both NULL when the memo is in use (a nested walk) or cannot
- * be had. */
-static void memo_open(struct memo **last, struct memo **next, int max, uint64_t stack_hi)
+/* The calling thread's memo, taken for this walk (NULL when it is in use
+ * by a nested walk or cannot be had); *usable: it holds the last walk. */
+static struct memo *memo_open(int *usable, int max, uint64_t stack_hi)
 {
-    *last = *next = NULL;
+    *usable = 0;
     if (memo_busy || memo_gone || max < 1)
-        return;
-    if (!memos[0]) {
-        uint32_t cap = (uint32_t)max + MEMO_SPARE_STEPS;
+        return NULL;
+    if (!memo) {
+        size_t cap = (size_t)max + MEMO_SPARE_STEPS;
         size_t rules = sizeof(struct thread_rule) << THREAD_RULE_BITS;
-        size_t one = (sizeof(struct memo) + cap * sizeof(struct memo_step) + 63) & ~(size_t)63;
-        size_t bytes = (rules + 2 * one + 4095) & ~(size_t)4095;
+        size_t bytes = rules + sizeof(struct memo) +
+                       cap * (2 * sizeof(uint64_t) + sizeof(struct memo_check) + sizeof(struct memo_more) +
+                              sizeof(struct memo_step));
+        bytes = (bytes + 4095) & ~(size_t)4095;
         char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (p == MAP_FAILED)
-            return;
+            return NULL;
         thread_rules = (struct thread_rule *)p;
-        memos[0] = (struct memo *)(p + rules);
-        memos[1] = (struct memo *)(p + rules + one);
-        memo_cap = cap;
+        struct memo *m = (struct memo *)(p + rules);
+        m->check = (struct memo_check *)(m + 1);
+        m->more = (struct memo_more *)(m->check + cap);
+        m->pc = (uint64_t *)(m->more + cap);
+        m->sp = m->pc + cap;
+        fresh = (struct memo_step *)(m->sp + cap);
+        memo = m;
+        memo_cap = (uint32_t)cap;
         memo_bytes = bytes;
-        memo_cur = 0;
         __atomic_fetch_add(&memo_total_bytes, bytes, __ATOMIC_RELAXED);
     }
     memo_busy = 1;
-    struct memo *l = memos[memo_cur], *x = memos[memo_cur ^ 1];
     uint32_t gen = __atomic_load_n(&code_gen, __ATOMIC_ACQUIRE);
-    *last = l->steps && l->gen == gen && l->stack_hi == stack_hi ? l : NULL;
-    x->steps = 0;
-    x->gen = gen;
-    x->stack_hi = stack_hi;
-    x->stopped = 0;
-    *next = x;
+    *usable = memo->top && memo->gen == gen && memo->stack_hi == stack_hi;
+    memo->gen = gen;
+    memo->stack_hi = stack_hi;
+    return memo;
 }
 
-/* This walk becomes the thread's last one (with its steps only if `keep`).
- * A step's rbp need match only where the walk uses it: in most optimized
- * code rbp is an ordinary register, different at every call, and only a
- * frame whose CFA is rbp-based (or the state a stopped walk would resume
- * from) looks at it before some frame's saved rbp replaces it. */
-static void memo_close(struct memo *next, uint32_t steps, int keep)
+/* Step i of the memo becomes `s`. */
+static void memo_put(struct memo *m, uint32_t i, const struct memo_step *s)
 {
-    if (!next)
-        return;
-    next->steps = keep && steps <= memo_cap ? steps : 0;
-    uint32_t used = (uint32_t)next->stopped;
-    for (uint32_t i = next->steps; i-- > 0;) {
-        struct memo_step *s = &next->step[i];
-        used = s->fp_used || (!s->rbp_at && used);
-        s->fp_used = used;
+    m->pc[i] = s->pc;
+    m->sp[i] = s->sp;
+    m->check[i] = s->ra_at ? (struct memo_check){s->ra_at, s->ra} : (struct memo_check){(uint64_t)(uintptr_t)&no_word, 0};
+    m->more[i] = (struct memo_more){s->fp, s->rbp_at, s->rbp, s->exact, s->fp_rule, 0};
+}
+
+/* Steps src.. (n of them) move to dst.. */
+static void memo_move(struct memo *m, uint32_t dst, uint32_t src, uint32_t n)
+{
+    memmove(&m->pc[dst], &m->pc[src], n * sizeof *m->pc);
+    memmove(&m->sp[dst], &m->sp[src], n * sizeof *m->sp);
+    memmove(&m->check[dst], &m->check[src], n * sizeof *m->check);
+    memmove(&m->more[dst], &m->more[src], n * sizeof *m->more);
+}
+
+/* fp_used of steps from..top-1, and whether their saved rbp is checked,
+ * from `used`: the step below uses the rbp it arrives with (at step 0:
+ * the walk resumed where the memo stopped may). */
+static void memo_fp_used(struct memo *m, uint32_t from, int used)
+{
+    for (uint32_t i = from; i < m->top; i++) {
+        struct memo_more *x = &m->more[i];
+        m->check[i].at = (m->check[i].at & ~1ull) | (x->rbp_at && used);
+        used = x->fp_rule || (!x->rbp_at && used);
+        x->fp_used = (uint8_t)used;
     }
-    memo_cur ^= 1;
-    memo_busy = 0;
+}
+
+/* Does every word the last walk read from its step h down (that matters)
+ * still hold the value it read?  Returns -1, or the highest step that does
+ * not.  (Every such word lies at or above its step's sp, so at or above
+ * the sp of step h, which is the current walk's: a plain load of the
+ * thread's stack.)  Most hold: all are compared, then the first that
+ * failed is looked for. */
+static int memo_fails(const struct memo *m, uint32_t h)
+{
+    uint64_t differ = 0;
+    for (uint32_t i = h + 1; i-- > 0;) {
+        uint64_t at = m->check[i].at;
+        differ |= *(const uint64_t *)(uintptr_t)(at & ~1ull) ^ m->check[i].ra;
+        if (at & 1)
+            differ |= *(const uint64_t *)(uintptr_t)m->more[i].rbp_at ^ m->more[i].rbp;
+    }
+    if (!differ)
+        return -1;
+    for (uint32_t i = h + 1; i-- > 0;) {
+        uint64_t at = m->check[i].at;
+        if (*(const uint64_t *)(uintptr_t)(at & ~1ull) != m->check[i].ra ||
+            ((at & 1) && *(const uint64_t *)(uintptr_t)m->more[i].rbp_at != m->more[i].rbp))
+            return (int)i;
+    }
+    return 0;
 }
 
 /* lookup() through the thread's own table (only while it holds the memo:
@@ -665,33 +743,63 @@ static struct rule thread_lookup(uint64_t pc, uint32_t gen)
     return r;
 }
 
-/* Does every word the last walk read from its step j on still hold the
- * value it read? */
-static int memo_holds(const struct memo *last, uint32_t j, const struct stack_bounds *direct)
-{
-    for (uint32_t i = j; i < last->steps; i++) {
-        const struct memo_step *s = &last->step[i];
-        if (s->ra_at && (s->ra_at < direct->lo || s->ra_at + 8 > direct->hi ||
-                         *(const uint64_t *)(uintptr_t)s->ra_at != s->ra))
-            return 0;
-        if (s->rbp_at && (s->rbp_at < direct->lo || s->rbp_at + 8 > direct->hi ||
-                          *(const uint64_t *)(uintptr_t)s->rbp_at != s->rbp))
-            return 0;
-    }
-    return 1;
-}
+/* How this walk builds the new memo. */
+struct memo_walk {
+    struct memo *m;               /* NULL: nothing kept */
+    int32_t at;                   /* the next step of the last walk to compare (going down) */
+    int32_t fails;                /* steps at or above this one no longer hold */
+    int32_t hit;                  /* the step met (-1: none) */
+    int32_t cut;                  /* with a hit: the steps shared are cut..hit */
+    uint32_t nfresh;              /* this walk's own steps, in `fresh` */
+    uint32_t inner;               /* ... of which the first ones, above the shared steps
+                                     (the rest resumed where the last walk stopped) */
+    int outer;                    /* resumed where the last walk stopped */
+    int full;                     /* too many steps, or one not kept: nothing kept */
+    int stopped;                  /* it stopped at its depth limit, in state m->rest_* */
+};
 
-/* Room for the next step of this walk in `next` (NULL: not kept). */
-static struct memo_step *memo_record(struct memo *next, uint32_t *kept, uint64_t pc, uint64_t sp, uint64_t fp,
-                                     int exact)
+/* Room for the walk's next step (NULL: not kept). */
+static struct memo_step *memo_record(struct memo_walk *w, uint64_t pc, uint64_t sp, uint64_t fp, int exact)
 {
-    if (!next || *kept >= memo_cap) {
-        *kept = memo_cap + 1;      /* too long to keep */
+    if (!w->m || w->full)
+        return NULL;
+    if (w->nfresh >= memo_cap) {
+        w->full = 1;
         return NULL;
     }
-    struct memo_step *s = &next->step[(*kept)++];
+    struct memo_step *s = &fresh[w->nfresh++];
     *s = (struct memo_step){pc, sp, fp, (uint32_t)exact, 0, 0, 0, 0, 0};
     return s;
+}
+
+/* The walk is over: it becomes the thread's memo if `keep` (it ended on
+ * its own): the steps it resumed with where the last walk had stopped
+ * (outermost first), those it shared with the last walk, its first ones. */
+static void memo_close(struct memo_walk *w, int keep)
+{
+    struct memo *m = w->m;
+    if (!m)
+        return;
+    uint32_t shared = w->hit >= 0 ? (uint32_t)(w->hit - w->cut + 1) : 0;
+    uint32_t inner = w->outer ? w->inner : w->nfresh, outer = w->nfresh - inner;
+    if (!keep || w->full || shared + w->nfresh > memo_cap) {
+        m->top = 0;
+    } else {
+        int common = shared && w->cut == 0 && !outer;
+        if (shared && (uint32_t)w->cut != outer)
+            memo_move(m, outer, (uint32_t)w->cut, shared);
+        for (uint32_t t = 0; t < outer; t++)
+            memo_put(m, outer - 1 - t, &fresh[inner + t]);
+        for (uint32_t t = 0; t < inner; t++)
+            memo_put(m, outer + shared + inner - 1 - t, &fresh[t]);
+        m->top = outer + shared + inner;
+        m->stopped = w->stopped;
+        if (common)   /* the steps below are the last walk's, and so is where it ended */
+            memo_fp_used(m, shared, m->more[shared - 1].fp_used);
+        else
+            memo_fp_used(m, 0, m->stopped);
+    }
+    memo_busy = 0;
 }
 
 void cfi_thread_exit(void)
@@ -721,50 +829,71 @@ int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds 
         return -1;
     }
     /* The memo holds only plain loads from the thread's stack. */
-    struct memo *last = NULL, *next = NULL;
-    if ((flags & CFI_MEMO) && !(flags & CFI_ANY_MEMORY) && m.direct.hi)
-        memo_open(&last, &next, max, m.direct.hi);
-    uint32_t j = 0, kept = 0;   /* j: the first step of `last` not below sp; kept: steps in `next` */
+    struct memo_walk w = {NULL, -1, 0, -1, 0, 0, 0, 0, 0, 0};
+    struct memo *last = NULL;     /* the last walk, while it may still be met */
+    if ((flags & CFI_MEMO) && !(flags & CFI_ANY_MEMORY) && m.direct.hi) {
+        int usable;
+        w.m = memo_open(&usable, max, m.direct.hi);
+        if (usable) {
+            last = w.m;
+            w.at = (int32_t)last->top - 1;
+            w.fails = (int32_t)last->top;
+        }
+    }
     int n = 0, keep = 0;
     /* pc is exact (the leaf, or resumed after a signal), not a return address */
     int exact = !(flags & CFI_RETURN_ADDRESS);
     *truncated = 0;
     for (int steps = 0; steps < max + 256; steps++) {
         if (last) {
-            while (j < last->steps && last->step[j].sp < sp)
-                j++;
-            const struct memo_step *at = &last->step[j];
-            if (j < last->steps && at->sp == sp && at->pc == pc && (at->fp == fp || !at->fp_used) &&
-                at->exact == (uint32_t)exact && memo_holds(last, j, &m.direct)) {
+            int32_t h = w.at;
+            while (h >= 0 && last->sp[h] < sp)
+                h--;
+            w.at = h;
+            if (h >= 0 && h < w.fails && last->sp[h] == sp && last->pc[h] == pc &&
+                (last->more[h].fp == fp || !last->more[h].fp_used) && last->more[h].exact == (uint32_t)exact &&
+                (w.fails = memo_fails(last, (uint32_t)h)) < 0) {
                 /* The rest is the last walk's: its frames, then where it
-                 * stopped.  Each step's rbp is this walk's (it may differ
-                 * where nothing uses it), until a frame restores it. */
-                for (uint32_t i = j; i < last->steps; i++, steps++) {
-                    struct memo_step s = last->step[i];
-                    s.fp = fp;
-                    if (n > 0 || s.pc < skip_lo || s.pc >= skip_hi) {
-                        if (n == max) {
-                            *truncated = 1;
-                            next->stopped = 1;
-                            next->rest = s;
-                            keep = 1;
-                            goto done;
-                        }
-                        ips[n++] = s.pc;
-                    }
-                    if (kept < memo_cap)
-                        next->step[kept] = s;
-                    kept++;
-                    if (s.rbp_at)
-                        fp = s.rbp;
+                 * stopped. */
+                w.hit = h;
+                w.cut = 0;
+                int32_t i = h;
+                while (n == 0 && i >= 0 && last->pc[i] >= skip_lo && last->pc[i] < skip_hi)
+                    i--;      /* leading frames of the shim itself */
+                if (i + 1 > max - n) {
+                    /* it stops at the depth limit: the steps below are dropped */
+                    int32_t stop = i - (max - n);
+                    while (i > stop)
+                        ips[n++] = last->pc[i--];
+                    *truncated = 1;
+                    w.stopped = 1;
+                    last->rest_pc = last->pc[stop];
+                    last->rest_sp = last->sp[stop];
+                    last->rest_exact = last->more[stop].exact;
+                    w.cut = stop + 1;
+                    keep = 1;
+                    goto done;
                 }
+                while (i >= 0)
+                    ips[n++] = last->pc[i--];
+                steps += h + 1;
                 if (!last->stopped) {
                     keep = 1;
                     goto done;
                 }
-                pc = last->rest.pc;
-                sp = last->rest.sp;
-                exact = (int)last->rest.exact;
+                /* On from where it stopped, with the rbp the last step
+                 * that restores one restored (else the one this walk
+                 * met step h with): fp_used had every word checked. */
+                for (int32_t i = 0; i <= h; i++)
+                    if (last->more[i].rbp_at) {
+                        fp = last->more[i].rbp;
+                        break;
+                    }
+                pc = last->rest_pc;
+                sp = last->rest_sp;
+                exact = (int)last->rest_exact;
+                w.outer = 1;
+                w.inner = w.nfresh;
                 last = NULL;
                 continue;
             }
@@ -772,20 +901,22 @@ int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds 
         if (n > 0 || pc < skip_lo || pc >= skip_hi) {
             if (n == max) {
                 *truncated = 1;
-                if (next) {
-                    next->stopped = 1;
-                    next->rest = (struct memo_step){pc, sp, fp, (uint32_t)exact, 0, 0, 0, 0, 0};
+                if (w.m) {
+                    w.stopped = 1;
+                    w.m->rest_pc = pc;
+                    w.m->rest_sp = sp;
+                    w.m->rest_exact = (uint32_t)exact;
                 }
                 keep = 1;
                 goto done;
             }
             ips[n++] = pc;
         }
-        struct memo_step *rec = memo_record(next, &kept, pc, sp, fp, exact);
+        struct memo_step *rec = memo_record(&w, pc, sp, fp, exact);
         struct rule r = {RULE_COMPLEX, 0, 0, NO_OFFSET, 0};
         if (flags & CFI_RULES) {
             /* A return address points after the call: look up the call itself. */
-            r = next ? thread_lookup(exact ? pc : pc - 1, next->gen) : lookup(exact ? pc : pc - 1);
+            r = w.m ? thread_lookup(exact ? pc : pc - 1, w.m->gen) : lookup(exact ? pc : pc - 1);
             if (r.kind == RULE_COMPLEX && !exact)
                 r = lookup(pc);   /* a sigreturn trampoline's FDE may start at pc itself */
             if (r.kind == RULE_PLT) {
@@ -808,7 +939,7 @@ int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds 
             /* The kernel's frame: resume from the interrupted registers
              * (the interrupted rsp stands where a cfa would). */
             uint64_t g = sp + UC_GREGS;
-            kept = memo_cap + 1;      /* not kept: its reads are not recorded */
+            w.full = 1;               /* not kept: its reads are not recorded */
             if (!read_word(&m, g + 8 * GREG_RIP, &ra) || !read_word(&m, g + 8 * GREG_RSP, &cfa) ||
                 !read_word(&m, g + 8 * GREG_RBP, &next_fp))
                 goto done;
@@ -825,7 +956,11 @@ int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds 
             if (r.rbp_off != NO_OFFSET && !read_word(&m, rbp_at, &next_fp))
                 goto done;
             if (rec) {
-                rec->fp_used = r.cfa_rbp;
+                /* a later walk checks these words from where it met this
+                 * step: they must lie at or above its sp */
+                if (ra_at < sp || (r.rbp_off != NO_OFFSET && rbp_at < sp))
+                    w.full = 1;
+                rec->fp_rule = r.cfa_rbp;
                 rec->ra_at = ra_at;
                 rec->ra = ra;
                 if (r.rbp_off != NO_OFFSET) {
@@ -840,7 +975,7 @@ int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds 
                 n = -1;
                 goto done;
             }
-            kept = memo_cap + 1;      /* not kept: its reads are not recorded */
+            w.full = 1;               /* not kept: its reads are not recorded */
             if (fp & 7 || fp < sp || fp - sp > MAX_FRAME_BYTES)
                 goto done;
             if (!read_word(&m, fp, &next_fp) || !read_word(&m, fp + 8, &ra))
@@ -857,6 +992,6 @@ int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds 
         exact = resumed;
     }
 done:
-    memo_close(next, kept, keep);
+    memo_close(&w, keep);
     return n;
 }
