@@ -605,8 +605,10 @@ struct memo {
 #define MEMO_SPARE_STEPS 16
 /* Beside the memo, the thread keeps the rules it used last in a small
  * table of its own: a hit costs no probe of the shared cache (whose
- * slots, spread over a megabyte, mostly miss the CPU's caches). */
-#define THREAD_RULE_BITS 7
+ * slots, spread over a megabyte, mostly miss the CPU's caches).  1024
+ * entries (24 KiB): cc1plus's walks found 68% of their rules in 128, 90%
+ * in 1024, 94% in 2048. */
+#define THREAD_RULE_BITS 10
 struct thread_rule {
     uint64_t pc;
     uint32_t gen;
