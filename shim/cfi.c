@@ -567,8 +567,9 @@ static inline int read_word(struct reader *m, uint64_t addr, uint64_t *out)
  * step h shares steps 0..h with the last walk where they lie: only its own
  * first steps, recorded aside (`fresh`, walk order) until it is known where
  * they go, are written above h.  (Both walks copied whole into a second
- * memo cost a fifth of the hooks' time.)  And its fields lie apart by use:
- * the words to check, the pcs to copy, the sps to search, the rest. */
+ * memo cost a fifth of the unwinder's time there.)  And its fields lie
+ * apart by use: the words to check, the pcs to copy, the sps to search,
+ * the rest. */
 struct memo_step {                /* one step as the walk records it */
     uint64_t pc, sp, fp;          /* the state the step started from, */
     uint32_t exact;               /* ... whether pc is exact (not a return address), */
