@@ -47,13 +47,20 @@ struct stack_entry {
     uint32_t truncated;
 };
 
+/* 24 bytes: the live-block table is probed at every event and holds
+ * hundreds of thousands of blocks in a large program, so its size is its
+ * cache misses. */
 struct live_entry {
     uint64_t ptr;             /* 0: empty */
-    double bytes, count;      /* weights: exact mode 1 and the size */
     uint64_t size;
+    float weight;             /* what the block counts for: 1, or 1/p for a sampled one */
     uint32_t stack;
-    uint32_t pad;
 };
+
+/* A block's count and bytes: its weight, and its size times its weight
+ * (the same at its free as at its allocation: every sum returns to 0). */
+static double entry_count(const struct live_entry *e) { return (double)e->weight; }
+static double entry_bytes(const struct live_entry *e) { return (double)e->size * (double)e->weight; }
 
 struct consumer {
     /* Held by whoever touches the rest: the drainer thread while it
@@ -317,15 +324,15 @@ static void on_free(struct consumer *c, uint64_t ptr)
         c->totals[T_UNMATCHED_FREES]++;
         return;
     }
-    double *st = c->stats + (size_t)e->stack * NSTAT;
-    st[ST_FREE_COUNT] += e->count;
-    st[ST_FREE_BYTES] += e->bytes;
-    st[ST_LIVE_COUNT] -= e->count;
-    st[ST_LIVE_BYTES] -= e->bytes;
-    c->totals[T_FREE_COUNT] += e->count;
-    c->totals[T_FREE_BYTES] += e->bytes;
-    c->totals[T_LIVE_COUNT] -= e->count;
-    c->totals[T_LIVE_BYTES] -= e->bytes;
+    double *st = c->stats + (size_t)e->stack * NSTAT, count = entry_count(e), bytes = entry_bytes(e);
+    st[ST_FREE_COUNT] += count;
+    st[ST_FREE_BYTES] += bytes;
+    st[ST_LIVE_COUNT] -= count;
+    st[ST_LIVE_BYTES] -= bytes;
+    c->totals[T_FREE_COUNT] += count;
+    c->totals[T_FREE_BYTES] += bytes;
+    c->totals[T_LIVE_COUNT] -= count;
+    c->totals[T_LIVE_BYTES] -= bytes;
     live_delete(c, slot);
 }
 
@@ -335,15 +342,14 @@ static void on_alloc(struct consumer *c, uint64_t ptr, uint64_t size, const uint
     int64_t id = (flags & ALLOC_KNOWN) ? known_stack(c, ips[0]) : intern(c, ips, n, (flags & ALLOC_TRUNCATED) ? 1 : 0);
     if (id < 0)
         return;
-    double count = 1, bytes = (double)size;
+    float weight = 1;
     if (flags & ALLOC_SAMPLED) {
         /* Sampled with probability p = 1 - exp(-size/mean): weigh by 1/p
          * so sums are unbiased estimates (as tcmalloc does). */
         double p = c->sample_bytes > 0 ? heap_sample_chance((double)size / c->sample_bytes) : 1.0;
         if (p <= 0)
             p = 1e-12;
-        count = 1.0 / p;
-        bytes = (double)size / p;
+        weight = (float)(1.0 / p);
     }
     size_t slot;
     if (live_find(c, ptr, &slot)) { /* a free we never saw: retire the old block */
@@ -351,8 +357,9 @@ static void on_alloc(struct consumer *c, uint64_t ptr, uint64_t size, const uint
         c->totals[T_UNMATCHED_FREES]++;
         live_find(c, ptr, &slot);
     }
-    c->live[slot] = (struct live_entry){ptr, bytes, count, size, (uint32_t)id, 0};
+    c->live[slot] = (struct live_entry){ptr, size, weight, (uint32_t)id};
     c->live_n++;
+    double count = entry_count(&c->live[slot]), bytes = entry_bytes(&c->live[slot]);
     double *st = c->stats + (size_t)id * NSTAT;
     st[ST_ALLOC_COUNT] += count;
     st[ST_ALLOC_BYTES] += bytes;
@@ -384,10 +391,10 @@ static void on_exec(struct consumer *c)
         if (!e->ptr)
             continue;
         double *st = c->stats + (size_t)e->stack * NSTAT;
-        st[ST_LIVE_COUNT] -= e->count;
-        st[ST_LIVE_BYTES] -= e->bytes;
-        c->totals[T_LIVE_COUNT] -= e->count;
-        c->totals[T_LIVE_BYTES] -= e->bytes;
+        st[ST_LIVE_COUNT] -= entry_count(e);
+        st[ST_LIVE_BYTES] -= entry_bytes(e);
+        c->totals[T_LIVE_COUNT] -= entry_count(e);
+        c->totals[T_LIVE_BYTES] -= entry_bytes(e);
         e->ptr = 0;
     }
     c->live_n = 0;
@@ -1172,8 +1179,8 @@ static int scan_locked(struct consumer *c, int pid, const uint64_t *ranges, int 
         const struct live_entry *e = &c->live[s.blocks[b].live_slot];
         double *st = c->stats + (size_t)e->stack * NSTAT;
         int base = base_of[s.blocks[b].state];
-        st[base] += e->count;
-        st[base + 1] += e->bytes;
+        st[base] += entry_count(e);
+        st[base + 1] += entry_bytes(e);
     }
     c->totals[T_SCANNED] = 1;
     free_scan(&s);
