@@ -167,9 +167,12 @@ def test_samples_survive_death(build, tmp_path, how, status):
 def test_ctrl_c_stops_target_and_writes_profile(build, tmp_path):
     prog = build("chain.c")
     out = str(tmp_path / "int.ctprof")
+    # As from a terminal: Ctrl-C's default action, whatever this test run
+    # inherited (a background job of a non-interactive shell ignores
+    # SIGINT, and so would the program, with ctprof as without it).
     p = subprocess.Popen([sys.executable, "-m", "ctprof", "run", "-o", out, "--", prog, "30"],
                          cwd=str(tmp_path), env=ctprof_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         start_new_session=True)
+                         start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(1.5)
     os.killpg(p.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
     stdout, stderr = p.communicate(timeout=60)
