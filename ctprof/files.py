@@ -341,6 +341,23 @@ def process_uid(pid: int, default: int) -> int:
         return default
 
 
+def process_state(pid: int) -> Optional[str]:
+    """The state letter of ``pid`` (``/proc/PID/stat``: R, S, D, Z, X, ...),
+    None if it cannot be read (no such process, or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    state = text[text.rfind(b")") + 2:text.rfind(b")") + 3]
+    return state.decode("ascii", "replace") or None
+
+
+def process_running(pid: int) -> bool:
+    """Is ``pid`` alive (not a zombie)?"""
+    return process_state(pid) not in (None, "Z", "X")
+
+
 # -- session directories --------------------------------------------------------
 
 def _start_ticks(pid: str) -> Optional[str]:

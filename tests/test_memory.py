@@ -5,11 +5,15 @@ from __future__ import annotations
 import math
 import os
 import re
+import select
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
-from conftest import ctprof, load_profile
+from conftest import ctprof, ctprof_env, load_profile
 
 
 def run_mem(tmp_path, argv, *options, timeout=120):
@@ -235,10 +239,6 @@ def test_static_binary_with_mem(build, tmp_path):
 
 
 def test_usr2_writes_a_snapshot_while_running(build, tmp_path):
-    import signal
-    import sys
-    import time
-    from conftest import ctprof_env
     prog = build("mem_snapshot.c")
     out = str(tmp_path / "s.ctprof")
     p = subprocess.Popen([sys.executable, "-m", "ctprof", "run", "--mem", "-o", out, "--", prog],
@@ -260,11 +260,6 @@ def test_a_child_finished_before_a_snapshot_stays_in_both(build, tmp_path):
     """A process that has exited is finished while the run goes on: a
     snapshot taken after that shows its heap, and so does the final
     profile (the snapshot works on a copy)."""
-    import select
-    import signal
-    import sys
-    import time
-    from conftest import ctprof_env
     out = str(tmp_path / "c.ctprof")
     p = subprocess.Popen([sys.executable, "-m", "ctprof", "run", "--mem", "-o", out, "--", build("mem_snapshot_child.c")],
                          cwd=str(tmp_path), env=ctprof_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
 
-from ..files import process_uid, read_shared_file
+from ..files import process_running, process_uid, read_shared_file
 from . import perf
 
 # Opening the events (``run``: between the program's fork and exec) needs
@@ -595,7 +595,7 @@ class KernelSampler:
         too, in case an EXIT record was lost)."""
         skip = set(exclude)
         return [p for pid, p in sorted(self.procs.items())
-                if pid not in skip and not p.exited and _alive(pid)]
+                if pid not in skip and not p.exited and process_running(pid)]
 
     def process_infos(self, end_ns: int) -> Tuple[Dict[int, ProcessInfo], List[RawStack]]:
         """What each process left: ProcessInfo and its raw stacks."""
@@ -640,16 +640,6 @@ class KernelSampler:
         out += [RawStack(pid, tid, gen, ips, truncated, {"samples": 0, "wall": us, "offcpu": us}, py)
                 for (tid, gen, ips, truncated, py), us in p.off_cpu_us.items()]
         return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            text = f.read()
-    except OSError:
-        return False
-    state = text[text.rfind(b")") + 2:text.rfind(b")") + 3]
-    return state not in (b"Z", b"X", b"")
 
 
 def own_vdso() -> Optional[bytes]:

@@ -23,6 +23,7 @@ from ..capture.build import shim_path
 from ..capture.pystacks import PYFRAMES_MARK, CodeReader
 from ..capture.ring import MappedFile
 from ..errors import BuildError
+from ..files import process_running, process_state
 
 HEAP_SHARED_OFFSET = 2048
 HEAP_MAGIC = 0x50414548
@@ -590,22 +591,8 @@ class HeapCollector:
         return out
 
 
-def process_running(pid: int) -> bool:
-    """Is ``pid`` alive (not a zombie)?"""
-    return _process_state(pid) not in (None, "Z", "X")
-
-
 def process_gone(pid: int) -> bool:
     """Has ``pid`` certainly ended (no such process, or a zombie)?  A
     process whose state cannot be read counts as running."""
-    state = _process_state(pid)
+    state = process_state(pid)
     return state in ("Z", "X") or (state is None and not os.path.exists(f"/proc/{pid}"))
-
-
-def _process_state(pid: int) -> Optional[str]:
-    """The state letter of ``pid`` in /proc, None if it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None

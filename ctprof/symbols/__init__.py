@@ -106,7 +106,7 @@ def resolve_session(session: Session, *, demangle: bool = True, lines: bool = Fa
                                                      f"{resolver.stats['addresses']} addresses")
             columns.flush()
             for block in heap:
-                _add_heap_block(block, ids, python, rows, (stacks, pids, tids), columns, consume)
+                _add_heap_block(block, ids, python, (stacks, pids, tids), columns, consume)
     finally:
         resolver.close()
     resolver.progress.done(f"resolved {resolver.stats['addresses']} addresses in "
@@ -210,7 +210,7 @@ class _FrameIds:
         return tuple(parts)
 
 
-def _add_heap_block(block: HeapStacks, ids: _FrameIds, python: PythonFrames, rows: dict,
+def _add_heap_block(block: HeapStacks, ids: _FrameIds, python: PythonFrames,
                     lists: Tuple[list, list, list], columns: "_Columns", consume: bool) -> None:
     """Resolve one process's heap stacks (column by column) into rows of
     the profile: a stack that resolves like an earlier one of the process
@@ -221,9 +221,9 @@ def _add_heap_block(block: HeapStacks, ids: _FrameIds, python: PythonFrames, row
     pcs, returns, multi = ids.tables_of(pid, gen)
     return_frame = returns.__getitem__
     root = ids.truncated() if any(truncated) else None
-    # Rows are keyed by their frames alone unless a raw stack made a row
-    # of this process without a thread (only in a loaded session).
-    shared = any(key[1] == pid and key[2] == 0 for key in rows)
+    # A process's heap rows are keyed by their frames alone: they are the
+    # only rows without a thread (a raw stack's tid is its thread's), and
+    # a process has one block.
     row_of_frames: dict = {}
     row_of = array("l")
     is_new = bytearray()
@@ -241,8 +241,7 @@ def _add_heap_block(block: HeapStacks, ids: _FrameIds, python: PythonFrames, row
             all_ips[i] = ()
         if truncated[i]:
             frames = (root,) + frames
-        row = (rows.setdefault((frames, pid, 0), len(stacks)) if shared
-               else row_of_frames.setdefault(frames, len(stacks)))
+        row = row_of_frames.setdefault(frames, len(stacks))
         if row == len(stacks):
             stacks.append(frames)
             pids.append(pid)
