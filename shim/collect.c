@@ -91,6 +91,7 @@ struct consumer {
     double snap_at;
     uint64_t *codeset;        /* code objects already handed over (pairs; see codeset_add) */
     int done;                 /* the live-block table is gone: nothing more is consumed */
+    uint64_t grow_at, grow_size;  /* the ring's growth, as this side set it (heap_shared.grow_at) */
     size_t codeset_cap, codeset_n;
 };
 
@@ -573,6 +574,31 @@ static void process_batch(struct consumer *c, const unsigned char *buf, size_t l
     }
 }
 
+/* Where ring position `pos` lies in the singly mapped data area of `cap`
+ * bytes (the first), or of grow_size once grown: the position to take
+ * modulo *mask + 1 (see heap_shared.grow_at). */
+static uint64_t ring_place(const struct consumer *c, uint64_t cap, uint64_t pos, uint64_t *mask)
+{
+    if (c->grow_at && pos >= c->grow_at) {
+        *mask = c->grow_size - 1;
+        return pos - (c->grow_at - cap);
+    }
+    *mask = cap - 1;
+    return pos;
+}
+
+/* Zero ring positions [from, to) (to - from at most the ring's room). */
+static void zero_span(const struct consumer *c, unsigned char *data, uint64_t cap, uint64_t from, uint64_t to)
+{
+    uint64_t mask;
+    if (c->grow_at && from < c->grow_at && to > c->grow_at) {
+        ring_zero(data, cap - 1, from, c->grow_at - from);
+        from = c->grow_at;
+    }
+    uint64_t at = ring_place(c, cap, from, &mask);
+    ring_zero(data, mask, at, to - from);
+}
+
 /* Consume every committed record of the mapped .heap file at `file_base`:
  * copy a batch out, give the space back to the writers at once, then do the
  * bookkeeping (the slow part) while they go on.  Returns the bytes consumed. */
@@ -589,7 +615,7 @@ static size_t consume_locked(struct consumer *c, void *file_base)
     if (cap < 65536 || (cap & (cap - 1)))
         return 0;
     unsigned char *data = (unsigned char *)file_base + CTPROF_HEADER_SIZE;
-    uint64_t mask = cap - 1;
+    uint64_t mask;
     if (!c->started) {
         c->batch = malloc(BATCH_BYTES);
         if (!c->batch)
@@ -602,7 +628,8 @@ static size_t consume_locked(struct consumer *c, void *file_base)
     for (;;) {
         size_t len = 0;
         while (rd < w && len + HEAP_MAX_RECORD <= BATCH_BYTES) {
-            uint64_t *hp = (uint64_t *)(data + (rd & mask));
+            uint64_t at = ring_place(c, cap, rd, &mask);
+            uint64_t *hp = (uint64_t *)(data + (at & mask));
             uint64_t word = __atomic_load_n(hp, __ATOMIC_ACQUIRE);
             uint32_t size = (uint32_t)word;
             uint32_t high = (uint32_t)(word >> 32);
@@ -615,7 +642,7 @@ static size_t consume_locked(struct consumer *c, void *file_base)
                  * unknown: skip to where the new image starts). */
                 if (exec_pos > rd && exec_pos <= w) {
                     c->totals[T_SKIPPED_RECORDS]++;
-                    ring_zero(data, mask, rd, exec_pos - rd);
+                    zero_span(c, data, cap, rd, exec_pos);
                     rd = exec_pos;
                     continue;
                 }
@@ -623,7 +650,7 @@ static size_t consume_locked(struct consumer *c, void *file_base)
             }
             if (size < sizeof(struct rec_header) || (size & 7) || size > HEAP_MAX_RECORD || size > w - rd) {
                 c->totals[T_BAD_RECORDS]++;  /* scribbled on: drop what is there */
-                ring_zero(data, mask, rd, w - rd);
+                zero_span(c, data, cap, rd, w);
                 rd = w;
                 break;
             }
@@ -634,11 +661,11 @@ static size_t consume_locked(struct consumer *c, void *file_base)
                 if (!__atomic_compare_exchange_n(hp, &word, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
                     continue;
                 c->totals[T_SKIPPED_RECORDS]++;
-            } else {
-                ring_copy(c->batch + len, data, mask, rd, size);
+            } else if ((uint16_t)high != REC_PAD) {  /* (a pad: the ring's growth starts past it) */
+                ring_copy(c->batch + len, data, mask, at, size);
                 len += size;
             }
-            ring_zero(data, mask, rd, size);
+            ring_zero(data, mask, at, size);
             rd += size;
             c->stuck_pos = 0;
             if (rd == w)
@@ -1243,6 +1270,32 @@ CTPROF_API int ctprof_heap_scan(struct consumer *c, int pid, const uint64_t *ran
     return r;
 }
 
+/* Let the ring grow into the rest of its file (see heap_shared.grow_at):
+ * from a data_size past what is read, as the shim mapped it.  The
+ * geometry is this side's own copy, checked against the file's length
+ * here: the header is the program's to scribble on.  1 if it grew. */
+static int grow_locked(struct consumer *c, void *file_base, uint64_t file_bytes)
+{
+    struct ring_header *h = file_base;
+    struct heap_shared *hs = (struct heap_shared *)((char *)file_base + HEAP_SHARED_OFFSET);
+    uint64_t cap = h->data_size, size = __atomic_load_n(&hs->grow_size, __ATOMIC_ACQUIRE);
+    if (c->grow_at || !c->started || c->done || cap < 65536 || (cap & (cap - 1)) || size <= cap ||
+        (size & (size - 1)) || file_bytes < CTPROF_HEADER_SIZE + size)
+        return 0;
+    c->grow_size = size;
+    c->grow_at = (c->rd + 2 * cap - 1) & ~(cap - 1);
+    __atomic_store_n(&hs->grow_at, c->grow_at, __ATOMIC_RELEASE);
+    return 1;
+}
+
+CTPROF_API int ctprof_heap_grow(struct consumer *c, void *file_base, uint64_t file_bytes)
+{
+    lock_for_python(c);
+    int r = grow_locked(c, file_base, file_bytes);
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
 CTPROF_API void ctprof_heap_drop_taken(struct consumer *c, uint32_t upto)
 {
     lock_for_python(c);
@@ -1402,7 +1455,8 @@ static void drain_sleep(void *base, int moved)
     __atomic_store_n(&hs->drain_wake, 1, __ATOMIC_SEQ_CST);
     /* a writer that claimed before it could see the flag did not wake us */
     uint64_t waiting = __atomic_load_n(&h->write_pos, __ATOMIC_SEQ_CST) - __atomic_load_n(&h->read_pos, __ATOMIC_SEQ_CST);
-    if (!moved || waiting < h->data_size / 4)
+    uint64_t room = __atomic_load_n(&hs->grow_at, __ATOMIC_RELAXED) ? hs->grow_size : h->data_size;
+    if (!moved || waiting < room / 4)
         syscall(SYS_futex, &hs->drain_wake, FUTEX_WAIT, 1, &idle, NULL, 0);
     __atomic_store_n(&hs->drain_wake, 0, __ATOMIC_SEQ_CST);
 }

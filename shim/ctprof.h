@@ -123,7 +123,7 @@ struct rec_thread {
 #define HEAP_BUSY 0x8000u                 /* rec_header.flags of a claimed record */
 #define HEAP_CLAIM 0x80000000u            /* high half of a claim word: HEAP_CLAIM | tid */
 #define HEAP_MAX_RECORD 4096u             /* no heap record is larger (256 frames) */
-enum { REC_REALLOC_FREE = 7 };
+enum { REC_REALLOC_FREE = 7, REC_PAD = 8 };   /* REC_PAD: nothing, up to where the ring grew */
 struct rec_alloc {
     struct rec_header h;      /* flags: ALLOC_* */
     uint64_t ptr;
@@ -188,6 +188,16 @@ struct heap_shared {
     uint32_t drain_wake;      /* futex: 1 while the controller's drainer sleeps on this ring */
     uint32_t spare;
     uint64_t own_lo, own_hi;  /* the sampled-block set: addresses, but no roots */
+    /* The ring grows once (the controller decides, ctprof_heap_grow): the
+     * records that start at or after position grow_at (0: not grown) use
+     * the file's whole data area of grow_size bytes (set by the shim, 0 if
+     * it could not map it), at offset (pos - (grow_at - data_size)) mod
+     * grow_size; those before it the first data_size bytes, at pos mod
+     * data_size.  grow_at is a multiple of data_size at least data_size past
+     * the read position when it is set, so the two agree on every record
+     * then unread, and no writer that missed it can reach it. */
+    uint64_t grow_at;
+    uint64_t grow_size;
 };
 
 /* ---- heap.c (target side, only in the "mem" build) -------------------------
@@ -313,13 +323,19 @@ static inline int heap_maybe_sampled(const void *p)
 struct ring {
     struct ring_header *hdr;
     unsigned char *data;      /* mapped twice back to back: writes never wrap */
+    /* The file's whole data area (heap rings: room to grow into, see
+     * heap_shared.grow_at), mapped twice back to back too; NULL if the
+     * file has no more than data_size. */
+    unsigned char *grown;
+    uint64_t grown_size;
 };
 
 /* Create or reopen (after exec) the ring file <dir>/<pid><suffix> of this
  * process (".ring" for samples, ".heap" for heap events).  Not AS-safe in
  * spirit (file creation) but uses only syscalls, so it is safe in a fork
  * child.  Returns 0 on success. */
-int ring_open(struct ring *r, const char *dir, const char *suffix, uint64_t data_size, int *reused);
+int ring_open(struct ring *r, const char *dir, const char *suffix, uint64_t data_size, uint64_t file_data_size,
+              int *reused);
 /* Reserve `size` bytes (multiple of 8).  AS-safe, lock-free, never blocks:
  * NULL and `dropped` counted when full. */
 void *ring_reserve(struct ring *r, uint32_t size);

@@ -119,7 +119,7 @@ static void after_fork_child(void)
 #endif
     int reused;
     struct ring r;
-    if (ring_open(&r, session_dir, ".ring", ring_bytes, &reused) != 0) {
+    if (ring_open(&r, session_dir, ".ring", ring_bytes, ring_bytes, &reused) != 0) {
         active = 0;
         return;
     }
@@ -553,7 +553,7 @@ __attribute__((constructor)) static void ctprof_start(void)
     if (mb >= 1 && mb <= 1024 && !(mb & (mb - 1)))
         ring_bytes = (uint64_t)mb << 20;
     int reused;
-    if (ring_open(&main_ring, session_dir, ".ring", ring_bytes, &reused) != 0)
+    if (ring_open(&main_ring, session_dir, ".ring", ring_bytes, ring_bytes, &reused) != 0)
         return;
     fill_header(&main_ring);
     maps_snapshot(&main_ring, session_dir);

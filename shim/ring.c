@@ -14,21 +14,25 @@
 #include <time.h>
 #include "ctprof.h"
 
-static int map_twice(struct ring *r, int fd, uint64_t size)
+/* The first `size` bytes of the data area, mapped twice back to back. */
+static unsigned char *map_twice(int fd, uint64_t size)
 {
     unsigned char *area = mmap(NULL, 2 * size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (area == MAP_FAILED)
-        return -1;
+        return NULL;
     if (mmap(area, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, CTPROF_HEADER_SIZE) == MAP_FAILED ||
         mmap(area + size, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, CTPROF_HEADER_SIZE) == MAP_FAILED) {
         munmap(area, 2 * size);
-        return -1;
+        return NULL;
     }
-    r->data = area;
-    return 0;
+    return area;
 }
 
-int ring_open(struct ring *r, const char *dir, const char *suffix, uint64_t data_size, int *reused)
+/* The file holds file_data_size bytes of data (tmpfs: the pages past
+ * data_size cost nothing until written); the ring starts as its first
+ * data_size. */
+int ring_open(struct ring *r, const char *dir, const char *suffix, uint64_t data_size, uint64_t file_data_size,
+              int *reused)
 {
     char path[4096], pid[24];
     fmt_u64(pid, (uint64_t)getpid());
@@ -54,7 +58,7 @@ int ring_open(struct ring *r, const char *dir, const char *suffix, uint64_t data
         *reused = 1;
     } else if (fd < 0) {
         return -1;
-    } else if (ftruncate(fd, (off_t)(CTPROF_HEADER_SIZE + data_size)) != 0) {
+    } else if (ftruncate(fd, (off_t)(CTPROF_HEADER_SIZE + file_data_size)) != 0) {
         close(fd);
         return -1;
     }
@@ -64,12 +68,15 @@ int ring_open(struct ring *r, const char *dir, const char *suffix, uint64_t data
         return -1;
     }
     if (*reused) {
-        if (h->magic != CTPROF_MAGIC || h->version != CTPROF_RING_VERSION) {
+        struct stat st;
+        if (h->magic != CTPROF_MAGIC || h->version != CTPROF_RING_VERSION || fstat(fd, &st) != 0 ||
+            (uint64_t)st.st_size < CTPROF_HEADER_SIZE + h->data_size) {
             munmap(h, CTPROF_HEADER_SIZE);
             close(fd);
             return -1;
         }
         data_size = h->data_size;
+        file_data_size = (uint64_t)st.st_size - CTPROF_HEADER_SIZE;
     } else {
         h->version = CTPROF_RING_VERSION;
         h->data_size = data_size;
@@ -78,9 +85,16 @@ int ring_open(struct ring *r, const char *dir, const char *suffix, uint64_t data
         h->start_ns = now_ns();
     }
     r->hdr = h;
-    int rc = map_twice(r, fd, data_size);
+    r->data = map_twice(fd, data_size);
+    r->grown = NULL;
+    r->grown_size = 0;
+    /* (a power of two, as positions are taken modulo it) */
+    if (r->data && file_data_size > data_size && !(file_data_size & (file_data_size - 1))) {
+        r->grown = map_twice(fd, file_data_size);
+        r->grown_size = r->grown ? file_data_size : 0;
+    }
     close(fd);
-    if (rc != 0) {
+    if (!r->data) {
         munmap(h, CTPROF_HEADER_SIZE);
         return -1;
     }

@@ -177,7 +177,7 @@ CTPROF_API int ctprof_self_start(const char *dir, unsigned hz, int max_depth, in
     cfg_unwind = unwind == UNWIND_FP ? UNWIND_FP : unwind == UNWIND_DWARF ? UNWIND_DWARF : UNWIND_AUTO;
     ring_bytes = (uint64_t)(ring_mb > 0 ? ring_mb : 16) << 20;
     int reused = 0;
-    if (ring_open(&ring, dir, ".ring", ring_bytes, &reused) != 0) {
+    if (ring_open(&ring, dir, ".ring", ring_bytes, ring_bytes, &reused) != 0) {
         ring.hdr = NULL;
         return -(errno ? errno : EIO);
     }

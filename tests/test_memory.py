@@ -302,3 +302,53 @@ def test_unknown_metric_refused_before_running(tmp_path):
     assert proc.returncode == 2
     assert b"memory metrics need --mem" in proc.stderr
     assert not list(tmp_path.iterdir())  # nothing ran, nothing written
+
+
+def heap_grow_bytes(first_seed: int) -> int:
+    """Bytes one churn phase of heap_grow.c allocates, from its own generator."""
+    total = 0
+    for seed in range(first_seed, first_seed + 4):
+        x = (seed * 2654435761 + 1) & 0xFFFFFFFF
+        for _ in range(150000):
+            x = (x * 1103515245 + 12345) & 0xFFFFFFFF
+            total += 16 + (x >> 8) % 512
+    return total
+
+
+@pytest.mark.parametrize("then_exec", [False, True], ids=["grown", "grown-then-exec"])
+def test_counts_stay_exact_across_the_rings_growth(build, monkeypatch, then_exec):
+    """The event ring grows while four threads write to it (here at once,
+    whatever the program's size or waits): records before, across and after
+    the growth, and those of an image exec'd into the grown ring, all
+    arrive, each once."""
+    import ctprof
+    from ctprof.memory import collect
+    monkeypatch.setattr(collect, "ring_worth_growing", lambda wait_ns, growth, peak_rss: growth > 0)
+    argv = [build("heap_grow.c")] + ([build("leaks.c")] if then_exec else [])
+    p = ctprof.run(argv, memory=True)
+    assert p.exit_status == 0
+    (heap,) = p.metadata["memory"].values()
+    assert heap["ring_bytes"] == 4096 + 512 * 1024        # grown, and gone round the grown ring
+    assert heap["lost_events"] == heap["skipped_records"] == heap["bad_records"] == 0
+    assert heap["totals"]["unmatched_frees"] == 0
+    for func, seed in (("churn_early", 0), ("churn_late", 4)):
+        assert site(p, "alloc_count", func, anywhere=True) == 4 * 150000
+        assert site(p, "alloc_bytes", func, anywhere=True) == heap_grow_bytes(seed)
+        assert site(p, "live_bytes", func, anywhere=True) == 0
+    assert site(p, "alloc_bytes", "before_exec") == 350
+    if then_exec:
+        assert site(p, "leaked_bytes", "before_exec") == 0      # gone with the old image
+        assert site(p, "definite_bytes", "leak_big") == 15000   # the new image's leaks, in the grown ring
+    else:
+        assert site(p, "leaked_bytes", "before_exec") == 350
+
+
+def test_the_ring_grows_only_for_a_program_that_waits_and_is_large():
+    """64 KiB -> 512 KiB: only after a wait, and only where it is at most 1%
+    of the program's peak RSS; never when the shim could not map it."""
+    from ctprof.memory.collect import ring_worth_growing
+    growth = 448 * 1024
+    assert ring_worth_growing(1, growth, 100 * growth)
+    assert not ring_worth_growing(0, growth, 10 ** 12)           # never waited
+    assert not ring_worth_growing(10 ** 9, growth, 100 * growth - 1)  # small program
+    assert not ring_worth_growing(10 ** 9, 0, 10 ** 12)          # nothing to grow into

@@ -27,11 +27,11 @@ from ..files import process_running, process_state
 
 HEAP_SHARED_OFFSET = 2048
 HEAP_MAGIC = 0x50414548
-HEAP_HEADER = struct.Struct("<IIQII" + "Q" * 16 + "II" + "Q" * 2)
+HEAP_HEADER = struct.Struct("<IIQII" + "Q" * 16 + "II" + "Q" * 4)
 HEAP_FIELDS = ("magic", "depth", "sample_bytes", "exit_state", "detached", "exit_sp", "exit_fs", "exit_tid",
                "heartbeat_ns", "lost", "wait_ns", "controller_pid", "timed_calls", "timed_ns",
                "sampled_free_overflow", "unwind_cache_bytes", "detached_ns", "execs", "exec_pos",
-               "exit_tls_lo", "exit_tls_hi", "drain_wake", "spare", "own_lo", "own_hi")
+               "exit_tls_lo", "exit_tls_hi", "drain_wake", "spare", "own_lo", "own_hi", "grow_at", "grow_size")
 EXIT_STATE_OFFSET = HEAP_SHARED_OFFSET + 16
 DETACHED_OFFSET = HEAP_SHARED_OFFSET + 20
 HEARTBEAT_OFFSET = HEAP_SHARED_OFFSET + 48
@@ -74,6 +74,12 @@ EXIT_CHECK_S = 0.05
 #: the naming of Python frames), so that little is left once it has ended.
 TAKE_STEP_S = 0.05
 TAKE_BATCH_STACKS = 1000
+#: A process's event ring grows (once, into the rest of its file: 64 KiB to
+#: 512 KiB) when it has waited for ring space and the growth is at most
+#: this share of its peak RSS: a large program allocating flat out is not
+#: held up by the drainer's moments off the CPU, and a small one's metadata
+#: stays as it was.
+GROW_RSS_SHARE = 0.01
 
 
 def bind(shim: str):
@@ -100,6 +106,8 @@ def bind(shim: str):
     lib.ctprof_heap_stacks.restype = ctypes.c_size_t
     lib.ctprof_heap_stats.argtypes = [vp, ctypes.c_uint32, ctypes.POINTER(ctypes.c_int64), ctypes.c_size_t]
     lib.ctprof_heap_stats.restype = ctypes.c_size_t
+    lib.ctprof_heap_grow.argtypes = [vp, vp, ctypes.c_uint64]
+    lib.ctprof_heap_grow.restype = ctypes.c_int
     lib.ctprof_heap_drop_taken.argtypes = [vp, ctypes.c_uint32]
     lib.ctprof_heap_drop_taken.restype = None
     lib.ctprof_heap_python_frames.argtypes = [vp, ctypes.c_uint32, u64p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint32)]
@@ -172,6 +180,7 @@ class HeapRing(MappedFile):
         self._taken: List[Tuple[int, ...]] = []
         self._canonical = canonical
         self._last_take = -1.0
+        self._grown = False
 
     def ready(self) -> bool:
         return struct.unpack_from("<I", self.map, HEAP_SHARED_OFFSET)[0] == HEAP_MAGIC
@@ -313,7 +322,18 @@ class HeapRing(MappedFile):
         if final or now - self._last_rss >= RSS_STEP_S:
             self._last_rss = now
             self.info.peak_rss = max(self.info.peak_rss, read_peak_rss(self.pid))
+            if not final:
+                self._maybe_grow()
         self._last_point = now
+
+    def _maybe_grow(self) -> None:
+        """Let the ring grow once it is worth it (ring_worth_growing)."""
+        if self._grown:
+            return
+        h = self.header()
+        data_size = struct.unpack_from("<Q", self.map, RING_DATA_SIZE_OFFSET)[0]
+        if ring_worth_growing(h["wait_ns"], h["grow_size"] - data_size, self.info.peak_rss):
+            self._grown = bool(self.lib.ctprof_heap_grow(self.consumer, self.address, len(self.map)))
 
     def exit_waiting(self) -> bool:
         return struct.unpack_from("<I", self.map, EXIT_STATE_OFFSET)[0] == EXIT_WAITING
@@ -346,10 +366,8 @@ class HeapRing(MappedFile):
     def finish(self, final: bool = True) -> HeapProcess:
         info = self.info
         info.header = self.header()
-        # the ring is resident wherever it was ever written: its header
-        # page, then its whole size once it has gone round
         data_size, written = struct.unpack_from("<QQ", self.map, RING_DATA_SIZE_OFFSET)
-        info.ring_bytes_used = 4096 + (min(data_size, written) + 4095) // 4096 * 4096
+        info.ring_bytes_used = ring_bytes_used(data_size, written, info.header["grow_at"], info.header["grow_size"])
         if self.consumer is None:
             return info
         self._observe(time.monotonic() - self.start, final=True)
@@ -365,6 +383,22 @@ class HeapRing(MappedFile):
             self.lib.ctprof_heap_delete(self.consumer)
             self.consumer = None
         super().close()
+
+
+def ring_worth_growing(wait_ns: int, growth: int, peak_rss: int) -> bool:
+    """Should a process's ring grow by ``growth`` bytes (0: it cannot),
+    having waited ``wait_ns`` for ring space, at ``peak_rss`` so far?"""
+    return wait_ns > 0 and 0 < growth <= GROW_RSS_SHARE * peak_rss
+
+
+def ring_bytes_used(data_size: int, written: int, grow_at: int, grow_size: int) -> int:
+    """The ring's resident bytes: wherever it was ever written, its header
+    page, then its first data_size bytes once it has gone round; once grown
+    (from position grow_at), what follows them in the file too."""
+    used = min(data_size, written)
+    if grow_at and grow_size > data_size:
+        used = min(grow_size, min(data_size, grow_at) + max(0, written - grow_at))
+    return 4096 + (used + 4095) // 4096 * 4096
 
 
 def read_peak_rss(pid: int) -> int:
