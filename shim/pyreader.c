@@ -41,6 +41,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -54,7 +55,17 @@
 #define MAX_DEPTH 512
 #define MAX_TEXT 65536
 #define PERF_RECORD_SAMPLE 9
-#define IDLE_NS 200000          /* poll period when the rings are idle */
+/* A sample's Python frames are read from a thread that goes on running,
+ * so they must be read within the moment it stays in one Python function:
+ * often a few hundred microseconds.  Waking the reader at each sample
+ * (perf's wakeup_events) costs the program a self-interrupt per sample
+ * (measured here: +7 points at 4000 Hz), and polling every 50 us costs a
+ * fifth of a CPU.  So the reader polls every IDLE_NS, and every DUE_NS
+ * around the moment a ring's next sample is due (its last sample's time
+ * plus the gap between its samples): on a 2-core VM, 47% of a test's
+ * samples kept their Python frames with 200 us polling alone, 80-88% so. */
+#define IDLE_NS 200000
+#define DUE_NS 20000
 
 enum { OUT_SAMPLE = 1, OUT_CODE = 2 };
 
@@ -76,6 +87,7 @@ struct perf_ring {
     unsigned char *base;         /* the mmap: metadata page, then data */
     uint64_t size;               /* data bytes (a power of two) */
     uint64_t cursor;             /* position read up to (atomic) */
+    uint64_t last_ns, gap_ns;    /* its last sample's time; the gap between its samples (average) */
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;   /* procs and output */
@@ -329,6 +341,36 @@ static void perf_copy(const struct perf_ring *r, uint64_t pos, void *dst, size_t
     memcpy((unsigned char *)dst + first, data, len - first);
 }
 
+static void note_sample_time(struct perf_ring *r, uint64_t t)
+{
+    if (r->last_ns && t > r->last_ns) {
+        uint64_t gap = t - r->last_ns;
+        r->gap_ns = r->gap_ns ? (3 * r->gap_ns + gap) / 4 : gap;
+    }
+    r->last_ns = t;
+}
+
+/* How long the reader may sleep now: DUE_NS from shortly before a ring's
+ * next sample is due until a little after, else up to IDLE_NS. */
+static uint64_t sleep_ns(int n)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec, sleep = IDLE_NS;
+    for (int i = 0; i < n; i++) {
+        uint64_t gap = rings[i].gap_ns;
+        if (gap < 4 * DUE_NS || gap > 100000000)      /* (no steady rate to go by) */
+            continue;
+        uint64_t early = gap / 8 < 150000 ? gap / 8 : 150000, late = gap / 4 < 300000 ? gap / 4 : 300000;
+        uint64_t due = rings[i].last_ns + gap;
+        if (now + early >= due && now <= due + late)
+            return DUE_NS;
+        if (now + early < due && due - early - now < sleep)
+            sleep = due - early - now;
+    }
+    return sleep < DUE_NS ? DUE_NS : sleep;
+}
+
 /* Read every whole record of ring `r` that is new since its cursor. */
 static int scan_ring(struct perf_ring *r)
 {
@@ -349,6 +391,7 @@ static int scan_ring(struct perf_ring *r)
             unsigned char *body = (unsigned char *)words;
             perf_copy(r, pos + 8, body, size - 8u);
             read_sample(body, size - 8u);
+            note_sample_time(r, words[1]);
         }
         pos += size;
         work = 1;
@@ -360,12 +403,13 @@ static int scan_ring(struct perf_ring *r)
 static void *reader_main(void *arg)
 {
     (void)arg;
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);  /* wake when asked, not 50 us later */
     while (!__atomic_load_n(&stop_flag, __ATOMIC_ACQUIRE)) {
-        int work = 0;
-        for (int i = 0; i < __atomic_load_n(&nrings, __ATOMIC_ACQUIRE); i++)
+        int work = 0, n = __atomic_load_n(&nrings, __ATOMIC_ACQUIRE);
+        for (int i = 0; i < n; i++)
             work |= scan_ring(&rings[i]);
         if (!work) {
-            struct timespec ts = {0, IDLE_NS};
+            struct timespec ts = {0, (long)sleep_ns(n)};
             nanosleep(&ts, NULL);
         }
     }

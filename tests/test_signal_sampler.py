@@ -685,9 +685,12 @@ def test_samples_in_plt_stubs_keep_their_callers(cc, tmp_path):
 
 SIGNAL_FRAMES = COMMON + r"""
 #include <sys/time.h>
-/* Most of the CPU time is spent inside the program's own SIGALRM handler. */
+/* 0.8 ms of every 2 ms, whatever the machine's speed, is spent inside the
+ * program's own SIGALRM handler (clock_gettime is async-signal-safe). */
 __attribute__((noinline)) static void in_handler_work(void) {
-    for (int i = 0; i < 300000; i++) sink = sink * 31 + i;
+    double end = cpu_now() + 0.0008;
+    while (cpu_now() < end)
+        for (int i = 0; i < 2000; i++) sink = sink * 31 + i;
 }
 static void on_alarm(int s) { (void)s; in_handler_work(); sink++; }
 __attribute__((noinline)) static void main_loop(void) { spin_cpu(1.0); sink++; }
