@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <unistd.h>
 #include <linux/futex.h>
+#include <sys/inotify.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -1463,7 +1464,8 @@ static struct {
     size_t n, cap;
     pthread_t thread;
     int running, stop;
-} drainer = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0, 0, 0, 0};
+    int watch_fd_plus1;            /* inotify on the session directory (0: none) */
+} drainer = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0, 0, 0, 0, 0};
 
 static struct heap_shared *shared_of(void *base) { return (struct heap_shared *)((char *)base + HEAP_SHARED_OFFSET); }
 
@@ -1568,6 +1570,42 @@ static void drain_sleep(void *base, int moved)
     __atomic_store_n(&hs->drain_wake, 0, __ATOMIC_SEQ_CST);
 }
 
+static void *drain_main(void *arg);
+
+/* A new process's ring fills in its first millisecond of allocating,
+ * and it then waits until the controller's Python has found the file and
+ * handed it to us (a look every 10 ms: `as` after a compile waited 1-21
+ * ms).  So each pass also reads the session directory's inotify events,
+ * and calls Python at once when a .heap file appeared.  (drainer.lock held) */
+static void watch_new_rings(void)
+{
+    if (!drainer.watch_fd_plus1)
+        return;
+    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+    int found = 0;
+    ssize_t n;
+    while ((n = read(drainer.watch_fd_plus1 - 1, buf, sizeof buf)) > 0) {
+        for (char *p = buf; p + sizeof(struct inotify_event) <= buf + n;) {
+            const struct inotify_event *e = (const struct inotify_event *)p;
+            size_t len = e->len ? strnlen(e->name, e->len) : 0;
+            if (len > 5 && !memcmp(e->name + len - 5, ".heap", 5))
+                found = 1;
+            p += sizeof *e + e->len;
+        }
+    }
+    if (found)
+        raise_attention();
+}
+
+/* (drainer.lock held) */
+static void start_drainer_locked(void)
+{
+    if (!drainer.running) {
+        drainer.stop = 0;
+        drainer.running = pthread_create(&drainer.thread, NULL, drain_main, NULL) == 0;
+    }
+}
+
 /* The ring slept on is the last one that moved.  drainer.lock is held
  * while sleeping (at most DRAIN_IDLE_NS), so no ring leaves the list, or
  * is unmapped, under the sleeper. */
@@ -1578,6 +1616,7 @@ static void *drain_main(void *arg)
     void *hot = NULL;
     while (!__atomic_load_n(&drainer.stop, __ATOMIC_ACQUIRE)) {
         pthread_mutex_lock(&drainer.lock);
+        watch_new_rings();
         void *moved = drain_pass();
         if (moved)
             hot = moved;
@@ -1596,10 +1635,7 @@ CTPROF_API int ctprof_heap_drain_add(struct consumer *c, void *base)
     python_seen();
     int rc = -1;
     pthread_mutex_lock(&drainer.lock);
-    if (!drainer.running) {
-        drainer.stop = 0;
-        drainer.running = pthread_create(&drainer.thread, NULL, drain_main, NULL) == 0;
-    }
+    start_drainer_locked();
     if (drainer.n == drainer.cap) {
         size_t cap = drainer.cap ? 2 * drainer.cap : 16;
         struct drained *list = realloc(drainer.list, cap * sizeof *list);
@@ -1630,9 +1666,33 @@ static void drainer_remove(struct consumer *c)
 
 /* Stop the drainer thread (the rings stay registered: a last pass from the
  * caller's ctprof_heap_consume finishes them). */
+/* Watch the session directory `dir` for new rings (see watch_new_rings),
+ * with the drainer running from now on.  -1 if inotify is refused (the
+ * files are then found by Python's looks alone). */
+CTPROF_API int ctprof_heap_watch(const char *dir)
+{
+    int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    if (inotify_add_watch(fd, dir, IN_CREATE | IN_MOVED_TO) < 0) {
+        close(fd);
+        return -1;
+    }
+    pthread_mutex_lock(&drainer.lock);
+    if (drainer.watch_fd_plus1)
+        close(drainer.watch_fd_plus1 - 1);
+    drainer.watch_fd_plus1 = fd + 1;
+    start_drainer_locked();
+    pthread_mutex_unlock(&drainer.lock);
+    return 0;
+}
+
 CTPROF_API void ctprof_heap_drain_stop(void)
 {
     pthread_mutex_lock(&drainer.lock);
+    if (drainer.watch_fd_plus1)
+        close(drainer.watch_fd_plus1 - 1);
+    drainer.watch_fd_plus1 = 0;
     int running = drainer.running;
     pthread_t thread = drainer.thread;
     drainer.running = 0;

@@ -117,6 +117,8 @@ def bind(shim: str):
     lib.ctprof_heap_drain_add.argtypes = [vp, vp]
     lib.ctprof_heap_drain_add.restype = ctypes.c_int
     lib.ctprof_heap_drain_stop.argtypes = []
+    lib.ctprof_heap_watch.argtypes = [ctypes.c_char_p]
+    lib.ctprof_heap_watch.restype = ctypes.c_int
     lib.ctprof_heap_forget_live.argtypes = [vp]
     lib.ctprof_heap_wait_attention.argtypes = [ctypes.c_int]
     lib.ctprof_heap_wait_attention.restype = ctypes.c_int
@@ -499,6 +501,8 @@ class HeapCollector:
         self._last_exit_check = -1.0
 
     def start_thread(self) -> None:
+        # the drainer calls us as soon as a new process's ring appears
+        self.lib.ctprof_heap_watch(os.fsencode(self.session_dir))
         self._thread.start()
 
     def _discover(self, force: bool = False) -> None:
@@ -589,7 +593,8 @@ class HeapCollector:
         objects to read): it sleeps until called, or LOOK_STEP_S.  A ring
         Python drains itself is looked at every millisecond."""
         if all(r.drained_in_c for r in self.rings.values()):
-            self.lib.ctprof_heap_wait_attention(int(LOOK_STEP_S * 1000))
+            if self.lib.ctprof_heap_wait_attention(int(LOOK_STEP_S * 1000)):
+                self._last_discover = -1.0        # (a new ring, maybe: look now)
         else:
             time.sleep(0.001)
 
