@@ -871,7 +871,7 @@ static size_t stats_locked(struct consumer *c, uint32_t first, int64_t *out, siz
 
 enum { UNREACHED = 0, REACHABLE = 1, POSSIBLE = 2, INDIRECT = 3 };
 /* kinds of root range handed in by the Python side */
-enum { RANGE_ROOT = 0, RANGE_HEAP = 1, RANGE_ARENA_LIKE = 2 };
+enum { RANGE_ROOT = 0, RANGE_HEAP = 1, RANGE_ARENA_LIKE = 2, RANGE_MALLOC_STATE = 3 };
 #define START_SLACK 16 /* a pointer at most this far in is a start pointer */
 
 struct block {
@@ -906,8 +906,21 @@ struct scan {
      * found is noted here (per block: HIT_START, HIT_INSIDE), not marked,
      * so the threads share nothing they write (see scan_roots). */
     uint8_t *hits;
+    int malloc_state;         /* the words being scanned are the C library's data (RANGE_MALLOC_STATE) */
 };
 enum { HIT_START = 1, HIT_INSIDE = 2 };
+
+/* Where glibc's malloc puts the chunk after a block of `size` bytes at
+ * `lo` (x86-64: 16-byte header before the block, chunks a multiple of 16
+ * and at least 32 bytes, the last 8 bytes of a block the next chunk's
+ * first field).  For a size of 16k + 1..8 it lies inside the block, and
+ * the malloc state in the C library's data (its top chunk, its bins) points
+ * there: a pointer to the allocator's next chunk, not into this block. */
+static uint64_t next_chunk(uint64_t lo, uint64_t size)
+{
+    uint64_t chunk = (size + 8 + 15) & ~15ull;
+    return lo - 16 + (chunk < 32 ? 32 : chunk);
+}
 
 static int by_lo(const void *a, const void *b)
 {
@@ -1033,6 +1046,8 @@ static void scan_words(struct scan *s, const unsigned char *p, uint64_t addr, si
         if (b == s->n)
             continue;
         if (s->hits) {               /* (a root: the source is REACHABLE) */
+            if (s->malloc_state && v == next_chunk(s->blocks[b].lo, s->blocks[b].hi - s->blocks[b].lo))
+                continue;
             s->hits[b] |= v - s->blocks[b].lo <= START_SLACK ? HIT_START : HIT_INSIDE;
             continue;
         }
@@ -1143,28 +1158,31 @@ static void drain_work(struct scan *s)
 #define ROOT_PIECE (1u << 20)
 
 struct root_pieces {
-    const uint64_t *ranges;   /* (lo, hi) of each root range, nranges of them */
+    const uint64_t *ranges;   /* (lo, hi, kind) of each root range, nranges of them */
     int nranges;
     uint64_t next;            /* the next piece: range << 32 | piece within it (atomic) */
 };
 
-/* The next piece [*lo, *hi) of the roots not taken yet; 0 when none is left. */
-static int take_piece(struct root_pieces *p, uint64_t *lo, uint64_t *hi)
+/* The next piece [*lo, *hi) of the roots not taken yet, and its range's
+ * kind; 0 when none is left. */
+static int take_piece(struct root_pieces *p, uint64_t *lo, uint64_t *hi, uint64_t *kind)
 {
     for (;;) {
         uint64_t at = __atomic_load_n(&p->next, __ATOMIC_ACQUIRE);
         int r = (int)(at >> 32);
         if (r >= p->nranges)
             return 0;
-        uint64_t start = (p->ranges[2 * r] & ~7ull) + (at & 0xffffffffu) * (uint64_t)ROOT_PIECE;
-        uint64_t next = start + ROOT_PIECE < p->ranges[2 * r + 1] ? at + 1 : (uint64_t)(r + 1) << 32;
-        if (start >= p->ranges[2 * r + 1]) {           /* (an empty range) */
+        const uint64_t *range = p->ranges + 3 * r;
+        uint64_t start = (range[0] & ~7ull) + (at & 0xffffffffu) * (uint64_t)ROOT_PIECE;
+        uint64_t next = start + ROOT_PIECE < range[1] ? at + 1 : (uint64_t)(r + 1) << 32;
+        if (start >= range[1]) {           /* (an empty range) */
             __atomic_compare_exchange_n(&p->next, &at, (uint64_t)(r + 1) << 32, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
             continue;
         }
         if (__atomic_compare_exchange_n(&p->next, &at, next, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
             *lo = start;
-            *hi = start + ROOT_PIECE < p->ranges[2 * r + 1] ? start + ROOT_PIECE : p->ranges[2 * r + 1];
+            *hi = start + ROOT_PIECE < range[1] ? start + ROOT_PIECE : range[1];
+            *kind = range[2];
             return 1;
         }
     }
@@ -1178,13 +1196,15 @@ struct root_worker {
 static void *scan_root_pieces(void *arg)
 {
     struct root_worker *w = arg;
-    uint64_t lo, hi;
-    while (take_piece(w->pieces, &lo, &hi))
+    uint64_t lo, hi, kind;
+    while (take_piece(w->pieces, &lo, &hi, &kind)) {
+        w->s.malloc_state = kind == RANGE_MALLOC_STATE;
         scan_range(&w->s, lo, hi, REACHABLE, 1);
+    }
     return NULL;
 }
 
-/* Scan the root ranges (lo, hi pairs) on this thread and one more, then
+/* Scan the root ranges ((lo, hi, kind) triples) on this thread and one more, then
  * mark what they reach.  -1 if out of memory (nothing marked). */
 static int scan_roots(struct scan *s, const uint64_t *roots, int nroots)
 {
@@ -1245,7 +1265,7 @@ static void free_scan(struct scan *s)
  * could not be read. */
 static int scan_locked(struct consumer *c, int pid, const uint64_t *ranges, int nranges, uint64_t *heartbeat)
 {
-    struct scan s = {c, pid, NULL, 0, NULL, 0, NULL, 8u << 20, heartbeat, NULL, 0, NULL};
+    struct scan s = {c, pid, NULL, 0, NULL, 0, NULL, 8u << 20, heartbeat, NULL, 0, NULL, 0};
     /* each block enters the work list at most four times (possibly,
      * reachable; twice in the last phase) */
     s.blocks = malloc((c->live_n + 1) * sizeof *s.blocks);
@@ -1269,12 +1289,13 @@ static int scan_locked(struct consumer *c, int pid, const uint64_t *ranges, int 
         return -1;
     }
     /* 1. everything reachable from the roots */
-    uint64_t *roots = malloc((2 * (size_t)nranges + 1) * sizeof *roots);
+    uint64_t *roots = malloc((3 * (size_t)nranges + 1) * sizeof *roots);
     int nroots = 0;
     for (int r = 0; roots && r < nranges; r++) {
-        if (range_kind(&s, ranges + 3 * r) == RANGE_ROOT) {
-            roots[2 * nroots] = ranges[3 * r];
-            roots[2 * nroots + 1] = ranges[3 * r + 1];
+        uint64_t kind = range_kind(&s, ranges + 3 * r);
+        if (kind == RANGE_ROOT || kind == RANGE_MALLOC_STATE) {
+            memcpy(roots + 3 * nroots, ranges + 3 * r, 2 * sizeof *roots);
+            roots[3 * nroots + 2] = kind;
             nroots++;
         }
     }

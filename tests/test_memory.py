@@ -356,11 +356,13 @@ def test_the_ring_grows_only_for_a_program_that_waits_and_is_large():
 
 def test_leak_classes_from_roots_scanned_in_pieces(build, tmp_path):
     """24 MiB of roots, read and scanned in 1 MiB pieces by two threads:
-    each block's class is what its pointers, wherever they lie, make it."""
+    each block's class is what its pointers, wherever they lie, make it --
+    not what the C library's malloc state points to (the chunk after a
+    56-byte block starts inside it)."""
     proc, p = run_mem(tmp_path, [build("heap_big_roots.c")])
     assert proc.returncode == 0, proc.stderr.decode()
     assert site(p, "reachable_count", "held_start") == 20
     assert site(p, "leaked_bytes", "held_start") == site(p, "possibly_lost_bytes", "held_start") == 0
     assert site(p, "possibly_lost_bytes", "held_middle") == 9 * 160
     assert site(p, "definite_bytes", "dropped") == 6 * 72
-    assert site(p, "indirect_bytes", "behind") == sum(56 + 8 * i for i in range(6))
+    assert site(p, "indirect_bytes", "behind") == 6 * 56

@@ -47,7 +47,7 @@ RING_DATA_SIZE_OFFSET = 16
 THREAD_DESCRIPTOR_BYTES = 2304
 #: glibc's HEAP_MAX_SIZE on 64-bit: thread arenas start on this alignment
 ARENA_ALIGN = 64 << 20
-RANGE_ROOT, RANGE_HEAP, RANGE_ARENA_LIKE = 0, 1, 2
+RANGE_ROOT, RANGE_HEAP, RANGE_ARENA_LIKE, RANGE_MALLOC_STATE = 0, 1, 2, 3
 
 NSTAT = 18
 #: Words of the buffer the heap stacks are fetched in (256 KiB: about a
@@ -444,6 +444,10 @@ def root_ranges(pid: int, h: Dict[str, int], session_dir: str) -> List[Tuple[int
             continue
         if path == "[heap]":
             ranges.append((lo, hi, RANGE_HEAP))
+        elif os.path.basename(path).startswith("libc.so"):
+            # glibc's data, where its malloc state points at chunk headers
+            # (see next_chunk in collect.c): a root all the same
+            ranges.append((lo, hi, RANGE_MALLOC_STATE))
         elif not path and lo % ARENA_ALIGN == 0:
             ranges.append((lo, hi, RANGE_ARENA_LIKE))
         else:

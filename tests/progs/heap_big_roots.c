@@ -6,7 +6,9 @@
  *   held_start   20 x 96 bytes: a start pointer (at 7 MiB + i * 400 KiB of the mapping) -> still reachable
  *   held_middle  9 x 160 bytes: only pointers 40 bytes in (bss and the mapping's end) -> possibly lost
  *   dropped      6 x 72 bytes: no pointer anywhere -> definitely lost
- *   behind       56, 64, ..., 96 bytes: pointed to only by a dropped block -> indirectly lost */
+ *   behind       6 x 56 bytes: pointed to only by a dropped block -> indirectly lost (56 bytes:
+ *                the chunk glibc's malloc puts after the block starts inside
+ *                it, 48 bytes in, and the C library's malloc state points there) */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +25,7 @@ static inline void escape(void *p) { __asm__ volatile("" : : "r"(p) : "memory");
 __attribute__((noinline)) void *held_start(void) { void *p = malloc(96); escape(p); return p; }
 __attribute__((noinline)) void *held_middle(void) { void *p = malloc(160); escape(p); return p; }
 __attribute__((noinline)) void *dropped(void) { void *p = malloc(72); escape(p); return p; }
-__attribute__((noinline)) void *behind(int i) { void *p = malloc(56 + 8 * (size_t)i); escape(p); return p; }
+__attribute__((noinline)) void *behind(void) { void *p = malloc(56); escape(p); return p; }
 
 /* The stack below main, where the last blocks' addresses were, overwritten. */
 __attribute__((noinline)) static void scrub(void)
@@ -52,7 +54,7 @@ int main(void)
     }
     for (int i = 0; i < 6; i++) {
         void **lost = dropped();
-        *lost = behind(i);
+        *lost = behind();
         memset((char *)lost + sizeof(void *), 0, 72 - sizeof(void *));
         escape(lost);
         lost = NULL;
