@@ -124,7 +124,10 @@ def test_threads_selection(build, tmp_path):
     proc, profile = run_profile(tmp_path, [prog, "3", "0.3"], "--hz", "499", "--threads", "worker-1")
     assert proc.returncode == 0
     assert len(set(profile.tids)) == 1
-    assert share(profile, lambda n: "thread_spin" in n) == 1.0
+    # the thread's own life outside thread_spin (its start in clone3 and
+    # start_thread, its exit) is a few microseconds of its 0.3 s: now and
+    # then a sample (1 of 152 in one fresh-clone CI run)
+    assert share(profile, lambda n: "thread_spin" in n) >= 0.95
 
 
 def test_fork_and_exec_children(build, tmp_path):
