@@ -2,7 +2,7 @@
 """The fixed cost ``ctprof run`` adds around a program: before its exec and after its exit.
 
 The program is ``g++ -O2 -c`` of bench_e2e.py's template-heavy file, run
-CPU-only (``ctprof run -q``, the kernel sampler at the default 99 Hz).
+CPU-only (``ctprof run -q``, the kernel sampler at its default rate).
 ``strace -f --seccomp-bpf -e trace=execve,exit_group -ttt`` stamps the
 moments that matter without slowing anything else down (the filter stops
 only those two calls):
@@ -108,7 +108,7 @@ def main() -> int:
             walls["plain"].append(wall(COMPILE, work))
             for tree in trees:
                 walls[tree].append(wall(ctprof_cmd(tree, work), work))
-        print(f"ctprof run -q (CPU only, 99 Hz) of g++ -O2 -c templates.cpp, {runs} interleaved rounds; python {PYTHON}")
+        print(f"ctprof run -q (CPU only, its default rate) of g++ -O2 -c templates.cpp, {runs} interleaved rounds; python {PYTHON}")
         print(f"{'tree':40s} {'before exec':>12s} {'after exit':>11s}   (medians; strace timeline)")
         for tree in trees:
             print(f"{tree:40s} {statistics.median(before[tree]) * 1e3:9.0f} ms {statistics.median(after[tree]) * 1e3:8.0f} ms")
