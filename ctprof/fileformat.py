@@ -813,7 +813,7 @@ def _any_negative(values: array) -> bool:
     sign bytes are the one copy)."""
     if values.typecode != "q":
         return bool(values) and min(values) < 0
-    high = memoryview(values).cast("B")[7::8] if sys.byteorder == "little" else memoryview(values).cast("B")[0::8]
+    high = memoryview(values).cast("B")[0 if _SWAP else 7::8]
     return bool(high.tobytes().translate(None, _NON_NEGATIVE_HIGH_BYTES))
 
 

@@ -1412,7 +1412,8 @@ static int grow_locked(struct consumer *c, void *file_base, uint64_t file_bytes)
         (size & (size - 1)) || file_bytes < CTPROF_HEADER_SIZE + size)
         return 0;
     c->grow_size = size;
-    c->grow_at = (c->rd + 2 * cap - 1) & ~(cap - 1);
+    /* (released: the drainer reads it without the lock, see drain_sleep) */
+    __atomic_store_n(&c->grow_at, (c->rd + 2 * cap - 1) & ~(cap - 1), __ATOMIC_RELEASE);
     __atomic_store_n(&hs->grow_at, c->grow_at, __ATOMIC_RELEASE);
     return 1;
 }
@@ -1560,23 +1561,25 @@ static void *drain_pass(void)
     return hot;
 }
 
-static int registered(void *base)
+/* The consumer of the ring mapped at `base`, NULL if it is not registered
+ * (any more).  (drainer.lock held) */
+static struct consumer *consumer_of(void *base)
 {
     for (size_t i = 0; i < drainer.n; i++)
         if (drainer.list[i].base == base)
-            return 1;
-    return 0;
+            return drainer.list[i].c;
+    return NULL;
 }
 
-/* Sleep until `base`'s writers have a quarter of its ring waiting (they
+/* Sleep until `base`'s writers (`c`'s) have a quarter of its ring waiting (they
  * wake us), or DRAIN_IDLE_NS -- at once if the last pass moved records
  * and a quarter already waits.  (A pass that moved nothing sleeps
  * whatever waits: a record whose writer stopped inside the hook holds the
  * ring up until it is judged gone, and must not be spun on.) */
-static void drain_sleep(void *base, int moved)
+static void drain_sleep(struct consumer *c, void *base, int moved)
 {
     struct timespec idle = {0, DRAIN_IDLE_NS};
-    if (!base) {
+    if (!c) {
         nanosleep(&idle, NULL);
         return;
     }
@@ -1585,7 +1588,8 @@ static void drain_sleep(void *base, int moved)
     __atomic_store_n(&hs->drain_wake, 1, __ATOMIC_SEQ_CST);
     /* a writer that claimed before it could see the flag did not wake us */
     uint64_t waiting = __atomic_load_n(&h->write_pos, __ATOMIC_SEQ_CST) - __atomic_load_n(&h->read_pos, __ATOMIC_SEQ_CST);
-    uint64_t room = __atomic_load_n(&hs->grow_at, __ATOMIC_RELAXED) ? hs->grow_size : h->data_size;
+    /* the ring's room as this side set it, not as the header says */
+    uint64_t room = __atomic_load_n(&c->grow_at, __ATOMIC_ACQUIRE) ? c->grow_size : h->data_size;
     if (!moved || waiting < room / 4)
         syscall(SYS_futex, &hs->drain_wake, FUTEX_WAIT, 1, &idle, NULL, 0);
     __atomic_store_n(&hs->drain_wake, 0, __ATOMIC_SEQ_CST);
@@ -1596,12 +1600,17 @@ static void *drain_main(void *arg);
 /* A new process's ring fills in its first millisecond of allocating,
  * and it then waits until the controller's Python has found the file and
  * handed it to us (a look every 10 ms: `as` after a compile waited 1-21
- * ms).  So each pass also reads the session directory's inotify events,
- * and calls Python at once when a .heap file appeared.  (drainer.lock held) */
+ * ms).  So the drainer also reads the session directory's inotify events,
+ * at most every WATCH_STEP_NS, and calls Python at once when a .heap file
+ * appeared.  (drainer.lock held) */
+#define WATCH_STEP_NS 1000000
 static void watch_new_rings(void)
 {
-    if (!drainer.watch_fd_plus1)
+    static uint64_t looked_ns;        /* (a busy drainer passes thousands of times a second) */
+    uint64_t now = now_ns();
+    if (!drainer.watch_fd_plus1 || now - looked_ns < WATCH_STEP_NS)
         return;
+    looked_ns = now;
     char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
     int found = 0;
     ssize_t n;
@@ -1641,9 +1650,10 @@ static void *drain_main(void *arg)
         void *moved = drain_pass();
         if (moved)
             hot = moved;
-        else if (hot && !registered(hot))
+        struct consumer *c = hot ? consumer_of(hot) : NULL;
+        if (!c)
             hot = NULL;
-        drain_sleep(hot, moved != NULL);
+        drain_sleep(c, hot, moved != NULL);
         pthread_mutex_unlock(&drainer.lock);
     }
     return NULL;
@@ -1685,8 +1695,6 @@ static void drainer_remove(struct consumer *c)
     pthread_mutex_unlock(&drainer.lock);
 }
 
-/* Stop the drainer thread (the rings stay registered: a last pass from the
- * caller's ctprof_heap_consume finishes them). */
 /* Watch the session directory `dir` for new rings (see watch_new_rings),
  * with the drainer running from now on.  -1 if inotify is refused (the
  * files are then found by Python's looks alone). */
@@ -1708,6 +1716,8 @@ CTPROF_API int ctprof_heap_watch(const char *dir)
     return 0;
 }
 
+/* Stop the drainer thread (the rings stay registered: a last pass from the
+ * caller's ctprof_heap_consume finishes them). */
 CTPROF_API void ctprof_heap_drain_stop(void)
 {
     pthread_mutex_lock(&drainer.lock);

@@ -45,7 +45,8 @@ int heap_enabled; /* read inline by the hooks: tracking is on in this process */
  * whole.  The controller drains it in C as records arrive (collect.c, the
  * drainer), so it only has to hold what is written while the drainer
  * sleeps or waits for a CPU: 64 KiB.  A full-speed allocation loop fills
- * any size -- the controller sets the pace -- so more only adds memory. */
+ * any size -- the controller sets the pace -- so more helps only to ride
+ * through the drainer's pauses (RING_MAX_KB). */
 #define RING_KB 64
 /* ... and room to grow to, for a program that waits for the controller
  * with that ring (ctprof_heap_grow; the file's pages past RING_KB cost
@@ -274,7 +275,8 @@ static void *reserve(uint32_t size, uint32_t tid, uint64_t *pos)
          * read it no later than the controller set grow_at, so it cannot
          * reserve past grow_at (which is data_size beyond that). */
         uint64_t rd = __atomic_load_n(&h->read_pos, __ATOMIC_ACQUIRE);
-        uint64_t grow_at = __atomic_load_n(&hs->grow_at, __ATOMIC_ACQUIRE);
+        /* (never set without the larger view: only a scribble could) */
+        uint64_t grow_at = heap_ring.grown ? __atomic_load_n(&hs->grow_at, __ATOMIC_ACQUIRE) : 0;
         uint64_t w = __atomic_load_n(&h->write_pos, __ATOMIC_RELAXED);
         uint64_t room = grow_at && w >= grow_at ? heap_ring.grown_size : cap;
         if (grow_at && w < grow_at && w + size > grow_at) {

@@ -146,18 +146,19 @@ def test_threads_exact_totals(build, tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     assert site(p, "alloc_count", "churn_thread") == 8 * 200000
     assert site(p, "live_bytes", "churn_thread") == 0
-    assert site(p, "alloc_bytes", "churn_thread") == mem_threads_bytes()
+    assert site(p, "alloc_bytes", "churn_thread") == churn_bytes(range(8), 200000)
     totals = next(iter(p.metadata["memory"].values()))["totals"]
     assert totals["unmatched_frees"] == 0
     assert next(iter(p.metadata["memory"].values()))["lost_events"] == 0
 
 
-def mem_threads_bytes() -> int:
-    """Bytes mem_threads.c allocates, from its own generator."""
+def churn_bytes(seeds, per_thread: int) -> int:
+    """Bytes the churn loops of mem_threads.c and heap_grow.c allocate, one
+    loop per seed, from their own generator."""
     total = 0
-    for t in range(8):
-        x = (t * 2654435761 + 1) & 0xFFFFFFFF
-        for _ in range(200000):
+    for seed in seeds:
+        x = (seed * 2654435761 + 1) & 0xFFFFFFFF
+        for _ in range(per_thread):
             x = (x * 1103515245 + 12345) & 0xFFFFFFFF
             total += 16 + (x >> 8) % 512
     return total
@@ -304,17 +305,6 @@ def test_unknown_metric_refused_before_running(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing ran, nothing written
 
 
-def heap_grow_bytes(first_seed: int) -> int:
-    """Bytes one churn phase of heap_grow.c allocates, from its own generator."""
-    total = 0
-    for seed in range(first_seed, first_seed + 4):
-        x = (seed * 2654435761 + 1) & 0xFFFFFFFF
-        for _ in range(150000):
-            x = (x * 1103515245 + 12345) & 0xFFFFFFFF
-            total += 16 + (x >> 8) % 512
-    return total
-
-
 @pytest.mark.parametrize("then_exec", [False, True], ids=["grown", "grown-then-exec"])
 def test_counts_stay_exact_across_the_rings_growth(build, monkeypatch, then_exec):
     """The event ring grows while four threads write to it (here at once,
@@ -333,7 +323,7 @@ def test_counts_stay_exact_across_the_rings_growth(build, monkeypatch, then_exec
     assert heap["totals"]["unmatched_frees"] == 0
     for func, seed in (("churn_early", 0), ("churn_late", 4)):
         assert site(p, "alloc_count", func, anywhere=True) == 4 * 150000
-        assert site(p, "alloc_bytes", func, anywhere=True) == heap_grow_bytes(seed)
+        assert site(p, "alloc_bytes", func, anywhere=True) == churn_bytes(range(seed, seed + 4), 150000)
         assert site(p, "live_bytes", func, anywhere=True) == 0
     assert site(p, "alloc_bytes", "before_exec") == 350
     if then_exec:

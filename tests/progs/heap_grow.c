@@ -15,6 +15,7 @@ static inline void escape(void *p) { __asm__ volatile("" : : "r"(p) : "memory");
 #define THREADS 4
 #define PER_THREAD 150000
 
+/* mem_threads.c's churn loop (the test's churn_bytes follows both) */
 static void churn(long seed)
 {
     unsigned x = (unsigned)seed * 2654435761u + 1;
