@@ -87,7 +87,7 @@ from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Sequ
 from .errors import FormatError
 from .nogc import paused_collector
 from .profile import Frame, Profile
-from .session import HeapStacks, ProcessInfo, RawStack, Session
+from .session import FlatStacks, HeapStacks, ProcessInfo, RawStack, Session
 
 FORMAT_NAME = "ctprof-profile"
 FORMAT_VERSION = 2
@@ -117,6 +117,8 @@ _SWAP = sys.byteorder != "little"
 _NONE = -1  # pid, tid or line unknown
 #: Raw stacks flattened and compressed at a time when saving.
 _BATCH = 4096
+#: ... and addresses (heap stacks held flat, 1 MiB of them).
+_BATCH_WORDS = 1 << 17
 #: Session fields stored in sections of their own, not in its JSON document
 #: (the heap's stacks are stored as raw stacks and load as such).
 _SESSION_TABLES = ("processes", "stacks", "heap_stacks")
@@ -314,13 +316,19 @@ def _raw_arrays(session: Session, doc: Dict[str, Any], deflater: _Deflater) -> D
     for block in heap:             # column by column
         n = len(block)
         keyset_ids.extend(repeat(keysets.setdefault(tuple(block.values), len(keysets)), n))
-        for start in range(0, n, _BATCH):
-            ips.add(array("Q", chain.from_iterable(block.ips[start:start + _BATCH])))
+        if isinstance(block.ips, FlatStacks):       # as captured: already one array
+            words = block.ips.words
+            for start in range(0, len(words), _BATCH_WORDS):
+                ips.add(words[start:start + _BATCH_WORDS])
+            cols["raw_length"].extend(block.ips.lengths)
+        else:
+            for start in range(0, n, _BATCH):
+                ips.add(array("Q", chain.from_iterable(block.ips[start:start + _BATCH])))
+            cols["raw_length"].extend(map(len, block.ips))
         cols["raw_pid"].extend(repeat(block.pid, n))
         cols["raw_tid"].extend(repeat(0, n))
         cols["raw_gen"].extend(repeat(block.gen, n))
         cols["raw_truncated"].extend(array("B", block.truncated))
-        cols["raw_length"].extend(map(len, block.ips))
         cols["raw_py_length"].extend(map(len, block.py) if block.py else repeat(0, n))
         cols["raw_py"].extend(chain.from_iterable(block.py or ()))
     ips.close()

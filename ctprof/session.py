@@ -8,8 +8,10 @@ on disk is :mod:`ctprof.fileformat`'s (``save``/``load`` here call it).
 from __future__ import annotations
 
 import sys
+from array import array
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from itertools import accumulate, compress
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .profile import Profile
 
@@ -17,6 +19,77 @@ from .profile import Profile
 #: A large memory profile holds 100,000 raw stacks: without a ``__dict__``
 #: each costs about 100 bytes less (``slots`` needs Python 3.10).
 _COMPACT = {"slots": True} if sys.version_info >= (3, 10) else {}
+
+
+class FlatStacks(Sequence[Tuple[int, ...]]):
+    """Many stacks' addresses one after the other in one machine array
+    (``words``), ``lengths[i]`` of them for stack ``i``: the form heap
+    stacks come over in.  A large program leaves 100,000 of them with 3
+    million addresses; as tuples they cost an object per stack and a Python
+    step per address to build, and again to flatten for the file.  Indexing
+    gives stack ``i`` as a tuple, leaf first like :attr:`RawStack.ips`."""
+
+    __slots__ = ("words", "lengths", "_starts")
+
+    def __init__(self, words: Optional["array[int]"] = None, lengths: Optional["array[int]"] = None) -> None:
+        self.words = words if words is not None else array("Q")
+        self.lengths = lengths if lengths is not None else array("I")
+        self._starts: Optional["array[int]"] = None
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def starts(self) -> "array[int]":
+        """Where each stack starts in ``words``, and the end (one more)."""
+        if self._starts is None or len(self._starts) != len(self.lengths) + 1:
+            self._starts = array("Q", accumulate(self.lengths, initial=0))
+        return self._starts
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        starts = self.starts()
+        if i < 0:
+            i += len(self)
+        return tuple(self.words[starts[i]:starts[i + 1]])
+
+    def __iter__(self) -> Iterator[Tuple[int, ...]]:
+        words, start = self.words, 0
+        for n in self.lengths:
+            yield tuple(words[start:start + n])
+            start += n
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FlatStacks):
+            return self.lengths == other.lengths and self.words == other.words
+        return isinstance(other, (list, tuple)) and list(self) == list(other)
+
+    def append(self, ips: Iterable[int]) -> None:
+        before = len(self.words)
+        self.words.extend(ips)
+        self.lengths.append(len(self.words) - before)
+
+    def copy(self) -> "FlatStacks":
+        return FlatStacks(array("Q", self.words), array("I", self.lengths))
+
+    def truncate(self, n: int) -> None:
+        """Keep the first ``n`` stacks."""
+        if n < len(self.lengths):
+            del self.words[self.starts()[n]:]
+            del self.lengths[n:]
+
+    def select(self, keep: Sequence[int]) -> "FlatStacks":
+        """The stacks where ``keep`` is true, in order."""
+        starts, words = self.starts(), self.words
+        out = FlatStacks()
+        for i in compress(range(len(self.lengths)), keep):
+            out.words.extend(words[starts[i]:starts[i + 1]])
+        out.lengths = array("I", compress(self.lengths, keep))
+        return out
+
+
+#: Stack addresses as heap capture hands them over, or as tuples.
+StackList = Union[FlatStacks, List[Tuple[int, ...]]]
 
 
 @dataclass(**_COMPACT)
@@ -49,14 +122,15 @@ class HeapStacks:
     object per stack, no dict of values per stack).
 
     Row ``i`` is one stack: ``ips[i]`` its addresses leaf first as in
-    :attr:`RawStack.ips` (the leaf the call into the allocator),
+    :attr:`RawStack.ips` (the leaf the call into the allocator; ``ips`` a
+    :class:`FlatStacks` as captured, or a list of tuples),
     ``truncated[i]``, ``py[i]`` its Python frames as in :attr:`RawStack.py`
     (``py`` is None when no stack of the process has any), and
     ``values[metric][i]`` for every metric.  Every row has a non-zero value."""
 
     pid: int
     gen: int
-    ips: List[Tuple[int, ...]]
+    ips: StackList
     truncated: Sequence[int]
     values: Dict[str, Sequence[int]]
     py: Optional[List[Tuple[int, ...]]] = None

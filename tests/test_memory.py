@@ -356,3 +356,45 @@ def test_leak_classes_from_roots_scanned_in_pieces(build, tmp_path):
     assert site(p, "possibly_lost_bytes", "held_middle") == 9 * 160
     assert site(p, "definite_bytes", "dropped") == 6 * 72
     assert site(p, "indirect_bytes", "behind") == 6 * 56
+
+
+def test_heap_rows_alike_in_c_and_in_python(build, monkeypatch):
+    """A memory profile's heap rows are made in C (symbols.stackmap) where
+    the shim is at hand: they are the rows the Python loop makes -- the
+    same frames, merged the same way (two call sites of one function), kept
+    apart the same way (one call site, two leaves), the same truncated
+    stacks -- and the counts the program made."""
+    import copy
+    from ctprof import api
+    from ctprof.session import FlatStacks
+    from ctprof.symbols import resolve_session, stackmap
+    rounds = 2000
+    result = api.run([build("heap_alike.c", "-g"), str(rounds)], memory=True)
+    session = result.session
+    assert session.heap_stacks and all(isinstance(b.ips, FlatStacks) for b in session.heap_stacks)
+    calls = []
+    real = stackmap.first_alike
+    monkeypatch.setattr(stackmap, "first_alike", lambda *a: calls.append(1) or real(*a))
+    in_c = resolve_session(session)
+    assert calls, "the C path did not run"
+    monkeypatch.setattr(stackmap, "_library", lambda: None)
+    in_python = resolve_session(copy.deepcopy(session), consume=True)   # (as ctprof run does)
+
+    def rows(p):
+        names = [f.name for f in p.frames]
+        table = {}
+        for i, stack in enumerate(p.stacks):
+            key = (tuple(names[f] for f in stack), p.pids[i], p.tids[i])
+            assert key not in table          # each row once
+            table[key] = {m: column[i] for m, column in p.values.items()}
+        return table
+    made_in_c = rows(in_c)
+    assert made_in_c == rows(in_python)
+    heap_rows = [k for k, v in made_in_c.items() if v.get("alloc_count")]
+    # the two call sites of site_malloc merged: one row per depth, not two
+    for fn in ("site_malloc", "site_calloc"):
+        mine = [names for names, _, _ in heap_rows if fn in names]
+        assert sum(made_in_c[k]["alloc_count"] for k in heap_rows if fn in k[0]) == rounds + rounds // 2
+        assert len(mine) == len(set(mine))
+    assert any(names[0] == "[truncated]" for names, _, _ in heap_rows if "site_malloc" in names)
+    assert any(names[0] != "[truncated]" for names, _, _ in heap_rows if "site_malloc" in names)

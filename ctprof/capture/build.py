@@ -37,11 +37,13 @@ LIBS = ["-ldl"]  # no libm: its pages would count in the profiled program's RSS 
 #: Which C files go into each build of the shim.  "cpu" is preloaded by
 #: ``ctprof run``; "mem" adds the heap hooks (``--mem``: CPU-only runs must
 #: not pay for them); "self" is loaded into Python with ctypes for
-#: self-profiling.  Headers are always hashed.
+#: self-profiling.  Headers are always hashed.  "cpu" is also the
+#: controller's own copy (ring drain, heap consumer, and stackmap.c: the
+#: symbols stage's lookup of many heap stacks' addresses at once).
 COMMON_SOURCES = ("util.c", "ring.c", "cfi.c", "unwind.c", "sampler.c", "maps.c", "preload.c", "collect.c",
                   "pylocal.c", "pywalk.c")
 VARIANTS = {
-    "cpu": COMMON_SOURCES,
+    "cpu": COMMON_SOURCES + ("stackmap.c",),
     "mem": COMMON_SOURCES + ("heap.c", "heaphooks.c"),
     "self": COMMON_SOURCES + ("selfprof.c",),
     # The controller's Python-frame reader (capture/pystacks.py), never preloaded.

@@ -23,6 +23,7 @@ from ..capture.build import shim_path
 from ..capture.pystacks import PYFRAMES_MARK, CodeReader
 from ..capture.ring import MappedFile
 from ..errors import BuildError
+from ..session import FlatStacks
 from ..files import process_running, process_state
 
 HEAP_SHARED_OFFSET = 2048
@@ -134,9 +135,9 @@ class HeapProcess:
     totals: Dict[str, float] = field(default_factory=dict)
     header: Dict[str, int] = field(default_factory=dict)
     #: each stack's addresses leaf first, the leaf the call into the
-    #: allocator, the others return addresses (each distinct address one
-    #: shared int object: a large program leaves 100,000 stacks) ...
-    stacks: List[Tuple[int, ...]] = field(default_factory=list)
+    #: allocator, the others return addresses, all in one machine array (a
+    #: large program leaves 100,000 stacks, 3 million addresses) ...
+    stacks: FlatStacks = field(default_factory=FlatStacks)
     #: ... and their statistics rounded to whole numbers, NSTAT per stack in
     #: STAT_NAMES order, stack after stack in one packed array (no object
     #: per stack)
@@ -154,14 +155,14 @@ class HeapProcess:
 
     def copy(self) -> "HeapProcess":
         """A copy whose stacks and figures can be consumed (a snapshot's)."""
-        return replace(self, stacks=list(self.stacks), stats=array("q", self.stats), timeline=list(self.timeline),
+        return replace(self, stacks=self.stacks.copy(), stats=array("q", self.stats), timeline=list(self.timeline),
                        totals=dict(self.totals), header=dict(self.header))
 
 
 class HeapRing(MappedFile):
     """One mapped .heap file and its consumer."""
 
-    def __init__(self, lib, path: str, start: float, canonical: Dict[int, int]) -> None:
+    def __init__(self, lib, path: str, start: float) -> None:
         super().__init__(path)
         self.lib = lib
         self.pid = int(os.path.basename(path).split(".")[0])
@@ -176,11 +177,8 @@ class HeapRing(MappedFile):
         self._stacks_named = 0
         self.drained_in_c = False
         # The stacks' addresses never change once interned: they come over
-        # while the program runs (each address one int object shared by
-        # every process: `canonical`, the collector's), and only their
-        # figures at the end.
-        self._taken: List[Tuple[int, ...]] = []
-        self._canonical = canonical
+        # while the program runs, and only their figures at the end.
+        self._taken = FlatStacks()
         self._last_take = -1.0
         self._grown = False
 
@@ -257,32 +255,33 @@ class HeapRing(MappedFile):
             total = min(total, len(self._taken) + limit)
         if len(self._taken) >= total:
             return
-        canonical = self._canonical.setdefault
         buf = (ctypes.c_uint64 * STACK_BATCH_WORDS)()
         raw = memoryview(buf).cast("B")
         next_id = ctypes.c_uint32()
         stacks = self._taken
-        while len(stacks) < total:
-            sid = len(stacks)
+        out, lengths = stacks.words, stacks.lengths
+        while len(lengths) < total:
+            sid = len(lengths)
             used = self.lib.ctprof_heap_stacks(self.consumer, sid, buf, len(buf), ctypes.byref(next_id))
             if next_id.value == sid:
                 break                       # a stack larger than the buffer (never: a few hundred words)
             words = array("Q")
             words.frombytes(raw[:8 * used])
             pos = 0
-            while pos < used and len(stacks) < total:
+            while pos < used and len(lengths) < total:
                 depth = words[pos]
-                frame = words[pos + 1:pos + 1 + depth]
+                leaf = len(out)
+                out.extend(words[pos + 1:pos + 1 + depth])
+                lengths.append(depth)
                 # The leaf is the allocator's return address: made the
                 # call instruction itself, as a raw stack's first address
                 # is exact (unless the stack has no native frame at all).
-                if depth and frame[0] != PYFRAMES_MARK:
-                    frame[0] -= 1
-                stacks.append(tuple(map(canonical, frame, frame)))
+                if depth and out[leaf] != PYFRAMES_MARK:
+                    out[leaf] -= 1
                 pos += 1 + depth
-        self.lib.ctprof_heap_drop_taken(self.consumer, len(stacks))
+        self.lib.ctprof_heap_drop_taken(self.consumer, len(lengths))
 
-    def _stacks(self, final: bool) -> Tuple[List[Tuple[int, ...]], "array[int]"]:
+    def _stacks(self, final: bool) -> Tuple[FlatStacks, "array[int]"]:
         """Every stack's addresses, and all their statistics (see
         HeapProcess), copied straight into one array.  ``final``: the
         stacks are handed over for good (else a copy, for a snapshot)."""
@@ -292,10 +291,10 @@ class HeapRing(MappedFile):
             address = ctypes.cast(table.buffer_info()[0], ctypes.POINTER(ctypes.c_int64))
             n = self.lib.ctprof_heap_stats(self.consumer, 0, address, n)
         self._take_stacks()
-        stacks = self._taken if final else list(self._taken)
+        stacks = self._taken if final else self._taken.copy()
         if final:
-            self._taken = []
-        del stacks[n:]                      # (stacks interned meanwhile have no figures here)
+            self._taken = FlatStacks()
+        stacks.truncate(n)                  # (stacks interned meanwhile have no figures here)
         del table[len(stacks) * NSTAT:]
         return stacks, table
 
@@ -501,7 +500,6 @@ class HeapCollector:
         self._scans: Dict[str, threading.Thread] = {}
         self._last_discover = -1.0
         self._finished: Dict[str, HeapProcess] = {}     # processes over before the run
-        self._addresses: Dict[int, int] = {}            # one int object per address, for every ring
         self._last_exit_check = -1.0
 
     def start_thread(self) -> None:
@@ -521,8 +519,7 @@ class HeapCollector:
         for name in names:
             if name.endswith(".heap") and name not in self.rings and name not in self._finished:
                 try:
-                    self.rings[name] = HeapRing(self.lib, os.path.join(self.session_dir, name), self.start,
-                                                self._addresses)
+                    self.rings[name] = HeapRing(self.lib, os.path.join(self.session_dir, name), self.start)
                 except (OSError, ValueError):
                     continue
 

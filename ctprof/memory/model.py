@@ -8,7 +8,7 @@ from operator import add, and_, or_
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..nogc import paused_collector
-from ..session import HeapStacks, ProcessInfo, Session
+from ..session import FlatStacks, HeapStacks, ProcessInfo, Session, StackList
 from ..capture.pystacks import CodeTable, split_python
 from .collect import DETACH_REASONS, NSTAT, STAT_NAMES, HeapProcess
 
@@ -98,23 +98,24 @@ def _heap_stacks(session: Session, info: HeapProcess) -> HeapStacks:
     """One process's allocation stacks (see :func:`add_heap_to_session`)."""
     proc = session.processes.get(info.pid)
     gen = max(0, len(proc.maps) - 1) if proc else 0
-    ips, info.stacks = info.stacks, []
+    ips: StackList = info.stacks
+    info.stacks = FlatStacks()
     table, info.stats = info.stats, array("q")
     values = stack_columns(table, info.scanned)
     truncated = array("B", table[TRUNCATED_STAT::NSTAT])
     del table
     py: Optional[List[Tuple[int, ...]]] = None
     if info.totals.get("python_stacks", 0) > 0:
-        code_id = _code_ids(proc, info)
+        code_id = _code_ids(proc, info)      # (a Python program's stacks become tuples, split)
         ips, py = map(list, zip(*(split_python(words, code_id) for words in ips))) if ips else ([], [])
     # Only rows with an address and a non-zero value (a stack interned
     # but whose figures are all zero adds nothing to the profile).  Every
     # figure of a stack is at most what it allocated: one with neither an
     # allocation nor a byte counted has none.
     allocated = map(bool, map(or_, values["alloc_count"], values["alloc_bytes"]))
-    keep = list(map(and_, map(bool, ips), allocated))
+    keep = list(map(and_, map(bool, ips.lengths if isinstance(ips, FlatStacks) else map(len, ips)), allocated))
     if not all(keep):
-        ips = list(compress(ips, keep))
+        ips = ips.select(keep) if isinstance(ips, FlatStacks) else list(compress(ips, keep))
         truncated = array("B", compress(truncated, keep))
         values = {m: array("q", compress(column, keep)) for m, column in values.items()}
         if py is not None:

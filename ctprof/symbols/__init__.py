@@ -16,14 +16,14 @@ Entry point for capture: :func:`resolve_session`.  Lower-level and reusable
 from __future__ import annotations
 
 from array import array
-from itertools import chain, compress, repeat
-from operator import attrgetter, not_
+from itertools import accumulate, chain, compress, repeat
+from operator import attrgetter, eq, not_
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ..nogc import paused_collector
 from ..profile import Profile
-from ..session import HeapStacks, Session
-from . import offcpu
+from ..session import FlatStacks, HeapStacks, Session
+from . import offcpu, stackmap
 from .python import PythonFrames
 from .resolve import TRUNCATED, Resolver
 
@@ -216,6 +216,9 @@ def _add_heap_block(block: HeapStacks, ids: _FrameIds, python: PythonFrames,
     the profile: a stack that resolves like an earlier one of the process
     adds to that one's row.  ``consume``: let each stack's addresses go
     once resolved."""
+    if block.py is None and isinstance(block.ips, FlatStacks) and \
+            _add_flat_heap_block(block, ids, lists, columns, consume):
+        return
     stacks, pids, tids = lists
     pid, gen, py, truncated, all_ips = block.pid, block.gen, block.py, block.truncated, block.ips
     pcs, returns, multi = ids.tables_of(pid, gen)
@@ -237,7 +240,7 @@ def _add_heap_block(block: HeapStacks, ids: _FrameIds, python: PythonFrames,
                 frames = (*map(return_frame, ips[:0:-1]), pcs[ips[0]])
             except KeyError:           # a new address
                 frames = ids.stack(pid, gen, ips)
-        if consume:
+        if consume and type(all_ips) is list:
             all_ips[i] = ()
         if truncated[i]:
             frames = (root,) + frames
@@ -250,7 +253,66 @@ def _add_heap_block(block: HeapStacks, ids: _FrameIds, python: PythonFrames,
         else:
             is_new.append(0)
         row_of.append(row)
+    if consume:
+        block.ips = FlatStacks()
     columns.add_block(row_of, is_new, block.values)
+
+
+def _add_flat_heap_block(block: HeapStacks, ids: _FrameIds, lists: Tuple[list, list, list],
+                         columns: "_Columns", consume: bool) -> bool:
+    """:func:`_add_heap_block` for stacks as captured (one array of
+    addresses, no Python frames), its lookups done in C (:mod:`.stackmap`):
+    each distinct address resolved here once, then every address looked up
+    and the stacks that resolve alike found there.  False (nothing added)
+    where that cannot be done: the Python loop does it instead."""
+    flat: FlatStacks = block.ips           # type: ignore[assignment]
+    pid, gen, truncated = block.pid, block.gen, block.truncated
+    tables = ids.tables_of(pid, gen)
+    if tables[2][0]:                       # inlined frames (--lines): expanded by the Python loop
+        return False
+    found = stackmap.frame_ids(flat.words, flat.lengths, tables[0], tables[1],
+                               lambda ip, is_return: ids._lookup(pid, gen, ip, is_return, tables))
+    first = None if found is None else stackmap.first_alike(found, flat.lengths, truncated)
+    if found is None or first is None:
+        return False
+    starts, n = flat.starts(), len(flat)
+    if consume:                            # the addresses' last use
+        block.ips = FlatStacks()
+        del flat
+        stackmap.give_back_memory()
+    stacks, pids, tids = lists
+    root = ids.truncated() if any(truncated) else None
+    is_new = bytearray(map(eq, first, range(n)))
+    new_rows = array("I", compress(range(n), is_new))
+    # The new rows' frames, root first, a few thousand rows at a time: their
+    # ids made Python ints, each frame id one int object shared by every
+    # stack (as the tables' are: 3 million of their own would cost 80
+    # MiB), then each row a slice of those.  Last rows first, the ids
+    # let go of as they are used, so they and the frames made of them do
+    # not both live whole.
+    shared = list(range(len(ids.profile.frames))).__getitem__
+    made: List[Tuple[int, ...]] = []
+    for part in range(len(new_rows) - len(new_rows) % _TRANSPOSE_ROWS, -1, -_TRANSPOSE_ROWS):
+        rows = new_rows[part:part + _TRANSPOSE_ROWS]
+        if not rows:
+            continue
+        base = starts[rows[0]]
+        frame_ids = list(map(shared, found[base:starts[rows[-1] + 1]]))
+        del found[base:]
+        for i in reversed(rows):
+            start, end = starts[i] - base, starts[i + 1] - base
+            frames = tuple(frame_ids[end - 1:start - 1 if start else None:-1]) if end > start else ()
+            made.append((root,) + frames if truncated[i] else frames)
+    made.reverse()
+    stacks.extend(made)
+    del made
+    count = len(stacks) - len(pids)
+    pids.extend(repeat(pid, count))
+    tids.extend(repeat(0, count))
+    # a stack's row: that of the first stack alike, the rows numbered in order
+    row_of_new = list(accumulate(is_new, initial=len(pids) - count))
+    columns.add_block(array("l", map(row_of_new.__getitem__, first)), is_new, block.values)
+    return True
 
 
 def _consumed(stacks: list) -> Iterator:
