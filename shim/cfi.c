@@ -453,9 +453,10 @@ static struct rule lookup(uint64_t pc)
 /* ---- validated reads ----------------------------------------------------------
  * The thread's own stack (bounds from pthread) cannot be unmapped under it:
  * loads there are direct.  Anything else goes through one cached page per
- * thread, filled by process_vm_readv on our own pid, which returns an error
- * for an unmapped address instead of faulting (where it is not allowed, a
- * rt_sigprocmask probe of the page, gperftools' trick, decides).  A walk
+ * thread (kept for one walk), filled by process_vm_readv on our own pid,
+ * which returns an error for an unmapped address instead of faulting
+ * (where it is not allowed, a rt_sigprocmask probe of the page,
+ * gperftools' trick, decides).  A walk
  * may fill at most READ_BUDGET pages, so a sample costs a bounded time. */
 #define READ_BUDGET 16
 static __thread uint8_t *read_page CTPROF_TLS;     /* mmap'ed on first need */
@@ -570,12 +571,20 @@ static inline int read_word(struct reader *m, uint64_t addr, uint64_t *out)
  * memo cost a fifth of the unwinder's time there.)  And its fields lie
  * apart by use: the words to check, the pcs to copy, the sps to search,
  * the rest. */
+/* The rbp values a memo keeps (each step's, and the saved ones it read)
+ * are stored flipped in their top bit.  In optimized code rbp is an
+ * ordinary register and often holds a heap pointer; the memo outlives the
+ * frames it describes, and the leak scan reads the program's memory as
+ * roots: a plain copy would keep a block that was lost "still reachable".
+ * Flipped, no copy is a user-space address. */
+#define MEMO_HIDE (1ull << 63)
+
 struct memo_step {                /* one step as the walk records it */
-    uint64_t pc, sp, fp;          /* the state the step started from, */
+    uint64_t pc, sp, fp;          /* the state the step started from (fp ^ MEMO_HIDE), */
     uint32_t exact;               /* ... whether pc is exact (not a return address), */
     uint8_t fp_rule;              /* whether its rule uses rbp */
     uint64_t ra_at, ra;           /* the return address read (ra_at 0: none) */
-    uint64_t rbp_at, rbp;         /* the saved rbp read (rbp_at 0: none) */
+    uint64_t rbp_at, rbp;         /* the saved rbp read (rbp_at 0: none; rbp ^ MEMO_HIDE) */
 };
 /* What a step with no return address to check compares: this. */
 static const uint64_t no_word = 0;
@@ -584,7 +593,7 @@ struct memo_check {
     uint64_t ra;
 };
 struct memo_more {
-    uint64_t fp, rbp_at, rbp;
+    uint64_t fp, rbp_at, rbp;     /* (fp and rbp ^ MEMO_HIDE) */
     uint32_t exact;
     uint8_t fp_rule, fp_used;     /* its rule uses rbp; it or a later step does before
                                      a frame restores rbp (or the resumed walk may) */
@@ -719,14 +728,14 @@ static int memo_fails(const struct memo *m, uint32_t h)
         uint64_t at = m->check[i].at;
         differ |= *(const uint64_t *)(uintptr_t)(at & ~1ull) ^ m->check[i].ra;
         if (at & 1)
-            differ |= *(const uint64_t *)(uintptr_t)m->more[i].rbp_at ^ m->more[i].rbp;
+            differ |= *(const uint64_t *)(uintptr_t)m->more[i].rbp_at ^ MEMO_HIDE ^ m->more[i].rbp;
     }
     if (!differ)
         return -1;
     for (uint32_t i = h + 1; i-- > 0;) {
         uint64_t at = m->check[i].at;
         if (*(const uint64_t *)(uintptr_t)(at & ~1ull) != m->check[i].ra ||
-            ((at & 1) && *(const uint64_t *)(uintptr_t)m->more[i].rbp_at != m->more[i].rbp))
+            ((at & 1) && (*(const uint64_t *)(uintptr_t)m->more[i].rbp_at ^ MEMO_HIDE) != m->more[i].rbp))
             return (int)i;
     }
     return 0;
@@ -771,7 +780,7 @@ static struct memo_step *memo_record(struct memo_walk *w, uint64_t pc, uint64_t 
         return NULL;
     }
     struct memo_step *s = &fresh[w->nfresh++];
-    *s = (struct memo_step){pc, sp, fp, (uint32_t)exact, 0, 0, 0, 0, 0};
+    *s = (struct memo_step){pc, sp, fp ^ MEMO_HIDE, (uint32_t)exact, 0, 0, 0, 0, 0};
     return s;
 }
 
@@ -854,7 +863,8 @@ int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds 
                 h--;
             w.at = h;
             if (h >= 0 && h < w.fails && last->sp[h] == sp && last->pc[h] == pc &&
-                (last->more[h].fp == fp || !last->more[h].fp_used) && last->more[h].exact == (uint32_t)exact &&
+                (last->more[h].fp == (fp ^ MEMO_HIDE) || !last->more[h].fp_used) &&
+                last->more[h].exact == (uint32_t)exact &&
                 (w.fails = memo_fails(last, (uint32_t)h)) < 0) {
                 /* The rest is the last walk's: its frames, then where it
                  * stopped. */
@@ -889,7 +899,7 @@ int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds 
                  * met step h with): fp_used had every word checked. */
                 for (int32_t i = 0; i <= h; i++)
                     if (last->more[i].rbp_at) {
-                        fp = last->more[i].rbp;
+                        fp = last->more[i].rbp ^ MEMO_HIDE;
                         break;
                     }
                 pc = last->rest_pc;
@@ -968,7 +978,7 @@ int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds 
                 rec->ra = ra;
                 if (r.rbp_off != NO_OFFSET) {
                     rec->rbp_at = rbp_at;
-                    rec->rbp = next_fp;
+                    rec->rbp = next_fp ^ MEMO_HIDE;
                 }
             }
         } else {
@@ -996,5 +1006,12 @@ int cfi_unwind(uint64_t pc, uint64_t sp, uint64_t fp, const struct stack_bounds 
     }
 done:
     memo_close(&w, keep);
+    if (read_page_addr) {
+        /* The copied page is this walk's only: the memory it copies may
+         * change before the next one, and a copy kept would be a root of
+         * the leak scan, a pointer to a block that may be lost since. */
+        memset(read_page, 0, 4096);
+        read_page_addr = 0;
+    }
     return n;
 }

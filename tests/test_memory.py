@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import re
 import select
 import signal
@@ -398,3 +399,16 @@ def test_heap_rows_alike_in_c_and_in_python(build, monkeypatch):
         assert len(mine) == len(set(mine))
     assert any(names[0] == "[truncated]" for names, _, _ in heap_rows if "site_malloc" in names)
     assert any(names[0] != "[truncated]" for names, _, _ in heap_rows if "site_malloc" in names)
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the program sets rbp with x86-64 inline asm")
+def test_a_pointer_the_unwinder_saw_hides_no_leak(build, tmp_path):
+    """A block whose address was in rbp while an allocation's stack was
+    walked, then forgotten, is "definitely lost", as valgrind says: the
+    unwinder's memo of that walk (in the program's memory, scanned as a
+    root) keeps no plain copy of it."""
+    proc, p = run_mem(tmp_path, [build("heap_memo_rbp.c", "-g")])
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert site(p, "alloc_bytes", "alloc_with_saved_rbp") == 24       # the walk that saw it ran
+    assert site(p, "definite_bytes", "leak_through_rbp") == 4242
+    assert site(p, "reachable_bytes", "leak_through_rbp") == 0
