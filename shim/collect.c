@@ -1486,8 +1486,9 @@ static struct {
     size_t n, cap;
     pthread_t thread;
     int running, stop;
+    int over;                      /* stopped for the run: a ring added late is the caller's to drain */
     int watch_fd_plus1;            /* inotify on the session directory (0: none) */
-} drainer = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0, 0, 0, 0, 0};
+} drainer = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0, 0, 0, 0, 0, 0};
 
 static struct heap_shared *shared_of(void *base) { return (struct heap_shared *)((char *)base + HEAP_SHARED_OFFSET); }
 
@@ -1666,7 +1667,10 @@ CTPROF_API int ctprof_heap_drain_add(struct consumer *c, void *base)
     python_seen();
     int rc = -1;
     pthread_mutex_lock(&drainer.lock);
-    start_drainer_locked();
+    /* (after drain_stop -- the run's last look finds a new ring -- no
+     * thread starts again: nothing would stop it) */
+    if (!drainer.over)
+        start_drainer_locked();
     if (drainer.n == drainer.cap) {
         size_t cap = drainer.cap ? 2 * drainer.cap : 16;
         struct drained *list = realloc(drainer.list, cap * sizeof *list);
@@ -1700,6 +1704,9 @@ static void drainer_remove(struct consumer *c)
  * files are then found by Python's looks alone). */
 CTPROF_API int ctprof_heap_watch(const char *dir)
 {
+    pthread_mutex_lock(&drainer.lock);
+    drainer.over = 0;              /* a new run */
+    pthread_mutex_unlock(&drainer.lock);
     int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (fd < 0)
         return -1;
@@ -1716,8 +1723,9 @@ CTPROF_API int ctprof_heap_watch(const char *dir)
     return 0;
 }
 
-/* Stop the drainer thread (the rings stay registered: a last pass from the
- * caller's ctprof_heap_consume finishes them). */
+/* Stop the drainer thread for the rest of the run (the rings stay
+ * registered: a last pass from the caller's ctprof_heap_consume finishes
+ * them, and rings added from now on are drained the same way). */
 CTPROF_API void ctprof_heap_drain_stop(void)
 {
     pthread_mutex_lock(&drainer.lock);
@@ -1727,6 +1735,7 @@ CTPROF_API void ctprof_heap_drain_stop(void)
     int running = drainer.running;
     pthread_t thread = drainer.thread;
     drainer.running = 0;
+    drainer.over = 1;
     __atomic_store_n(&drainer.stop, 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&drainer.lock);
     if (running)

@@ -467,3 +467,28 @@ def test_each_caller_chain_keeps_its_own_allocations(build, tmp_path, depth_limi
         expected = per_path
     assert got_count == expected
     assert got_bytes == {key: n * PATH_SIZES[key if isinstance(key, str) else key[0]] for key, n in expected.items()}
+
+
+def test_no_drainer_thread_starts_after_the_run_stopped_it(tmp_path):
+    """The run's last look for rings (after the drainer thread stopped) may
+    find a new one: it is left to the caller to drain, not handed to a
+    drainer thread started anew that nothing would stop."""
+    from ctprof.capture.build import shim_path
+    from ctprof.memory.collect import bind
+    lib = bind(shim_path())
+    assert lib.ctprof_heap_watch(os.fsencode(str(tmp_path))) == 0
+    lib.ctprof_heap_drain_stop()
+    threads = len(os.listdir("/proc/self/task"))
+    consumer = lib.ctprof_heap_new(0.0, os.getpid())
+    try:
+        # (never drained: a ring of zeros, had it been taken)
+        ring = ctypes.create_string_buffer(1 << 20)
+        assert lib.ctprof_heap_drain_add(consumer, ctypes.addressof(ring)) == -1
+        assert len(os.listdir("/proc/self/task")) == threads
+    finally:
+        lib.ctprof_heap_drain_stop()
+        lib.ctprof_heap_delete(consumer)
+    # and the next run's drainer starts again
+    assert lib.ctprof_heap_watch(os.fsencode(str(tmp_path))) == 0
+    assert len(os.listdir("/proc/self/task")) == threads + 1
+    lib.ctprof_heap_drain_stop()
