@@ -179,6 +179,15 @@ class _Compressed:
         self.count += len(values)
         self.parts.append(self._pool.submit(self._compressor.compress, memoryview(values).cast("B")))
 
+    def add_part(self, values: array, start: int, end: int) -> None:
+        """``values[start:end]``, read where it lies (no copy: ``values``
+        must not change until the section is written)."""
+        if _SWAP:
+            self.add(values[start:end])
+            return
+        self.count += end - start
+        self.parts.append(self._pool.submit(self._compressor.compress, memoryview(values)[start:end].cast("B")))
+
     def close(self) -> "_Compressed":
         self.parts.append(self._pool.submit(self._compressor.flush))
         return self
@@ -319,7 +328,7 @@ def _raw_arrays(session: Session, doc: Dict[str, Any], deflater: _Deflater) -> D
         if isinstance(block.ips, FlatStacks):       # as captured: already one array
             words = block.ips.words
             for start in range(0, len(words), _BATCH_WORDS):
-                ips.add(words[start:start + _BATCH_WORDS])
+                ips.add_part(words, start, min(start + _BATCH_WORDS, len(words)))
             cols["raw_length"].extend(block.ips.lengths)
         else:
             for start in range(0, n, _BATCH):

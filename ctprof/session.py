@@ -27,13 +27,17 @@ class FlatStacks(Sequence[Tuple[int, ...]]):
     stacks come over in.  A large program leaves 100,000 of them with 3
     million addresses; as tuples they cost an object per stack and a Python
     step per address to build, and again to flatten for the file.  Indexing
-    gives stack ``i`` as a tuple, leaf first like :attr:`RawStack.ips`."""
+    gives stack ``i`` as a tuple, leaf first like :attr:`RawStack.ips`.
+    ``truncated[i]``: stack ``i`` was cut at the depth limit (known as it is
+    taken; empty where no one said)."""
 
-    __slots__ = ("words", "lengths", "_starts")
+    __slots__ = ("words", "lengths", "truncated", "_starts")
 
-    def __init__(self, words: Optional["array[int]"] = None, lengths: Optional["array[int]"] = None) -> None:
+    def __init__(self, words: Optional["array[int]"] = None, lengths: Optional["array[int]"] = None,
+                 truncated: Optional[bytearray] = None) -> None:
         self.words = words if words is not None else array("Q")
         self.lengths = lengths if lengths is not None else array("I")
+        self.truncated = truncated if truncated is not None else bytearray()
         self._starts: Optional["array[int]"] = None
 
     def __len__(self) -> int:
@@ -70,13 +74,14 @@ class FlatStacks(Sequence[Tuple[int, ...]]):
         self.lengths.append(len(self.words) - before)
 
     def copy(self) -> "FlatStacks":
-        return FlatStacks(array("Q", self.words), array("I", self.lengths))
+        return FlatStacks(array("Q", self.words), array("I", self.lengths), bytearray(self.truncated))
 
     def truncate(self, n: int) -> None:
         """Keep the first ``n`` stacks."""
         if n < len(self.lengths):
             del self.words[self.starts()[n]:]
             del self.lengths[n:]
+            del self.truncated[n:]
 
     def select(self, keep: Sequence[int]) -> "FlatStacks":
         """The stacks where ``keep`` is true, in order."""
@@ -85,6 +90,7 @@ class FlatStacks(Sequence[Tuple[int, ...]]):
         for i in compress(range(len(self.lengths)), keep):
             out.words.extend(words[starts[i]:starts[i + 1]])
         out.lengths = array("I", compress(self.lengths, keep))
+        out.truncated = bytearray(compress(self.truncated, keep))
         return out
 
 
@@ -134,6 +140,9 @@ class HeapStacks:
     truncated: Sequence[int]
     values: Dict[str, Sequence[int]]
     py: Optional[List[Tuple[int, ...]]] = None
+    #: each row's number among the process's stacks as they were interned
+    #: (None: row i is stack i; rows without a value are left out)
+    index: Optional[Sequence[int]] = None
 
     def __len__(self) -> int:
         return len(self.ips)

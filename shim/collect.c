@@ -693,7 +693,8 @@ static void totals_locked(struct consumer *c, double *out)
 static uint32_t nstacks_locked(struct consumer *c) { return c->nstacks; }
 
 /* Stacks `first`, `first`+1, ... packed into `out` (room for `cap` words),
- * as many as fit whole: each is its depth d, then its d ips (leaf first).
+ * as many as fit whole: each is its depth d (with bit 32 set if the stack
+ * was cut at the depth limit), then its d ips (leaf first).
  * *next receives the first stack not written; returns the words written.
  * One call hands the controller thousands of stacks (a large program
  * leaves 100,000); their figures come apart (ctprof_heap_stats), as they
@@ -711,7 +712,7 @@ static size_t stacks_locked(struct consumer *c, uint32_t first, uint64_t *out, s
         size_t need = 1 + (size_t)e->depth;
         if (used + need > cap)
             break;
-        out[used] = e->depth;
+        out[used] = e->depth | (uint64_t)(e->truncated != 0) << 32;   /* (cut at the depth limit) */
         memcpy(out + used + 1, c->ippool + e->off, (size_t)e->depth * 8);
         used += need;
     }

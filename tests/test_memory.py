@@ -412,3 +412,33 @@ def test_a_pointer_the_unwinder_saw_hides_no_leak(build, tmp_path):
     assert site(p, "alloc_bytes", "alloc_with_saved_rbp") == 24       # the walk that saw it ran
     assert site(p, "definite_bytes", "leak_through_rbp") == 4242
     assert site(p, "reachable_bytes", "leak_through_rbp") == 0
+
+
+def test_heap_frames_made_while_the_program_runs(build, tmp_path):
+    """ctprof run --mem resolves the heap stacks as they come over, while
+    the program runs (symbols.live): the profile it saves is the one the
+    raw session it saved beside it resolves to at the end, and the counts
+    are the program's."""
+    from ctprof import fileformat
+    from ctprof.build import build_profile
+    rounds = 6000                      # 4096 stacks of site_path met over the first 2/3 of the run
+    proc, p = run_mem(tmp_path, [build("heap_alike.c", "-g"), str(rounds), "400"])
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert p.metadata["symbol_stats"].get("heap_stacks_live", 0) > 4096 // 2
+    _, session = fileformat.load(str(tmp_path / "mem.ctprof"))
+    again = build_profile(session, progress=False)
+
+    def heap_rows(profile):
+        rows = {}
+        for i, stack in enumerate(profile.stacks):
+            if profile.values["alloc_count"][i]:
+                key = tuple(profile.frames[f].name for f in stack)
+                rows[key] = tuple(profile.values[m][i] for m in ("alloc_count", "alloc_bytes", "leaked_bytes",
+                                                                 "reachable_bytes", "peak_bytes"))
+        return rows
+    made = heap_rows(p)
+    assert made == heap_rows(again)
+    assert sum(v[0] for k, v in made.items() if k[-1] == "site_path") == rounds
+    assert len([k for k in made if k[-1] == "site_path"]) == 4096
+    assert sum(v[0] for k, v in made.items() if k[-1] == "site_malloc") == rounds + rounds // 2
+    assert any(k[0] == "[truncated]" for k in made)

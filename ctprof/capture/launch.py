@@ -34,7 +34,7 @@ from .target import check_program
 # they are used, once the program runs or only with the shim (``ctprof
 # run`` starts the program as early as it can).
 if TYPE_CHECKING:
-    from ..session import ProcessInfo, RawStack, Session
+    from ..session import FlatStacks, ProcessInfo, RawStack, Session
     from . import ring as ringmod
 
 POLL_SECONDS = 0.05
@@ -163,6 +163,7 @@ class Collector:
         self.thread_names: Dict[int, Dict[int, str]] = {}
         self.gone_ns: Dict[int, int] = {}
         self._last_names = 0.0
+        self._maps_read: Dict[Tuple[int, int], str] = {}
 
     def poll(self, decode: bool = False) -> None:
         from . import ring as ringmod
@@ -206,6 +207,40 @@ class Collector:
                         names[int(tid)] = f.read().strip()
                 except (OSError, ValueError):
                     pass
+
+    def processes_so_far(self) -> Dict[int, ProcessInfo]:
+        """Each process seen, as far as symbols need it while the program
+        runs: its executable and the maps snapshots known complete so far,
+        as :meth:`finish` will read them ("" for the others: the newest
+        complete one is the header's maps_written; one below it may still
+        be being written by another thread).  The last one is the newest."""
+        from ..session import ProcessInfo
+        out: Dict[int, ProcessInfo] = {}
+        for ring in list(self.rings.values()):
+            if not ring.ready():
+                continue
+            h = ring.header()
+            pid = int(h["pid"])
+            newest = min(ring.maps_written(), int(h["maps_next"]) - 1)
+            if newest < 0 or not self._maps_text(pid, newest, read=True):
+                continue
+            out[pid] = ProcessInfo(pid=pid, ppid=int(h["ppid"]), exe=str(h["exe"]),
+                                   maps=[self._maps_text(pid, gen) for gen in range(newest + 1)])
+        return out
+
+    def _maps_text(self, pid: int, gen: int, read: bool = False) -> str:
+        """The snapshot of a generation known complete (``read``: it is;
+        read it if not yet), else ""."""
+        text = self._maps_read.get((pid, gen))
+        if text is None and read:
+            try:
+                with open(os.path.join(self.session_dir, f"{pid}.maps.{gen}"), encoding="utf-8",
+                          errors="replace") as f:
+                    text = f.read()
+            except OSError:
+                return ""
+            self._maps_read[(pid, gen)] = text
+        return text or ""
 
     def finish(self, end_ns: int) -> Dict[int, ProcessInfo]:
         """Drain everything left and turn it into ProcessInfo + raw stacks."""
@@ -600,7 +635,9 @@ def _finish_kernel(kernel: KernelSampler, main_pid: int, end_ns: int) -> Tuple[D
 def run_program(argv: List[str], opts: CaptureOptions,
                 on_snapshot: Optional[Callable[[Session], None]] = None,
                 say: Optional[Callable[[str], None]] = None,
-                while_running: Iterable[Callable[[], object]] = ()) -> Session:
+                while_running: Iterable[Callable[[], object]] = (),
+                on_heap_stacks: Optional[Callable[[Dict[int, ProcessInfo], List[Tuple[int, "FlatStacks", int]]],
+                                                  None]] = None) -> Session:
     """Run ``argv`` under the sampler until it exits; return the session.
 
     ``kill -USR2`` on ctprof while the program runs calls ``on_snapshot``
@@ -609,7 +646,10 @@ def run_program(argv: List[str], opts: CaptureOptions,
     ``while_running``: steps (callables) run one per poll while the program
     runs, on what is otherwise an idle controller -- the caller's imports of
     what it needs once the program ends, so they are not paid after it
-    (steps left when it ends are skipped)."""
+    (steps left when it ends are skipped).  ``on_heap_stacks`` (with the
+    heap tracked): called at each of those polls too, with each process's
+    maps so far and its heap stacks so far (pid, stacks, how many are
+    complete), for work that can be done on them before the end."""
     opts.validate()
     if not argv:
         raise UsageError("no program given (usage: ctprof run [options] -- PROGRAM ARGS...)")
@@ -676,6 +716,8 @@ def run_program(argv: List[str], opts: CaptureOptions,
                         on_snapshot(_snapshot_session(argv, opts, collector, heap, start, start_ns))
                 if time.monotonic() >= steps_from:
                     _warm_up_step(steps)
+                    if on_heap_stacks is not None and heap is not None and collector is not None:
+                        on_heap_stacks(collector.processes_so_far(), heap.stacks_so_far())
                 exit_watch.wait(poll)
             if kernel:
                 notes += _follow_descendants(kernel, proc.pid, interrupts, say)

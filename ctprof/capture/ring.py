@@ -107,6 +107,11 @@ class RingFile(MappedFile):
     def ready(self) -> bool:
         return struct.unpack_from("<I", self.map, 0)[0] == MAGIC
 
+    def maps_written(self) -> int:
+        """The newest maps generation whose snapshot file is complete (the
+        header's maps_written, after ``exe``)."""
+        return struct.unpack_from("<I", self.map, HEADER.size + 4)[0]
+
     def drain(self, buffer: bytearray, buffer_address: int, decode: bool = False) -> int:
         """Move every committed record out of the ring (freeing its space);
         returns the number of bytes read.  Records are only copied while the

@@ -166,7 +166,8 @@ def add_memory_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeline", metavar="FILE", help="with --mem: write a chart of the live heap over time (SVG)")
 
 
-def finish_capture(session: Session, args: argparse.Namespace, output: Optional[str] = None) -> Profile:
+def finish_capture(session: Session, args: argparse.Namespace, output: Optional[str] = None,
+                   live: "Optional[LiveHeap]" = None) -> Profile:
     """Resolve, save and summarise a captured session (shared by run/attach).
 
     The raw session is encoded for the file first (checked and compressed),
@@ -182,7 +183,7 @@ def finish_capture(session: Session, args: argparse.Namespace, output: Optional[
     with paused_collector():
         encoded = EncodedSession(session)
         try:
-            return _finish_capture(session, encoded, args, output)
+            return _finish_capture(session, encoded, args, output, live)
         finally:
             encoded.close()
 
@@ -205,20 +206,37 @@ def finish_imports(args: argparse.Namespace) -> List[Callable[[], object]]:
     return steps
 
 
+class LiveHeap:
+    """The heap stacks' frames made while the program runs
+    (:class:`~ctprof.symbols.live.LiveHeapFrames`), created at the first
+    poll that has any: its imports are not paid before the program
+    starts."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.demangle = not args.no_demangle
+        self.frames = None
+
+    def step(self, processes, stacks) -> None:
+        if self.frames is None:
+            from ..symbols.live import LiveHeapFrames
+            self.frames = LiveHeapFrames(demangle=self.demangle)
+        self.frames.step(processes, stacks)
+
+
 def _load_demangler() -> None:
     from ..symbols import demangle
     demangle.available()
 
 
 def _finish_capture(session: Session, encoded: "EncodedSession", args: argparse.Namespace,
-                    output: Optional[str]) -> Profile:
+                    output: Optional[str], live: "Optional[LiveHeap]" = None) -> Profile:
     from ..build import finish_profile
     from ..capture.stats import overhead_lines, select_threads
     from ..render import top_text, write_folded, write_svg
     from ..symbols import resolve_session
 
     profile = finish_profile(resolve_session(session, demangle=not args.no_demangle, lines=args.lines,
-                                             consume=True), session)
+                                             consume=True, live=live.frames if live else None), session)
     if args.threads:
         profile = select_threads(profile, args.threads)
     view = profile
@@ -314,12 +332,15 @@ class RunCommand(Command):
             snapshots.append(path)
             say(f"snapshot: {path}")
 
+        # Without --lines (inlined frames are expanded at the end), the
+        # heap stacks' frames are made while the program runs.
+        live = LiveHeap(args) if args.mem and not args.lines else None
         try:
             session = run_program(argv, opts, on_snapshot=write_snapshot, say=say,
-                                  while_running=finish_imports(args))
+                                  while_running=finish_imports(args), on_heap_stacks=live.step if live else None)
         except BaseException:
             if not args.output:  # the reserved default name, still empty
                 _remove_quietly(output)
             raise
-        finish_capture(session, args, output)
+        finish_capture(session, args, output, live)
         return session.exit_status if session.exit_status is not None else 0

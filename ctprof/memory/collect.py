@@ -178,7 +178,10 @@ class HeapRing(MappedFile):
         self.drained_in_c = False
         # The stacks' addresses never change once interned: they come over
         # while the program runs, and only their figures at the end.
+        # taken_ready: how many of them are complete (read by another
+        # thread while this one adds more).
         self._taken = FlatStacks()
+        self.taken_ready = 0
         self._last_take = -1.0
         self._grown = False
 
@@ -259,7 +262,7 @@ class HeapRing(MappedFile):
         raw = memoryview(buf).cast("B")
         next_id = ctypes.c_uint32()
         stacks = self._taken
-        out, lengths = stacks.words, stacks.lengths
+        out, lengths, truncated = stacks.words, stacks.lengths, stacks.truncated
         while len(lengths) < total:
             sid = len(lengths)
             used = self.lib.ctprof_heap_stacks(self.consumer, sid, buf, len(buf), ctypes.byref(next_id))
@@ -269,16 +272,18 @@ class HeapRing(MappedFile):
             words.frombytes(raw[:8 * used])
             pos = 0
             while pos < used and len(lengths) < total:
-                depth = words[pos]
+                depth, cut = words[pos] & 0xFFFFFFFF, words[pos] >> 32
                 leaf = len(out)
                 out.extend(words[pos + 1:pos + 1 + depth])
                 lengths.append(depth)
+                truncated.append(cut)
                 # The leaf is the allocator's return address: made the
                 # call instruction itself, as a raw stack's first address
                 # is exact (unless the stack has no native frame at all).
                 if depth and out[leaf] != PYFRAMES_MARK:
                     out[leaf] -= 1
                 pos += 1 + depth
+        self.taken_ready = len(lengths)
         self.lib.ctprof_heap_drop_taken(self.consumer, len(lengths))
 
     def _stacks(self, final: bool) -> Tuple[FlatStacks, "array[int]"]:
@@ -293,6 +298,7 @@ class HeapRing(MappedFile):
         self._take_stacks()
         stacks = self._taken if final else self._taken.copy()
         if final:
+            self.taken_ready = 0
             self._taken = FlatStacks()
         stacks.truncate(n)                  # (stacks interned meanwhile have no figures here)
         del table[len(stacks) * NSTAT:]
@@ -598,6 +604,19 @@ class HeapCollector:
                 self._last_discover = -1.0        # (a new ring, maybe: look now)
         else:
             time.sleep(0.001)
+
+    def stacks_so_far(self) -> List[Tuple[int, FlatStacks, int]]:
+        """(pid, its stacks, how many of them are complete) of every process
+        seen, for a caller on another thread while the program runs (the
+        complete ones never change)."""
+        out = [(info.pid, info.stacks, len(info.stacks)) for info in list(self._finished.values())]
+        finished = {pid for pid, _, _ in out}
+        for ring in list(self.rings.values()):
+            if ring.pid in finished:              # (finished a moment ago: its stacks are there)
+                continue
+            ready = ring.taken_ready              # (read before the stacks: they only grow)
+            out.append((ring.pid, ring._taken, ready))
+        return out
 
     def snapshot(self, timeout: float = 30.0) -> Dict[int, HeapProcess]:
         """The heap state of every process now, taken by the draining thread

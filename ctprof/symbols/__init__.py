@@ -18,21 +18,24 @@ from __future__ import annotations
 from array import array
 from itertools import accumulate, chain, compress, repeat
 from operator import attrgetter, eq, not_
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ..nogc import paused_collector
 from ..profile import Profile
 from ..session import FlatStacks, HeapStacks, Session
 from . import offcpu, stackmap
 from .python import PythonFrames
-from .resolve import TRUNCATED, Resolver
+from .resolve import TRUNCATED, Resolver, _Progress
+
+if TYPE_CHECKING:
+    from .live import LiveHeapFrames
 
 __all__ = ["resolve_session", "Resolver", "TRUNCATED"]
 
 
 def resolve_session(session: Session, *, demangle: bool = True, lines: bool = False,
                     progress: Optional[bool] = None, group_functions: bool = True,
-                    consume: bool = False) -> Profile:
+                    consume: bool = False, live: "Optional[LiveHeapFrames]" = None) -> Profile:
     """Resolve every stack of ``session`` into a :class:`Profile`.
 
     Frames are root first; a truncated stack gets a ``[truncated]`` root.
@@ -46,12 +49,21 @@ def resolve_session(session: Session, *, demangle: bool = True, lines: bool = Fa
     module), counts to ``metadata["symbol_stats"]``.  ``consume=True``
     empties ``session.stacks``, letting each raw stack go once resolved (for
     a caller that saved or encoded them already: ``ctprof run``), so the
-    raw stacks and the profile never both live whole.
+    raw stacks and the profile never both live whole.  ``live``: the heap
+    stacks' frames made while the program ran (:mod:`.live`), taken over
+    where they were made with the same options.
     """
-    resolver = Resolver(session, demangle=demangle, lines=lines, progress=progress,
-                        group_functions=group_functions)
-    profile = Profile(metadata={"kind": session.kind, "command": list(session.command)})
-    ids = _FrameIds(resolver, profile)
+    if live is not None and live.take_over(session, demangle=demangle, lines=lines,
+                                           group_functions=group_functions):
+        resolver, profile, ids = live.resolver, live.profile, live.ids
+        resolver.progress = _Progress(progress)
+        profile.metadata.update({"kind": session.kind, "command": list(session.command)})
+    else:
+        live = None
+        resolver = Resolver(session, demangle=demangle, lines=lines, progress=progress,
+                            group_functions=group_functions)
+        profile = Profile(metadata={"kind": session.kind, "command": list(session.command)})
+        ids = _FrameIds(resolver, profile)
     rows: dict = {}
     stacks, pids, tids = profile.stacks, [], []
     raw = session.stacks
@@ -106,7 +118,8 @@ def resolve_session(session: Session, *, demangle: bool = True, lines: bool = Fa
                                                      f"{resolver.stats['addresses']} addresses")
             columns.flush()
             for block in heap:
-                _add_heap_block(block, ids, python, (stacks, pids, tids), columns, consume)
+                made = live.frames_of(block.pid) if live is not None else None
+                _add_heap_block(block, ids, python, (stacks, pids, tids), columns, consume, made)
     finally:
         resolver.close()
     resolver.progress.done(f"resolved {resolver.stats['addresses']} addresses in "
@@ -211,14 +224,18 @@ class _FrameIds:
 
 
 def _add_heap_block(block: HeapStacks, ids: _FrameIds, python: PythonFrames,
-                    lists: Tuple[list, list, list], columns: "_Columns", consume: bool) -> None:
+                    lists: Tuple[list, list, list], columns: "_Columns", consume: bool,
+                    made: Optional[Sequence[Optional[Tuple[int, ...]]]] = None) -> None:
     """Resolve one process's heap stacks (column by column) into rows of
     the profile: a stack that resolves like an earlier one of the process
     adds to that one's row.  ``consume``: let each stack's addresses go
-    once resolved."""
-    if block.py is None and isinstance(block.ips, FlatStacks) and \
-            _add_flat_heap_block(block, ids, lists, columns, consume):
-        return
+    once resolved.  ``made``: the frames of its stacks made while the
+    program ran (:mod:`.live`)."""
+    if block.py is None and isinstance(block.ips, FlatStacks):
+        if made is not None and _add_made_heap_block(block, ids, lists, columns, consume, made):
+            return
+        if _add_flat_heap_block(block, ids, lists, columns, consume):
+            return
     stacks, pids, tids = lists
     pid, gen, py, truncated, all_ips = block.pid, block.gen, block.py, block.truncated, block.ips
     pcs, returns, multi = ids.tables_of(pid, gen)
@@ -312,6 +329,49 @@ def _add_flat_heap_block(block: HeapStacks, ids: _FrameIds, lists: Tuple[list, l
     # a stack's row: that of the first stack alike, the rows numbered in order
     row_of_new = list(accumulate(is_new, initial=len(pids) - count))
     columns.add_block(array("l", map(row_of_new.__getitem__, first)), is_new, block.values)
+    return True
+
+
+def _add_made_heap_block(block: HeapStacks, ids: _FrameIds, lists: Tuple[list, list, list],
+                         columns: "_Columns", consume: bool, made: Sequence[Optional[Tuple[int, ...]]]) -> bool:
+    """:func:`_add_heap_block` from the frames made while the program ran
+    (the few stacks without them resolved here).  False (nothing added) if
+    too many are without: the C path does the whole block faster."""
+    flat: FlatStacks = block.ips           # type: ignore[assignment]
+    n, have = len(flat), len(made)
+    index = block.index
+    numbers = range(n) if index is None else index        # each row's stack number
+    missing = sum(1 for j in numbers if j >= have or made[j] is None)
+    if missing > n // 8:
+        return False
+    stats = ids.resolver.stats
+    stats["heap_stacks_live"] = stats.get("heap_stacks_live", 0) + n - missing
+    stacks, pids, tids = lists
+    pid, gen, truncated = block.pid, block.gen, block.truncated
+    root = ids.truncated() if any(truncated) else None
+    starts, words = flat.starts(), flat.words
+    row_of_frames: dict = {}
+    row_of = array("l")
+    is_new = bytearray()
+    for i, j in enumerate(numbers):
+        # (made with its [truncated] root: the flag came with the stack)
+        frames = made[j] if j < have else None
+        if frames is None:
+            frames = ids.stack(pid, gen, tuple(words[starts[i]:starts[i + 1]]))
+            if truncated[i]:
+                frames = (root,) + frames
+        row = row_of_frames.setdefault(frames, len(stacks))
+        if row == len(stacks):
+            stacks.append(frames)
+            pids.append(pid)
+            tids.append(0)
+            is_new.append(1)
+        else:
+            is_new.append(0)
+        row_of.append(row)
+    if consume:
+        block.ips = FlatStacks()
+    columns.add_block(row_of, is_new, block.values)
     return True
 
 

@@ -257,6 +257,16 @@ class Resolver:
         found = table.function_range(vaddr)  # type: ignore[attr-defined]
         return found[0] if found else None
 
+    def use_session(self, session: Session) -> None:
+        """Resolve the addresses of ``session`` from now on: what was found
+        under its processes' maps is dropped, what was read from files is
+        kept (symbol tables, line tables, unwind tables)."""
+        self.session = session
+        self._tables.clear()
+        self._mains.clear()
+        self._perfmaps.clear()
+        self._addr_memo.clear()
+
     def _table(self, pid: int, gen: int) -> MapTable:
         key = (pid, gen)
         t = self._tables.get(key)

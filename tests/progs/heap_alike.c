@@ -5,8 +5,10 @@
  * sites in one function, different addresses that resolve to the same
  * frames (rows that merge), and one call through a pointer reaching
  * either site (stacks that differ only in their leaf).  Counts: argv[1]
- * rounds (even): 1.5 times that from each site. */
+ * rounds (even): 1.5 times that from each of site_malloc and site_calloc,
+ * once from site_path; argv[2]: microseconds between rounds. */
 #include <stdlib.h>
+#include <unistd.h>
 
 #define COUNT_DEPTHS 40
 
@@ -55,10 +57,42 @@ __attribute__((noinline)) void deep(int depth, int i)
     __asm__ volatile("" ::: "memory");   /* not a tail call: every level is a frame */
 }
 
+/* A path of left/right calls spelled by the bits of `bits`: 4096
+ * different stacks at depth 12, each first met when the rounds reach it
+ * (new stacks all along a longer run). */
+__attribute__((noinline)) void *site_path(size_t n)
+{
+    void *p = malloc(n);
+    __asm__ volatile("" : : "r"(p) : "memory");
+    return p;
+}
+
+__attribute__((noinline)) void left(unsigned bits, int depth);
+__attribute__((noinline)) void right(unsigned bits, int depth);
+
+__attribute__((noinline)) void path(unsigned bits, int depth)
+{
+    if (depth == 0)
+        free(site_path(8));
+    else if (bits & 1)
+        left(bits >> 1, depth - 1);
+    else
+        right(bits >> 1, depth - 1);
+    __asm__ volatile("" ::: "memory");
+}
+
+void left(unsigned bits, int depth) { path(bits, depth); __asm__ volatile("" ::: "memory"); }
+void right(unsigned bits, int depth) { path(bits, depth); __asm__ volatile("" ::: "memory"); }
+
 int main(int argc, char **argv)
 {
     int rounds = argc > 1 ? atoi(argv[1]) : 1000;
-    for (int i = 0; i < rounds; i++)
+    int pause_us = argc > 2 ? atoi(argv[2]) : 0;     /* between rounds: a longer run */
+    for (int i = 0; i < rounds; i++) {
         deep(i % COUNT_DEPTHS, i);
+        path((unsigned)i % 4096, 12);
+        if (pause_us)
+            usleep(pause_us);
+    }
     return 0;
 }

@@ -1,0 +1,181 @@
+"""Heap stacks resolved while the program still runs.
+
+``ctprof run --mem`` takes each process's new allocation stacks every 50
+ms while the program runs (their addresses never change once taken); only
+their figures wait for the end.  Turning a g++ compile's 100,000 stacks
+into frames took a third of a second after the program had exited, on a
+controller that is otherwise idle while it runs.  So :class:`LiveHeapFrames`
+does it meanwhile, a bounded batch at each of the controller's polls, and
+:func:`~ctprof.symbols.resolve_session` starts from what it made: the same
+frame table, resolver and per-address tables, and each stack's frames.
+
+What is resolved here is what the end would resolve alike.  Each stack's
+addresses are resolved under the process's maps snapshot of the moment,
+which at the end is one of the session's own snapshots.  Two things could
+still differ, and are left to the end: an address outside every file
+mapping (a snapshot taken later may map it; JIT code is named by a perf
+map read at the end), and a process whose stacks hold Python frames.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Set, Tuple
+
+from ..capture.pystacks import PYFRAMES_MARK
+from ..profile import Profile
+from ..session import FlatStacks, ProcessInfo, Session
+from . import _FrameIds
+from .resolve import Resolver
+
+
+#: Stacks resolved at one poll of the controller at most (about 5 ms of
+#: its time; the polls come every 20 ms, a g++ compile interns some 20,000
+#: stacks a second).
+STACKS_PER_STEP = 1000
+
+
+class _Process:
+    """One process's stacks resolved so far."""
+
+    def __init__(self, stacks: FlatStacks) -> None:
+        self.stacks = stacks            # the FlatStacks they are read from
+        self.frames: List[Optional[Tuple[int, ...]]] = []   # per stack; None: left to the end
+        self.word = 0                   # where the next stack starts in stacks.words
+        self.off = False                # Python frames: all left to the end
+        self.maps: Dict[int, str] = {}  # the snapshots they were resolved under, by generation
+        self.exe = ""                   # ... and the executable (a process may exec another)
+
+
+class LiveHeapFrames:
+    """Frames (root first, as indexes into :attr:`profile`'s frame table;
+    a ``[truncated]`` root on a stack cut at the depth limit) of each
+    process's heap stacks, made while the program runs.
+
+    :meth:`step` is called at the controller's polls with what capture has
+    so far; :func:`~ctprof.symbols.resolve_session` takes :attr:`profile`,
+    :attr:`resolver` and :meth:`frames_of` over at the end."""
+
+    def __init__(self, *, demangle: bool = True, group_functions: bool = True) -> None:
+        self.session = Session(kind="memory")     # the processes as seen so far
+        self.resolver = Resolver(self.session, demangle=demangle, progress=False,
+                                 group_functions=group_functions)
+        self.profile = Profile()
+        self.ids = _LiveFrameIds(self.resolver, self.profile)
+        self.options = (demangle, group_functions)
+        self.failed = False
+        self._processes: Dict[int, _Process] = {}
+        self._shared: Dict[Tuple[int, ...], Tuple[int, ...]] = {}   # one tuple per distinct frames
+
+    def step(self, processes: Dict[int, ProcessInfo], stacks: Sequence[Tuple[int, FlatStacks, int]]) -> None:
+        """Resolve up to STACKS_PER_STEP stacks not yet resolved.
+        ``processes``: each process's maps snapshots so far, the last the
+        newest (others may be ""); ``stacks``: (pid, its stacks, how many
+        of them are complete).  Never raises: the run goes on, and the end
+        resolves everything itself (:attr:`failed`)."""
+        if self.failed:
+            return
+        try:
+            self._step(processes, stacks)
+        except Exception:              # (a defect here must not cost the run)
+            self.failed = True
+
+    def _step(self, processes: Dict[int, ProcessInfo], stacks: Sequence[Tuple[int, FlatStacks, int]]) -> None:
+        budget = STACKS_PER_STEP
+        for pid, flat, ready in stacks:
+            proc = processes.get(pid)
+            if proc is None or not proc.maps:
+                continue
+            self.session.processes[pid] = proc
+            state = self._processes.get(pid)
+            if state is None:
+                state = self._processes[pid] = _Process(flat)
+            elif state.stacks is not flat:
+                # Capture hands a process's stacks over once, at its end, and
+                # starts a new empty list meanwhile; any other list is not
+                # the one these frames were made from.
+                if len(flat.lengths):
+                    state.off = True
+                continue
+            budget -= self._resolve_some(pid, proc, state, min(ready, len(flat.lengths)), budget)
+            if budget <= 0:
+                return
+
+    def _resolve_some(self, pid: int, proc: ProcessInfo, state: _Process, ready: int, budget: int) -> int:
+        """Resolve the next stacks of a process, up to ``budget``, under its
+        newest maps snapshot; returns how many."""
+        first = len(state.frames)
+        last = min(ready, first + budget)
+        if state.off or last <= first:
+            return 0
+        gen = len(proc.maps) - 1
+        if state.exe and state.exe != proc.exe:
+            state.off = True
+            return 0
+        state.maps[gen], state.exe = proc.maps[gen], proc.exe
+        lengths = state.stacks.lengths[first:last]
+        end = state.word + sum(lengths)
+        words = state.stacks.words[state.word:end]
+        if PYFRAMES_MARK in words:
+            state.off = True
+            return 0
+        ids, shared, deferred = self.ids, self._shared, self.ids.deferred
+        cut = state.stacks.truncated[first:last]
+        if len(cut) < last - first:            # (not said: left to the end)
+            state.off = True
+            return 0
+        root = ids.truncated() if any(cut) else None
+        pos = 0
+        for n, truncated in zip(lengths, cut):
+            frames = ids.stack(pid, gen, tuple(words[pos:pos + n]))
+            pos += n
+            if deferred and not deferred.isdisjoint(frames):
+                state.frames.append(None)
+                continue
+            if truncated:
+                frames = (root,) + frames
+            state.frames.append(shared.setdefault(frames, frames))
+        state.word = end
+        return last - first
+
+    def take_over(self, session: Session, *, demangle: bool, lines: bool, group_functions: bool) -> bool:
+        """Hand the frame table and the resolver to the resolution of the
+        finished ``session``; False if what was made cannot be used (other
+        options, or this failed).  A process keeps its frames only where
+        each snapshot they were resolved under, and its executable, are the
+        session's own, and it names no JIT code by a perf map (read only at
+        the end)."""
+        if self.failed or lines or (demangle, group_functions) != self.options:
+            return False
+        self.resolver.use_session(session)
+        self.ids.tables.clear()       # (per maps generation: the end's are its own)
+        self._shared = {}
+        for pid, state in self._processes.items():
+            proc = session.processes.get(pid)
+            if proc is None or proc.perf_map or proc.exe != state.exe or \
+                    any(gen >= len(proc.maps) or proc.maps[gen] != text for gen, text in state.maps.items()):
+                state.off = True
+        return True
+
+    def frames_of(self, pid: int) -> Optional[List[Optional[Tuple[int, ...]]]]:
+        """The frames made for ``pid``'s stacks, in the order they were
+        interned (None for one left to the end), or None for none."""
+        state = self._processes.get(pid)
+        return None if state is None or state.off else state.frames
+
+
+class _LiveFrameIds(_FrameIds):
+    """:class:`~ctprof.symbols._FrameIds` noting the frames of addresses
+    outside every file mapping (``deferred``): stacks holding one are left
+    to the end."""
+
+    def __init__(self, resolver: Resolver, profile: Profile) -> None:
+        super().__init__(resolver, profile)
+        self.deferred: Set[int] = set()
+
+    def _lookup(self, pid: int, gen: int, ip: int, is_return: bool, tables: tuple):
+        known = ip in (tables[1] if is_return else tables[0])
+        found = super()._lookup(pid, gen, ip, is_return, tables)
+        if not known:
+            mapping = self.resolver._find_mapping(pid, gen, ip)[0]
+            if mapping is None or not mapping.is_file:
+                self.deferred.update(found if type(found) is tuple else (found,))
+        return found
