@@ -118,8 +118,8 @@ def resolve_session(session: Session, *, demangle: bool = True, lines: bool = Fa
                                                      f"{resolver.stats['addresses']} addresses")
             columns.flush()
             for block in heap:
-                made = live.frames_of(block.pid) if live is not None else None
-                _add_heap_block(block, ids, python, (stacks, pids, tids), columns, consume, made)
+                if live is None or not _add_live_rows(block, live, ids, (stacks, pids, tids), columns, consume):
+                    _add_heap_block(block, ids, python, (stacks, pids, tids), columns, consume)
     finally:
         resolver.close()
     resolver.progress.done(f"resolved {resolver.stats['addresses']} addresses in "
@@ -224,18 +224,14 @@ class _FrameIds:
 
 
 def _add_heap_block(block: HeapStacks, ids: _FrameIds, python: PythonFrames,
-                    lists: Tuple[list, list, list], columns: "_Columns", consume: bool,
-                    made: Optional[Sequence[Optional[Tuple[int, ...]]]] = None) -> None:
+                    lists: Tuple[list, list, list], columns: "_Columns", consume: bool) -> None:
     """Resolve one process's heap stacks (column by column) into rows of
     the profile: a stack that resolves like an earlier one of the process
     adds to that one's row.  ``consume``: let each stack's addresses go
-    once resolved.  ``made``: the frames of its stacks made while the
-    program ran (:mod:`.live`)."""
-    if block.py is None and isinstance(block.ips, FlatStacks):
-        if made is not None and _add_made_heap_block(block, ids, lists, columns, consume, made):
-            return
-        if _add_flat_heap_block(block, ids, lists, columns, consume):
-            return
+    once resolved."""
+    if block.py is None and isinstance(block.ips, FlatStacks) and \
+            _add_flat_heap_block(block, ids, lists, columns, consume):
+        return
     stacks, pids, tids = lists
     pid, gen, py, truncated, all_ips = block.pid, block.gen, block.py, block.truncated, block.ips
     pcs, returns, multi = ids.tables_of(pid, gen)
@@ -332,46 +328,29 @@ def _add_flat_heap_block(block: HeapStacks, ids: _FrameIds, lists: Tuple[list, l
     return True
 
 
-def _add_made_heap_block(block: HeapStacks, ids: _FrameIds, lists: Tuple[list, list, list],
-                         columns: "_Columns", consume: bool, made: Sequence[Optional[Tuple[int, ...]]]) -> bool:
-    """:func:`_add_heap_block` from the frames made while the program ran
-    (the few stacks without them resolved here).  False (nothing added) if
-    too many are without: the C path does the whole block faster."""
-    flat: FlatStacks = block.ips           # type: ignore[assignment]
-    n, have = len(flat), len(made)
-    index = block.index
-    numbers = range(n) if index is None else index        # each row's stack number
-    missing = sum(1 for j in numbers if j >= have or made[j] is None)
-    if missing > n // 8:
+def _add_live_rows(block: HeapStacks, live: "LiveHeapFrames", ids: _FrameIds, lists: Tuple[list, list, list],
+                   columns: "_Columns", consume: bool) -> bool:
+    """:func:`_add_heap_block` when every stack of the block got its row
+    while the program ran (and no stack was left out of the block): those
+    rows, as they are.  False (nothing added) otherwise: a stack holding
+    an address outside every file mapping, say, or a snapshot the session
+    holds otherwise; :func:`_add_heap_block` then resolves them all."""
+    if block.py is not None or block.index is not None or not isinstance(block.ips, FlatStacks):
         return False
-    stats = ids.resolver.stats
-    stats["heap_stacks_live"] = stats.get("heap_stacks_live", 0) + n - missing
+    rows = live.rows_of(block.pid, len(block))
+    if rows is None:
+        return False
+    frames, row_of, is_new = rows
     stacks, pids, tids = lists
-    pid, gen, truncated = block.pid, block.gen, block.truncated
-    root = ids.truncated() if any(truncated) else None
-    starts, words = flat.starts(), flat.words
-    row_of_frames: dict = {}
-    row_of = array("l")
-    is_new = bytearray()
-    for i, j in enumerate(numbers):
-        # (made with its [truncated] root: the flag came with the stack)
-        frames = made[j] if j < have else None
-        if frames is None:
-            frames = ids.stack(pid, gen, tuple(words[starts[i]:starts[i + 1]]))
-            if truncated[i]:
-                frames = (root,) + frames
-        row = row_of_frames.setdefault(frames, len(stacks))
-        if row == len(stacks):
-            stacks.append(frames)
-            pids.append(pid)
-            tids.append(0)
-            is_new.append(1)
-        else:
-            is_new.append(0)
-        row_of.append(row)
+    base = len(stacks)
+    stacks.extend(frames)
+    pids.extend(repeat(block.pid, len(frames)))
+    tids.extend(repeat(0, len(frames)))
+    stats = ids.resolver.stats
+    stats["heap_stacks_live"] = stats.get("heap_stacks_live", 0) + len(block)
     if consume:
         block.ips = FlatStacks()
-    columns.add_block(row_of, is_new, block.values)
+    columns.add_block(array("l", map(base.__add__, row_of)), is_new, block.values)
     return True
 
 

@@ -7,7 +7,7 @@ into frames took a third of a second after the program had exited, on a
 controller that is otherwise idle while it runs.  So :class:`LiveHeapFrames`
 does it meanwhile, a bounded batch at each of the controller's polls, and
 :func:`~ctprof.symbols.resolve_session` starts from what it made: the same
-frame table, resolver and per-address tables, and each stack's frames.
+frame table and resolver, and the rows the stacks make.
 
 What is resolved here is what the end would resolve alike.  Each stack's
 addresses are resolved under the process's maps snapshot of the moment,
@@ -18,6 +18,8 @@ map read at the end), and a process whose stacks hold Python frames.
 """
 from __future__ import annotations
 
+import time
+from array import array
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from ..capture.pystacks import PYFRAMES_MARK
@@ -27,18 +29,28 @@ from . import _FrameIds
 from .resolve import Resolver
 
 
-#: Stacks resolved at one poll of the controller at most (about 5 ms of
-#: its time; the polls come every 20 ms, a g++ compile interns some 20,000
-#: stacks a second).
-STACKS_PER_STEP = 1000
+#: A stack's row when it has none (left to the end).
+NO_ROW = 0xFFFFFFFF
+
+#: The controller's time given to resolving stacks at one of its polls
+#: (they come every 20 ms; a g++ compile interns some 25,000 stacks a
+#: second, about 5 us each to resolve), in batches of BATCH_STACKS.
+STEP_SECONDS = 0.010
+BATCH_STACKS = 250
 
 
 class _Process:
-    """One process's stacks resolved so far."""
+    """One process's stacks resolved so far, and the profile rows they make:
+    the stacks that resolve alike share a row, numbered in the order of
+    their first stack (as the end numbers them)."""
 
     def __init__(self, stacks: FlatStacks) -> None:
         self.stacks = stacks            # the FlatStacks they are read from
-        self.frames: List[Optional[Tuple[int, ...]]] = []   # per stack; None: left to the end
+        self.row_of = array("I")        # per stack: its row (NO_ROW: left to the end)
+        self.is_new = bytearray()       # per stack: it is its row's first
+        self.rows: Dict[Tuple[int, ...], int] = {}          # frames -> row
+        self.row_frames: List[Tuple[int, ...]] = []         # row -> frames
+        self.all_made = 0               # the stacks before this one all have their row
         self.word = 0                   # where the next stack starts in stacks.words
         self.off = False                # Python frames: all left to the end
         self.maps: Dict[int, str] = {}  # the snapshots they were resolved under, by generation
@@ -52,7 +64,7 @@ class LiveHeapFrames:
 
     :meth:`step` is called at the controller's polls with what capture has
     so far; :func:`~ctprof.symbols.resolve_session` takes :attr:`profile`,
-    :attr:`resolver` and :meth:`frames_of` over at the end."""
+    :attr:`resolver` and :meth:`rows_of` over at the end."""
 
     def __init__(self, *, demangle: bool = True, group_functions: bool = True) -> None:
         self.session = Session(kind="memory")     # the processes as seen so far
@@ -63,10 +75,9 @@ class LiveHeapFrames:
         self.options = (demangle, group_functions)
         self.failed = False
         self._processes: Dict[int, _Process] = {}
-        self._shared: Dict[Tuple[int, ...], Tuple[int, ...]] = {}   # one tuple per distinct frames
 
     def step(self, processes: Dict[int, ProcessInfo], stacks: Sequence[Tuple[int, FlatStacks, int]]) -> None:
-        """Resolve up to STACKS_PER_STEP stacks not yet resolved.
+        """Resolve stacks not yet resolved, for about STEP_SECONDS.
         ``processes``: each process's maps snapshots so far, the last the
         newest (others may be ""); ``stacks``: (pid, its stacks, how many
         of them are complete).  Never raises: the run goes on, and the end
@@ -79,7 +90,7 @@ class LiveHeapFrames:
             self.failed = True
 
     def _step(self, processes: Dict[int, ProcessInfo], stacks: Sequence[Tuple[int, FlatStacks, int]]) -> None:
-        budget = STACKS_PER_STEP
+        deadline = time.monotonic() + STEP_SECONDS
         for pid, flat, ready in stacks:
             proc = processes.get(pid)
             if proc is None or not proc.maps:
@@ -95,14 +106,14 @@ class LiveHeapFrames:
                 if len(flat.lengths):
                     state.off = True
                 continue
-            budget -= self._resolve_some(pid, proc, state, min(ready, len(flat.lengths)), budget)
-            if budget <= 0:
-                return
+            while self._resolve_some(pid, proc, state, min(ready, len(flat.lengths)), BATCH_STACKS):
+                if time.monotonic() >= deadline:
+                    return
 
     def _resolve_some(self, pid: int, proc: ProcessInfo, state: _Process, ready: int, budget: int) -> int:
         """Resolve the next stacks of a process, up to ``budget``, under its
         newest maps snapshot; returns how many."""
-        first = len(state.frames)
+        first = len(state.row_of)
         last = min(ready, first + budget)
         if state.off or last <= first:
             return 0
@@ -117,7 +128,8 @@ class LiveHeapFrames:
         if PYFRAMES_MARK in words:
             state.off = True
             return 0
-        ids, shared, deferred = self.ids, self._shared, self.ids.deferred
+        ids, deferred = self.ids, self.ids.deferred
+        rows, row_frames, row_of, is_new = state.rows, state.row_frames, state.row_of, state.is_new
         cut = state.stacks.truncated[first:last]
         if len(cut) < last - first:            # (not said: left to the end)
             state.off = True
@@ -128,12 +140,24 @@ class LiveHeapFrames:
             frames = ids.stack(pid, gen, tuple(words[pos:pos + n]))
             pos += n
             if deferred and not deferred.isdisjoint(frames):
-                state.frames.append(None)
+                row_of.append(NO_ROW)
+                is_new.append(0)
                 continue
             if truncated:
                 frames = (root,) + frames
-            state.frames.append(shared.setdefault(frames, frames))
+            row = rows.get(frames)
+            if row is None:
+                row = rows[frames] = len(row_frames)
+                row_frames.append(frames)
+                is_new.append(1)
+            else:
+                is_new.append(0)
+            row_of.append(row)
+        if state.all_made == first and NO_ROW not in row_of[first:]:
+            state.all_made = len(row_of)
         state.word = end
+        # (each address is resolved once: the tables above are the cache)
+        self.resolver.forget_addresses()
         return last - first
 
     def take_over(self, session: Session, *, demangle: bool, lines: bool, group_functions: bool) -> bool:
@@ -145,9 +169,13 @@ class LiveHeapFrames:
         the end)."""
         if self.failed or lines or (demangle, group_functions) != self.options:
             return False
+        try:
+            self._finish()
+        except Exception:              # (as in step)
+            self.failed = True
+            return False
         self.resolver.use_session(session)
         self.ids.tables.clear()       # (per maps generation: the end's are its own)
-        self._shared = {}
         for pid, state in self._processes.items():
             proc = session.processes.get(pid)
             if proc is None or proc.perf_map or proc.exe != state.exe or \
@@ -155,11 +183,23 @@ class LiveHeapFrames:
                 state.off = True
         return True
 
-    def frames_of(self, pid: int) -> Optional[List[Optional[Tuple[int, ...]]]]:
-        """The frames made for ``pid``'s stacks, in the order they were
-        interned (None for one left to the end), or None for none."""
+    def _finish(self) -> None:
+        """Resolve the stacks taken since the last poll: each process's
+        stacks are all there now (handed over, complete)."""
+        for pid, state in self._processes.items():
+            proc = self.session.processes.get(pid)
+            if proc is not None and not state.off:
+                self._resolve_some(pid, proc, state, len(state.stacks.lengths), len(state.stacks.lengths))
+
+    def rows_of(self, pid: int, n: int) -> "Optional[Tuple[List[Tuple[int, ...]], array[int], bytearray]]":
+        """The rows of ``pid``'s first ``n`` stacks, if all of them have
+        one: the rows' frames in order, each stack's row, whether it is
+        its row's first.  None otherwise."""
         state = self._processes.get(pid)
-        return None if state is None or state.off else state.frames
+        if state is None or state.off or state.all_made < n:
+            return None
+        is_new = state.is_new[:n]
+        return state.row_frames[:sum(is_new)], state.row_of[:n], is_new
 
 
 class _LiveFrameIds(_FrameIds):

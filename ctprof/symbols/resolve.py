@@ -257,6 +257,10 @@ class Resolver:
         found = table.function_range(vaddr)  # type: ignore[attr-defined]
         return found[0] if found else None
 
+    def forget_addresses(self) -> None:
+        """Drop the per-address results (for a caller that keeps its own)."""
+        self._addr_memo.clear()
+
     def use_session(self, session: Session) -> None:
         """Resolve the addresses of ``session`` from now on: what was found
         under its processes' maps is dropped, what was read from files is
