@@ -185,17 +185,21 @@ class LiveHeapFrames:
 
     def _finish(self) -> None:
         """Resolve the stacks taken since the last poll: each process's
-        stacks are all there now (handed over, complete)."""
+        stacks are all there now (handed over, complete).  Then let go of
+        them (the session holds them; its raw addresses, 22 MB for a
+        compile, are freed as soon as it lets go too)."""
         for pid, state in self._processes.items():
             proc = self.session.processes.get(pid)
             if proc is not None and not state.off:
                 self._resolve_some(pid, proc, state, len(state.stacks.lengths), len(state.stacks.lengths))
+            state.stacks = FlatStacks()
 
     def rows_of(self, pid: int, n: int) -> "Optional[Tuple[List[Tuple[int, ...]], array[int], bytearray]]":
         """The rows of ``pid``'s first ``n`` stacks, if all of them have
         one: the rows' frames in order, each stack's row, whether it is
-        its row's first.  None otherwise."""
-        state = self._processes.get(pid)
+        its row's first.  None otherwise.  Either way the process's rows
+        are handed over: asked again, None."""
+        state = self._processes.pop(pid, None)
         if state is None or state.off or state.all_made < n:
             return None
         is_new = state.is_new[:n]
