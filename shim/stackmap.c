@@ -179,3 +179,18 @@ CTPROF_API int ctprof_first_alike(const uint32_t *ids, const uint32_t *lengths, 
     free(start);
     return 0;
 }
+
+/* dst[row_of[i] - base] += src[i]: the values of many stacks summed into
+ * their rows (dst: `rows` of them, zeroed by the caller).  0, or -1 if a
+ * row is out of range (nothing to trust in dst then). */
+CTPROF_API int ctprof_sum_rows(const int64_t *src, const int64_t *row_of, size_t n, int64_t base,
+                               int64_t *dst, size_t rows)
+{
+    for (size_t i = 0; i < n; i++) {
+        int64_t r = row_of[i] - base;
+        if (r < 0 || (uint64_t)r >= rows)
+            return -1;
+        dst[r] += src[i];
+    }
+    return 0;
+}

@@ -400,6 +400,8 @@ class _Columns:
         ``is_new[i]``.  A Python step per metric only for a repeated row."""
         self.flush()
         count = sum(is_new)
+        if isinstance(row_of, array) and self._add_summed(row_of, count, values):
+            return
         for metric, column in zip(self.zeros, self.lists):
             source = values.get(metric)
             column.extend(repeat(0, count) if source is None else compress(source, is_new))
@@ -409,6 +411,26 @@ class _Columns:
             row = row_of[i]
             for metric, source in values.items():
                 columns[metric][row] += source[i]
+
+    def _add_summed(self, row_of: "array[int]", count: int, values: Mapping[str, Sequence[int]]) -> bool:
+        """add_block with each metric's rows summed in C (a block's rows
+        are its own: rows ``done`` to ``done + count - 1``), a metric at a
+        time; False (nothing added) where that cannot be done."""
+        base = self.done
+        if not all(stackmap.summable(source, row_of) for source in values.values()) or \
+                (row_of and (min(row_of) < base or max(row_of) >= base + count)):
+            return False
+        for metric, column in zip(self.zeros, self.lists):
+            source = values.get(metric)
+            if source is None:
+                column.extend(repeat(0, count))
+                continue
+            summed = stackmap.sum_rows(source, row_of, base, count)
+            if summed is None:                 # (checked above)
+                raise RuntimeError("ctprof_sum_rows refused rows checked in range")
+            column.extend(summed)
+        self.done += count
+        return True
 
     def flush(self) -> None:
         """Transpose the pending rows into the columns."""

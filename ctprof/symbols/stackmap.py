@@ -40,6 +40,8 @@ def _library():
         lib.ctprof_map_stacks.restype = ctypes.c_long
         lib.ctprof_first_alike.argtypes = [vp, vp, vp, size, vp]
         lib.ctprof_first_alike.restype = ctypes.c_int
+        lib.ctprof_sum_rows.argtypes = [vp, vp, size, ctypes.c_int64, vp, size]
+        lib.ctprof_sum_rows.restype = ctypes.c_int
         _lib = lib
     return _lib
 
@@ -115,3 +117,23 @@ def first_alike(ids: "array[int]", lengths: "array[int]", flags: Sequence[int]) 
     if lib.ctprof_first_alike(_address(ids), _address(lengths), _address(flags), len(lengths), _address(first)) != 0:
         return None
     return first
+
+
+def summable(source: Sequence[int], row_of: "array[int]") -> bool:
+    """Can :func:`sum_rows` sum ``source`` (64-bit integers, one per stack)?"""
+    return (isinstance(source, array) and source.typecode == "q" and isinstance(row_of, array)
+            and row_of.typecode == "l" and row_of.itemsize == 8 and len(source) == len(row_of)
+            and _library() is not None)
+
+
+def sum_rows(source: Sequence[int], row_of: "array[int]", base: int, rows: int) -> Optional["array[int]"]:
+    """Each of ``rows`` rows' sum of the ``source`` values of the stacks
+    in it (stack ``i`` is in row ``row_of[i] - base``); None if it cannot
+    (see :func:`summable`, or a row out of range)."""
+    lib = _library()
+    if not summable(source, row_of) or lib is None:
+        return None
+    out = array("q", bytes(8 * rows))
+    if lib.ctprof_sum_rows(_address(source), _address(row_of), len(row_of), base, _address(out), rows) != 0:
+        return None
+    return out
