@@ -717,7 +717,10 @@ def run_program(argv: List[str], opts: CaptureOptions,
                 if time.monotonic() >= steps_from:
                     _warm_up_step(steps)
                     if on_heap_stacks is not None and heap is not None and collector is not None:
-                        on_heap_stacks(collector.processes_so_far(), heap.stacks_so_far())
+                        try:
+                            on_heap_stacks(collector.processes_so_far(), heap.stacks_so_far())
+                        except Exception:      # work ahead of the end, never worth the run
+                            on_heap_stacks = None
                 exit_watch.wait(poll)
             if kernel:
                 notes += _follow_descendants(kernel, proc.pid, interrupts, say)

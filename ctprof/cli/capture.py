@@ -209,8 +209,9 @@ def finish_imports(args: argparse.Namespace) -> List[Callable[[], object]]:
 class LiveHeap:
     """The heap stacks' frames made while the program runs
     (:class:`~ctprof.symbols.live.LiveHeapFrames`), created at the first
-    poll that has any: its imports are not paid before the program
-    starts."""
+    poll: its imports are not paid before the program starts.  If the
+    step raises, the run calls it no more and ``frames`` stays None: the
+    end resolves everything itself."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.demangle = not args.no_demangle
@@ -219,8 +220,11 @@ class LiveHeap:
     def step(self, processes, stacks) -> None:
         if self.frames is None:
             from ..symbols.live import LiveHeapFrames
-            self.frames = LiveHeapFrames(demangle=self.demangle)
-        self.frames.step(processes, stacks)
+            frames = LiveHeapFrames(demangle=self.demangle)
+            frames.step(processes, stacks)
+            self.frames = frames
+        else:
+            self.frames.step(processes, stacks)
 
 
 def _load_demangler() -> None:

@@ -29,6 +29,11 @@ from . import _FrameIds
 from .resolve import Resolver
 
 
+#: Stacks of a process still unresolved at the end that are resolved
+#: here all the same (more, and a quarter of its stacks, go to the end's
+#: whole-block path: a Python step per stack is slower there).
+LEFT_AT_END = 5000
+
 #: A stack's row when it has none (left to the end).
 NO_ROW = 0xFFFFFFFF
 
@@ -190,8 +195,11 @@ class LiveHeapFrames:
         compile, are freed as soon as it lets go too)."""
         for pid, state in self._processes.items():
             proc = self.session.processes.get(pid)
+            left = len(state.stacks.lengths) - len(state.row_of)
+            if left > max(LEFT_AT_END, len(state.row_of) // 4):
+                state.off = True               # (the whole-block path at the end is faster)
             if proc is not None and not state.off:
-                self._resolve_some(pid, proc, state, len(state.stacks.lengths), len(state.stacks.lengths))
+                self._resolve_some(pid, proc, state, len(state.stacks.lengths), left)
             state.stacks = FlatStacks()
 
     def rows_of(self, pid: int, n: int) -> "Optional[Tuple[List[Tuple[int, ...]], array[int], bytearray]]":
