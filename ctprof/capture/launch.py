@@ -209,11 +209,14 @@ class Collector:
                     pass
 
     def processes_so_far(self) -> Dict[int, ProcessInfo]:
-        """Each process seen, as far as symbols need it while the program
-        runs: its executable and the maps snapshots known complete so far,
-        as :meth:`finish` will read them ("" for the others: the newest
-        complete one is the header's maps_written; one below it may still
-        be being written by another thread).  The last one is the newest."""
+        """Each process seen whose maps snapshot of the moment is written,
+        as far as symbols need it while the program runs: its executable
+        and the maps snapshots known complete so far, as :meth:`finish`
+        will read them ("" for the others: the newest complete one is the
+        header's maps_written; one below it may still be being written by
+        another thread).  The last one is the current one.  (A process
+        whose maps changed since its last snapshot -- a dlopen, written
+        only when a sample needs it -- is left out meanwhile.)"""
         from ..session import ProcessInfo
         out: Dict[int, ProcessInfo] = {}
         for ring in list(self.rings.values()):
@@ -221,8 +224,8 @@ class Collector:
                 continue
             h = ring.header()
             pid = int(h["pid"])
-            newest = min(ring.maps_written(), int(h["maps_next"]) - 1)
-            if newest < 0 or not self._maps_text(pid, newest, read=True):
+            newest = ring.maps_written()
+            if newest != int(h["maps_next"]) - 1 or not self._maps_text(pid, newest, read=True):
                 continue
             out[pid] = ProcessInfo(pid=pid, ppid=int(h["ppid"]), exe=str(h["exe"]),
                                    maps=[self._maps_text(pid, gen) for gen in range(newest + 1)])

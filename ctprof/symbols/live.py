@@ -60,6 +60,7 @@ class _Process:
         self.off = False                # Python frames: all left to the end
         self.maps: Dict[int, str] = {}  # the snapshots they were resolved under, by generation
         self.exe = ""                   # ... and the executable (a process may exec another)
+        self.current = False            # its snapshot was its maps of the moment at the last poll
 
 
 class LiveHeapFrames:
@@ -96,10 +97,12 @@ class LiveHeapFrames:
 
     def _step(self, processes: Dict[int, ProcessInfo], stacks: Sequence[Tuple[int, FlatStacks, int]]) -> None:
         deadline = time.monotonic() + STEP_SECONDS
+        for state in self._processes.values():
+            state.current = False
         for pid, flat, ready in stacks:
             proc = processes.get(pid)
             if proc is None or not proc.maps:
-                continue
+                continue                       # (its maps changed since the last snapshot: later)
             self.session.processes[pid] = proc
             state = self._processes.get(pid)
             if state is None:
@@ -111,6 +114,7 @@ class LiveHeapFrames:
                 if len(flat.lengths):
                     state.off = True
                 continue
+            state.current = True
             while self._resolve_some(pid, proc, state, min(ready, len(flat.lengths)), BATCH_STACKS):
                 if time.monotonic() >= deadline:
                     return
@@ -198,6 +202,8 @@ class LiveHeapFrames:
             left = len(state.stacks.lengths) - len(state.row_of)
             if left > max(LEFT_AT_END, len(state.row_of) // 4):
                 state.off = True               # (the whole-block path at the end is faster)
+            if left and not state.current:
+                state.off = True               # (no snapshot of its maps at the end of its run)
             if proc is not None and not state.off:
                 self._resolve_some(pid, proc, state, len(state.stacks.lengths), left)
             state.stacks = FlatStacks()
