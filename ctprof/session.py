@@ -140,9 +140,9 @@ class HeapStacks:
     truncated: Sequence[int]
     values: Dict[str, Sequence[int]]
     py: Optional[List[Tuple[int, ...]]] = None
-    #: each row's number among the process's stacks as they were interned
-    #: (None: row i is stack i; rows without a value are left out)
-    index: Optional[Sequence[int]] = None
+    #: some of the process's stacks (those without a value) are left out:
+    #: row i is then not the i-th stack it interned
+    left_out: bool = False
 
     def __len__(self) -> int:
         return len(self.ips)

@@ -154,8 +154,8 @@ def test_threads_exact_totals(build, tmp_path):
 
 
 def churn_bytes(seeds, per_thread: int) -> int:
-    """Bytes the churn loops of mem_threads.c and heap_grow.c allocate, one
-    loop per seed, from their own generator."""
+    """Bytes the churn loop (tests/progs/churn.h) allocates, one loop per
+    seed, from its own generator."""
     total = 0
     for seed in seeds:
         x = (seed * 2654435761 + 1) & 0xFFFFFFFF
@@ -424,7 +424,10 @@ def test_heap_frames_made_while_the_program_runs(build, tmp_path):
     rounds = 6000                      # 4096 stacks of site_path met over the first 2/3 of the run
     proc, p = run_mem(tmp_path, [build("heap_alike.c", "-g"), str(rounds), "400"])
     assert proc.returncode == 0, proc.stderr.decode()
-    assert p.metadata["symbol_stats"].get("heap_stacks_live", 0) > 4096 // 2
+    stats = p.metadata["symbol_stats"]
+    # every heap stack got its row from the live work, some while the program ran
+    assert stats.get("heap_stacks_live", 0) > 4096
+    assert stats["heap_stacks_live"] - stats.get("heap_stacks_at_end", 0) > 0
     _, session = fileformat.load(str(tmp_path / "mem.ctprof"))
     again = build_profile(session, progress=False)
 

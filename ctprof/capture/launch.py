@@ -164,6 +164,7 @@ class Collector:
         self.gone_ns: Dict[int, int] = {}
         self._last_names = 0.0
         self._maps_read: Dict[Tuple[int, int], str] = {}
+        self._so_far: Dict[int, Tuple[tuple, ProcessInfo]] = {}   # pid -> (what it was made from, it)
 
     def poll(self, decode: bool = False) -> None:
         from . import ring as ringmod
@@ -227,8 +228,13 @@ class Collector:
             newest = ring.maps_written()
             if newest != int(h["maps_next"]) - 1 or not self._maps_text(pid, newest, read=True):
                 continue
-            out[pid] = ProcessInfo(pid=pid, ppid=int(h["ppid"]), exe=str(h["exe"]),
-                                   maps=[self._maps_text(pid, gen) for gen in range(newest + 1)])
+            key = (newest, h["exe"], h["ppid"])
+            known = self._so_far.get(pid)
+            if known is None or known[0] != key:      # (asked at every poll: made anew only on a change)
+                known = self._so_far[pid] = (key, ProcessInfo(
+                    pid=pid, ppid=int(h["ppid"]), exe=str(h["exe"]),
+                    maps=[self._maps_text(pid, gen) for gen in range(newest + 1)]))
+            out[pid] = known[1]
         return out
 
     def _maps_text(self, pid: int, gen: int, read: bool = False) -> str:

@@ -220,11 +220,8 @@ class LiveHeap:
     def step(self, processes, stacks) -> None:
         if self.frames is None:
             from ..symbols.live import LiveHeapFrames
-            frames = LiveHeapFrames(demangle=self.demangle)
-            frames.step(processes, stacks)
-            self.frames = frames
-        else:
-            self.frames.step(processes, stacks)
+            self.frames = LiveHeapFrames(demangle=self.demangle)
+        self.frames.step(processes, stacks)
 
 
 def _load_demangler() -> None:

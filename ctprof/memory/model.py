@@ -114,15 +114,14 @@ def _heap_stacks(session: Session, info: HeapProcess) -> HeapStacks:
     # allocation nor a byte counted has none.
     allocated = map(bool, map(or_, values["alloc_count"], values["alloc_bytes"]))
     keep = list(map(and_, map(bool, ips.lengths if isinstance(ips, FlatStacks) else map(len, ips)), allocated))
-    index = None
-    if not all(keep):
-        index = array("I", compress(range(len(keep)), keep))
+    left_out = not all(keep)
+    if left_out:
         ips = ips.select(keep) if isinstance(ips, FlatStacks) else list(compress(ips, keep))
         truncated = array("B", compress(truncated, keep))
         values = {m: array("q", compress(column, keep)) for m, column in values.items()}
         if py is not None:
             py = list(compress(py, keep))
-    return HeapStacks(info.pid, gen, ips, truncated, values, py, index)
+    return HeapStacks(info.pid, gen, ips, truncated, values, py, left_out)
 
 
 def add_heap_to_session(session: Session, heap: Dict[int, HeapProcess]) -> None:

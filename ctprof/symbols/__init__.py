@@ -281,9 +281,7 @@ def _add_flat_heap_block(block: HeapStacks, ids: _FrameIds, lists: Tuple[list, l
     flat: FlatStacks = block.ips           # type: ignore[assignment]
     pid, gen, truncated = block.pid, block.gen, block.truncated
     tables = ids.tables_of(pid, gen)
-    if tables[2][0]:                       # inlined frames (--lines): expanded by the Python loop
-        return False
-    found = stackmap.frame_ids(flat.words, flat.lengths, tables[0], tables[1],
+    found = stackmap.frame_ids(flat.words, flat.lengths, tables,
                                lambda ip, is_return: ids._lookup(pid, gen, ip, is_return, tables))
     first = None if found is None else stackmap.first_alike(found, flat.lengths, truncated)
     if found is None or first is None:
@@ -335,7 +333,7 @@ def _add_live_rows(block: HeapStacks, live: "LiveHeapFrames", ids: _FrameIds, li
     rows, as they are.  False (nothing added) otherwise: a stack holding
     an address outside every file mapping, say, or a snapshot the session
     holds otherwise; :func:`_add_heap_block` then resolves them all."""
-    if block.py is not None or block.index is not None or not isinstance(block.ips, FlatStacks):
+    if block.py is not None or block.left_out or not isinstance(block.ips, FlatStacks):
         return False
     rows = live.rows_of(block.pid, len(block))
     if rows is None:

@@ -205,7 +205,9 @@ class LiveHeapFrames:
             if left and not state.current:
                 state.off = True               # (no snapshot of its maps at the end of its run)
             if proc is not None and not state.off:
-                self._resolve_some(pid, proc, state, len(state.stacks.lengths), left)
+                done = self._resolve_some(pid, proc, state, len(state.stacks.lengths), left)
+                stats = self.resolver.stats          # (the rest were resolved while the program ran)
+                stats["heap_stacks_at_end"] = stats.get("heap_stacks_at_end", 0) + done
             state.stacks = FlatStacks()
 
     def rows_of(self, pid: int, n: int) -> "Optional[Tuple[List[Tuple[int, ...]], array[int], bytearray]]":

@@ -46,10 +46,6 @@ def _library():
     return _lib
 
 
-def available() -> bool:
-    return _library() is not None
-
-
 def give_back_memory() -> None:
     """Hand memory malloc holds free back to the system (glibc's
     ``malloc_trim``).  The stacks' addresses (tens of MiB) may have come
@@ -72,15 +68,18 @@ def _table(table: Dict[int, object]) -> Tuple["array[int]", "array[int]"]:
     return array("Q", table.keys()), array("I", table.values())   # type: ignore[arg-type]
 
 
-def frame_ids(words: "array[int]", lengths: "array[int]", pcs: Dict[int, object], returns: Dict[int, object],
+def frame_ids(words: "array[int]", lengths: "array[int]", tables: tuple,
               resolve: Callable[[int, bool], None]) -> Optional["array[int]"]:
     """The frame id of every address of the stacks (``words``, ``lengths``
     as in :class:`~ctprof.session.FlatStacks`), in the same layout: a
-    stack's first address looked up in ``pcs``, the others in ``returns``.
+    stack's first address looked up in the pcs table, the others in the
+    return addresses' (``tables``: a generation's (pcs, returns, [holds an
+    entry of several frames]), as ``_FrameIds.tables_of`` keeps them).
     ``resolve(address, is_return)`` is called once for each address in
     neither; it adds the address to its table.  None if the C side is not
     available, ran out of memory, or a table came to hold an entry of
     several frames (inlined frames: the caller's Python loop expands those)."""
+    pcs, returns, multi = tables
     lib = _library()
     if lib is None:
         return None
@@ -88,7 +87,7 @@ def frame_ids(words: "array[int]", lengths: "array[int]", pcs: Dict[int, object]
     missing = array("Q", bytes(16 * MISSING_PER_PASS))
     complete = ctypes.c_int(0)
     while True:
-        if any(type(f) is tuple for f in pcs.values()) or any(type(f) is tuple for f in returns.values()):
+        if multi[0]:
             return None
         (pc_keys, pc_ids), (ret_keys, ret_ids) = _table(pcs), _table(returns)
         found = lib.ctprof_map_stacks(_address(words), _address(lengths), len(lengths),
@@ -130,9 +129,9 @@ def sum_rows(source: Sequence[int], row_of: "array[int]", base: int, rows: int) 
     """Each of ``rows`` rows' sum of the ``source`` values of the stacks
     in it (stack ``i`` is in row ``row_of[i] - base``); None if it cannot
     (see :func:`summable`, or a row out of range)."""
-    lib = _library()
-    if not summable(source, row_of) or lib is None:
+    if not summable(source, row_of):
         return None
+    lib = _library()
     out = array("q", bytes(8 * rows))
     if lib.ctprof_sum_rows(_address(source), _address(row_of), len(row_of), base, _address(out), rows) != 0:
         return None

@@ -10,31 +10,13 @@
 #include <time.h>
 #include <unistd.h>
 
-static inline void escape(void *p) { __asm__ volatile("" : : "r"(p) : "memory"); }
+#include "churn.h"
 
 #define THREADS 4
 #define PER_THREAD 150000
 
-/* mem_threads.c's churn loop (the test's churn_bytes follows both) */
-static void churn(long seed)
-{
-    unsigned x = (unsigned)seed * 2654435761u + 1;
-    void *keep[16] = {0};
-    for (int i = 0; i < PER_THREAD; i++) {
-        x = x * 1103515245u + 12345u;
-        size_t n = 16 + (x >> 8) % 512;
-        int slot = (int)(x >> 4) % 16;
-        if (keep[slot])
-            free(keep[slot]);
-        keep[slot] = malloc(n);
-        escape(keep[slot]);
-    }
-    for (int i = 0; i < 16; i++)
-        free(keep[i]);
-}
-
-__attribute__((noinline)) static void *churn_early(void *arg) { churn((long)arg); return NULL; }
-__attribute__((noinline)) static void *churn_late(void *arg) { churn((long)arg + THREADS); return NULL; }
+__attribute__((noinline)) static void *churn_early(void *arg) { churn_loop((long)arg, PER_THREAD); return NULL; }
+__attribute__((noinline)) static void *churn_late(void *arg) { churn_loop((long)arg + THREADS, PER_THREAD); return NULL; }
 
 static void in_threads(void *(*fn)(void *))
 {
