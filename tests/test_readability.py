@@ -130,8 +130,12 @@ def _boxes(svg_path: str):
 def test_lines_merge_each_function_into_one_box(callgraph_run):
     d, err = callgraph_run
     folded = (d / "cg.folded").read_text().splitlines()
-    # one frame per function, named with its file
-    assert folded and all("main (callgraph.c);" in l for l in folded), folded
+    # one frame per function, named with its file; every sample of the
+    # program's work is under main (a sample may land in the process's
+    # teardown after main returned: exit's own stack, seen once in a full
+    # test run)
+    work = [l for l in folded if ";exit (exit.c);" not in l]
+    assert work and all("main (callgraph.c);" in l for l in work), [l for l in work if "main (callgraph.c);" not in l]
     assert any(l.rsplit(" ", 1)[0].endswith("caller_a (callgraph.c);leaf_work (callgraph.c)") for l in folded)
     assert not any(re.search(r"callgraph\.c:\d+", l) for l in folded)
     # the summary too
