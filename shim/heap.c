@@ -647,6 +647,7 @@ void heap_at_exit(void)
     hs->unwind_cache_bytes = cfi_cache_bytes() + __atomic_load_n(&sent_total_bytes, __ATOMIC_RELAXED);
     hs->exit_tid = (uint64_t)ctprof_gettid();
     __atomic_store_n(&hs->exit_state, EXIT_WAITING, __ATOMIC_RELEASE);
+    wake_drainer();     /* (if it sleeps on this ring: it tells the controller's Python now) */
     /* The controller drains the ring, scans our memory for pointers to
      * classify what is still allocated, then lets us go.  It heartbeats
      * while it works; a dead, stopped or silent (10 s) controller is not
