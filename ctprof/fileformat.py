@@ -108,6 +108,10 @@ MAX_SECTION_BYTES = 1 << 33
 #: 3 2.9 MB in 0.65 s, 6 2.3 MB in 1.00 s (format 1's gzip JSON: 2.75 MB in
 #: 14 s).  Level 3: the save is part of every run's end-to-end time.
 COMPRESS_LEVEL = 3
+#: Threads compressing the save's whole-array sections.  Two: after
+#: ``ctprof run``'s program has exited the machine's CPUs are ctprof's,
+#: and the profile's columns are independent streams.
+SAVE_DEFLATE_WORKERS = 2
 
 _SECTION_HEAD = struct.Struct("<B")
 _SECTION_SIZES = struct.Struct("<cQQ")
@@ -136,15 +140,17 @@ def _section(out: BinaryIO, name: str, kind: bytes, count: int, payload: Any) ->
 
 
 class _Deflater:
-    """Compresses sections on one worker thread while the save goes on
+    """Compresses sections on worker threads while the save goes on
     building and checking the next tables (zlib releases the GIL): on the
-    profile of a large compile the 0.2 s of deflate overlap the Python work
-    instead of adding to it.  Jobs run one at a time in the order given, so
-    the pieces of one stream stay in order; the output is byte for byte
-    what compressing in line gives."""
+    profile of a large compile the deflate overlaps the Python work
+    instead of adding to it.  Whole arrays go to ``workers`` threads
+    (each is its own stream); the pieces of one stream (:meth:`stream`) to
+    a thread of their own, one at a time in the order given.  The output
+    is byte for byte what compressing in line gives."""
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctprof-deflate")
+    def __init__(self, workers: int = 1) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ctprof-deflate")
+        self._streams: Optional[ThreadPoolExecutor] = None
 
     def array(self, values: array) -> "Future[bytes]":
         """The compressed bytes of a whole array section (kept alive, and
@@ -155,10 +161,14 @@ class _Deflater:
         return self._pool.submit(zlib.compress, memoryview(values).cast("B"), COMPRESS_LEVEL)
 
     def stream(self) -> "_Compressed":
-        return _Compressed(self._pool)
+        if self._streams is None:
+            self._streams = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctprof-deflate-stream")
+        return _Compressed(self._streams)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        if self._streams is not None:
+            self._streams.shutdown(wait=True)
 
 
 class _Compressed:
@@ -253,29 +263,39 @@ class _Strings:
         return array("B", b"".join(encoded)), array("I", map(len, encoded))
 
 
-def _profile_arrays(profile: Profile, strings: _Strings) -> Dict[str, array]:
-    frames = profile.frames
-    cols: Dict[str, array] = {
-        "frame_name": strings.ids(f.name for f in frames),
-        "frame_module": strings.ids(f.module for f in frames),
-        "frame_category": strings.ids(f.category for f in frames),
-    }
-    index = strings.index
-    cols["frame_file"] = array("I", [0 if f.file is None else index.setdefault(f.file, len(index)) + 1
-                                     for f in frames])
-    cols["frame_line"] = array("q", [_NONE if f.line is None else f.line for f in frames])
-    cols["frame_inlined"] = array("B", [1 if f.inlined else 0 for f in frames])
-    lengths = array("I", map(len, profile.stacks))
+def _profile_arrays(profile: Profile, strings: _Strings,
+                    made: Callable[[str, array], None] = lambda name, values: None) -> Dict[str, array]:
+    """The profile's columns; ``made(name, values)`` is told of each as
+    soon as it is complete (the save compresses it meanwhile), the
+    largest, the stacks' frames, first."""
+    cols: Dict[str, array] = {}
+
+    def column(name: str, values: array) -> None:
+        cols[name] = values
+        made(name, values)
+
     refs = array("I")
     for stack in profile.stacks:
         refs.extend(stack)
-    cols["stack_length"], cols["stack_frames"] = lengths, refs
-    for metric, column in profile.values.items():
-        cols["value:" + metric] = _column(column)
+    column("stack_frames", refs)
+    column("stack_length", array("I", map(len, profile.stacks)))
+    for metric, values in profile.values.items():
+        column("value:" + metric, _column(values))
     if profile.pids is not None:
-        cols["pid"] = array("q", [_NONE if p is None else p for p in profile.pids])
-        cols["tid"] = array("q", [_NONE if t is None else t for t in (profile.tids or [])])
-    return cols
+        column("pid", array("q", [_NONE if p is None else p for p in profile.pids]))
+        column("tid", array("q", [_NONE if t is None else t for t in (profile.tids or [])]))
+    frames = profile.frames
+    column("frame_name", strings.ids(f.name for f in frames))
+    column("frame_module", strings.ids(f.module for f in frames))
+    column("frame_category", strings.ids(f.category for f in frames))
+    index = strings.index
+    column("frame_file", array("I", [0 if f.file is None else index.setdefault(f.file, len(index)) + 1
+                                     for f in frames]))
+    column("frame_line", array("q", [_NONE if f.line is None else f.line for f in frames]))
+    column("frame_inlined", array("B", [1 if f.inlined else 0 for f in frames]))
+    first = ("frame_name", "frame_module", "frame_category", "frame_file", "frame_line", "frame_inlined",
+             "stack_length", "stack_frames")
+    return {**{name: cols[name] for name in first}, **cols}   # (the sections' order in the file, as before)
 
 
 def _session_doc(session: Session) -> Dict[str, Any]:
@@ -422,7 +442,7 @@ class EncodedSession:
 
 
 def _save_to(out: BinaryIO, profile: Profile, session: "Optional[Session | EncodedSession]") -> None:
-    deflater = _Deflater()
+    deflater = _Deflater(workers=SAVE_DEFLATE_WORKERS)
     try:
         _write_sections(out, profile, session, deflater)
     finally:
@@ -441,8 +461,7 @@ def _write_sections(out: BinaryIO, profile: Profile, session: "Optional[Session 
 
     encoded = session if isinstance(session, EncodedSession) else None
     try:
-        cols = _profile_arrays(profile, strings)
-        deflate(cols)
+        cols = _profile_arrays(profile, strings, lambda name, values: deflate({name: values}))
         session_doc = None
         if encoded is not None:
             session_doc = encoded.doc
