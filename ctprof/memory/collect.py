@@ -62,6 +62,7 @@ TOTAL_NAMES = ("live_bytes", "live_count", "peak_bytes", "peak_count", "alloc_co
                "free_count", "free_bytes", "unmatched_frees", "events", "stacks", "scanned", "snapshots",
                "max_live_blocks", "skipped_records", "bad_records", "python_stacks")
 NTOTAL = len(TOTAL_NAMES)          # collect.c's NTOTAL: the figures it copies out
+PYTHON_STACKS_TOTAL = TOTAL_NAMES.index("python_stacks")
 TIMELINE_MAX_POINTS = 20000
 TIMELINE_STEP_S = 0.005
 RSS_STEP_S = 0.05
@@ -229,6 +230,8 @@ class HeapRing(MappedFile):
         object once).  True if there were any: that comes first, before
         anything else this thread could do (a code object can be freed any
         moment)."""
+        if not self._totals[PYTHON_STACKS_TOTAL]:
+            return False         # (no Python frame yet: no interpreter to look for in every process)
         if not self.codes.found(now):
             return False
         total = self.lib.ctprof_heap_nstacks(self.consumer)
