@@ -72,7 +72,7 @@ def main() -> int:
         plain = statistics.median(per["plain"])
         for name, values in per.items():
             m = statistics.median(values)
-            extra = "" if name == "plain" else f"   +{(m - plain) * 1e3:6.2f} ms over plain"
+            extra = "" if name == "plain" else f"   {(m - plain) * 1e3:+7.2f} ms against plain"
             print(f"{name:60s} {m * 1e3:7.2f} ms{extra}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -11,7 +11,7 @@ import sys
 from array import array
 from dataclasses import dataclass, field
 from itertools import accumulate, compress
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .profile import Profile
 
@@ -67,11 +67,6 @@ class FlatStacks(Sequence[Tuple[int, ...]]):
         if isinstance(other, FlatStacks):
             return self.lengths == other.lengths and self.words == other.words
         return isinstance(other, (list, tuple)) and list(self) == list(other)
-
-    def append(self, ips: Iterable[int]) -> None:
-        before = len(self.words)
-        self.words.extend(ips)
-        self.lengths.append(len(self.words) - before)
 
     def copy(self) -> "FlatStacks":
         return FlatStacks(array("Q", self.words), array("I", self.lengths), bytearray(self.truncated))

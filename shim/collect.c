@@ -1720,23 +1720,21 @@ static void drainer_remove(struct consumer *c)
  * files are then found by Python's looks alone). */
 CTPROF_API int ctprof_heap_watch(const char *dir)
 {
-    lock_drainer();
-    drainer.over = 0;              /* a new run */
-    pthread_mutex_unlock(&drainer.lock);
     int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    if (inotify_add_watch(fd, dir, IN_CREATE | IN_MOVED_TO) < 0) {
+    if (fd >= 0 && inotify_add_watch(fd, dir, IN_CREATE | IN_MOVED_TO) < 0) {
         close(fd);
-        return -1;
+        fd = -1;
     }
     lock_drainer();
-    if (drainer.watch_fd_plus1)
-        close(drainer.watch_fd_plus1 - 1);
-    drainer.watch_fd_plus1 = fd + 1;
-    start_drainer_locked();
+    drainer.over = 0;              /* a new run (whether watched or not) */
+    if (fd >= 0) {
+        if (drainer.watch_fd_plus1)
+            close(drainer.watch_fd_plus1 - 1);
+        drainer.watch_fd_plus1 = fd + 1;
+        start_drainer_locked();
+    }
     pthread_mutex_unlock(&drainer.lock);
-    return 0;
+    return fd >= 0 ? 0 : -1;
 }
 
 /* Stop the drainer thread for the rest of the run (the rings stay

@@ -143,14 +143,13 @@ CTPROF_API int ctprof_first_alike(const uint32_t *ids, const uint32_t *lengths, 
     size_t size = 16;
     while (size < 2 * nstacks)
         size <<= 1;
-    uint32_t *slots = malloc(size * sizeof *slots);        /* stack index + 1; 0: empty */
+    uint32_t *slots = calloc(size, sizeof *slots);         /* stack index + 1; 0: empty */
     uint64_t *start = malloc((nstacks + 1) * sizeof *start);
     if (!slots || !start) {
         free(slots);
         free(start);
         return -1;
     }
-    memset(slots, 0, size * sizeof *slots);
     start[0] = 0;
     for (size_t i = 0; i < nstacks; i++)
         start[i + 1] = start[i] + lengths[i];

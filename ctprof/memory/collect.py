@@ -289,6 +289,12 @@ class HeapRing(MappedFile):
         self.taken_ready = len(lengths)
         self.lib.ctprof_heap_drop_taken(self.consumer, len(lengths))
 
+    def stacks_so_far(self) -> Tuple[FlatStacks, int]:
+        """The stacks taken so far and how many of them are complete (for
+        another thread: the complete ones never change)."""
+        ready = self.taken_ready              # (read before the stacks: they only grow)
+        return self._taken, ready
+
     def _stacks(self, final: bool) -> Tuple[FlatStacks, "array[int]"]:
         """Every stack's addresses, and all their statistics (see
         HeapProcess), copied straight into one array.  ``final``: the
@@ -617,8 +623,7 @@ class HeapCollector:
         for ring in list(self.rings.values()):
             if ring.pid in finished:              # (finished a moment ago: its stacks are there)
                 continue
-            ready = ring.taken_ready              # (read before the stacks: they only grow)
-            out.append((ring.pid, ring._taken, ready))
+            out.append((ring.pid, *ring.stacks_so_far()))
         return out
 
     def snapshot(self, timeout: float = 30.0) -> Dict[int, HeapProcess]:

@@ -291,7 +291,6 @@ def _add_flat_heap_block(block: HeapStacks, ids: _FrameIds, lists: Tuple[list, l
         block.ips = FlatStacks()
         del flat
         stackmap.give_back_memory()
-    stacks, pids, tids = lists
     root = ids.truncated() if any(truncated) else None
     is_new = bytearray(map(eq, first, range(n)))
     new_rows = array("I", compress(range(n), is_new))
@@ -307,21 +306,18 @@ def _add_flat_heap_block(block: HeapStacks, ids: _FrameIds, lists: Tuple[list, l
         rows = new_rows[part:part + _TRANSPOSE_ROWS]
         if not rows:
             continue
-        base = starts[rows[0]]
-        frame_ids = list(map(shared, found[base:starts[rows[-1] + 1]]))
-        del found[base:]
+        first_word = starts[rows[0]]
+        frame_ids = list(map(shared, found[first_word:starts[rows[-1] + 1]]))
+        del found[first_word:]
         for i in reversed(rows):
-            start, end = starts[i] - base, starts[i + 1] - base
+            start, end = starts[i] - first_word, starts[i + 1] - first_word
             frames = tuple(frame_ids[end - 1:start - 1 if start else None:-1]) if end > start else ()
             made.append((root,) + frames if truncated[i] else frames)
     made.reverse()
-    stacks.extend(made)
+    base = _add_rows(lists, made, pid)
     del made
-    count = len(stacks) - len(pids)
-    pids.extend(repeat(pid, count))
-    tids.extend(repeat(0, count))
     # a stack's row: that of the first stack alike, the rows numbered in order
-    row_of_new = list(accumulate(is_new, initial=len(pids) - count))
+    row_of_new = list(accumulate(is_new, initial=base))
     columns.add_block(array("l", map(row_of_new.__getitem__, first)), is_new, block.values)
     return True
 
@@ -331,25 +327,34 @@ def _add_live_rows(block: HeapStacks, live: "LiveHeapFrames", ids: _FrameIds, li
     """:func:`_add_heap_block` when every stack of the block got its row
     while the program ran (and no stack was left out of the block): those
     rows, as they are.  False (nothing added) otherwise: a stack holding
-    an address outside every file mapping, say, or a snapshot the session
-    holds otherwise; :func:`_add_heap_block` then resolves them all."""
+    an address outside its snapshot's file mappings, say, or a snapshot
+    the session holds otherwise; :func:`_add_heap_block` then resolves
+    them all."""
     if block.py is not None or block.left_out or not isinstance(block.ips, FlatStacks):
         return False
     rows = live.rows_of(block.pid, len(block))
     if rows is None:
         return False
     frames, row_of, is_new = rows
-    stacks, pids, tids = lists
-    base = len(stacks)
-    stacks.extend(frames)
-    pids.extend(repeat(block.pid, len(frames)))
-    tids.extend(repeat(0, len(frames)))
+    base = _add_rows(lists, frames, block.pid)
     stats = ids.resolver.stats
     stats["heap_stacks_live"] = stats.get("heap_stacks_live", 0) + len(block)
     if consume:
         block.ips = FlatStacks()
     columns.add_block(array("l", map(base.__add__, row_of)), is_new, block.values)
     return True
+
+
+def _add_rows(lists: Tuple[list, list, list], frames: Sequence[Tuple[int, ...]], pid: int) -> int:
+    """Append heap rows (``frames`` of each, root first) of process
+    ``pid`` to the profile's stacks, pids and tids (heap rows have no
+    thread: 0); returns the first one's index."""
+    stacks, pids, tids = lists
+    base = len(stacks)
+    stacks.extend(frames)
+    pids.extend(repeat(pid, len(frames)))
+    tids.extend(repeat(0, len(frames)))
+    return base
 
 
 def _consumed(stacks: list) -> Iterator:

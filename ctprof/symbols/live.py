@@ -12,9 +12,10 @@ frame table and resolver, and the rows the stacks make.
 What is resolved here is what the end would resolve alike.  Each stack's
 addresses are resolved under the process's maps snapshot of the moment,
 which at the end is one of the session's own snapshots.  Two things could
-still differ, and are left to the end: an address outside every file
-mapping (a snapshot taken later may map it; JIT code is named by a perf
-map read at the end), and a process whose stacks hold Python frames.
+still differ, and are left to the end: an address outside the file
+mappings of its own snapshot (the end looks for it in the nearest other
+snapshot, of those there are by then; JIT code is named by a perf map
+read at the end), and a process whose stacks hold Python frames.
 """
 from __future__ import annotations
 
@@ -224,8 +225,8 @@ class LiveHeapFrames:
 
 class _LiveFrameIds(_FrameIds):
     """:class:`~ctprof.symbols._FrameIds` noting the frames of addresses
-    outside every file mapping (``deferred``): stacks holding one are left
-    to the end."""
+    outside the file mappings of their own snapshot (``deferred``): stacks
+    holding one are left to the end."""
 
     def __init__(self, resolver: Resolver, profile: Profile) -> None:
         super().__init__(resolver, profile)
@@ -234,8 +235,6 @@ class _LiveFrameIds(_FrameIds):
     def _lookup(self, pid: int, gen: int, ip: int, is_return: bool, tables: tuple):
         known = ip in (tables[1] if is_return else tables[0])
         found = super()._lookup(pid, gen, ip, is_return, tables)
-        if not known:
-            mapping = self.resolver._find_mapping(pid, gen, ip)[0]
-            if mapping is None or not mapping.is_file:
-                self.deferred.update(found if type(found) is tuple else (found,))
+        if not known and not self.resolver.in_own_file_mapping(pid, gen, ip, is_return):
+            self.deferred.update(found if type(found) is tuple else (found,))
         return found

@@ -165,6 +165,15 @@ class _CachedLines:
             self.dirty = False
 
 
+
+def _looked_up(ip: int, is_return: bool) -> int:
+    """The address ``ip`` is named by.  A return address points at the
+    instruction after the call.  If the call was the function's last
+    instruction (a call to a noreturn function such as abort()), that is
+    already the next function, so ip - 1, inside the call instruction, is
+    looked up.  The leaf is the interrupted instruction itself, as is."""
+    return max(ip - 1, 0) if is_return else ip
+
 class Resolver:
     """Resolve raw addresses of a :class:`~ctprof.session.Session` to frames.
 
@@ -293,6 +302,18 @@ class Resolver:
             pm = PerfMap(proc.perf_map) if proc and proc.perf_map else None
             self._perfmaps[pid] = pm if pm else None
         return self._perfmaps[pid]
+
+    def in_own_file_mapping(self, pid: int, gen: int, ip: int, is_return: bool) -> bool:
+        """Does ``ip`` lie in a file mapping of generation ``gen``'s own
+        snapshot?  Then every resolution under that snapshot names it
+        alike.  (Otherwise :meth:`_find_mapping` falls back to the nearest
+        other snapshot, and which is nearest depends on the snapshots there
+        are by then; no file at all may be mapped there later.)"""
+        proc = self.session.processes.get(pid)
+        if proc is None or not 0 <= gen < len(proc.maps):
+            return False
+        m = self._table(pid, gen).find(_looked_up(ip, is_return))
+        return m is not None and m.is_file
 
     def _find_mapping(self, pid: int, gen: int, addr: int) -> Tuple[Optional[Mapping], int]:
         """The mapping of ``addr`` in generation ``gen``, else in the nearest
@@ -424,12 +445,7 @@ class Resolver:
         return ctx
 
     def _resolve(self, pid: int, gen: int, ip: int, is_return: bool) -> Tuple[Frame, ...]:
-        # A return address points at the instruction after the call.  If the
-        # call was the function's last instruction (a call to a noreturn
-        # function such as abort()), that is already the next function, so
-        # look up ip - 1, which is inside the call instruction.  The leaf is
-        # the interrupted instruction itself and is looked up as is.
-        look = max(ip - 1, 0) if is_return else ip
+        look = _looked_up(ip, is_return)
         pm = self._perfmaps.get(pid, 0)
         if pm == 0:
             pm = self._perfmap(pid)
