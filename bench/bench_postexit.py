@@ -85,7 +85,8 @@ def heap_of(session):
             if name in STAT_NAMES:
                 stats[STAT_NAMES.index(name)] = value
         stats[STAT_NAMES.index("truncated")] = 1 if s.truncated else 0
-        info.stacks.append(tuple(s.ips))     # (the leaf made the call address as they come over)
+        info.stacks.words.extend(s.ips)      # (the leaf made the call address as they come over)
+        info.stacks.lengths.append(len(s.ips))
         info.stats.extend(stats)
     return cpu, heap
 
