@@ -892,18 +892,20 @@ struct page_slot {
     uint32_t first, end;
 };
 
-/* The allocator's heap ranges ([heap], thread arenas), read whole before
- * the blocks are followed: the blocks are scanned from this copy, not
- * read one by one (a g++ compile's cc1plus follows 63,000 blocks at its
- * exit: 50 ms of process_vm_readv through batches of 256 pieces, against
- * 4 ms to read its 10 MiB heap at once; `as` leaves 16,000 unfreed blocks,
- * each read on its own when its lost group is looked for).  Only while
- * they total HEAP_IMAGE_MAX: a larger heap is read block by block. */
+/* The allocator's heap ranges ([heap], thread arenas), from their first
+ * block to their last, read whole before the blocks are followed: the
+ * blocks are scanned from this copy, not read one by one (a g++
+ * compile's cc1plus follows 63,000 blocks at its exit: 50 ms of
+ * process_vm_readv through batches of 256 pieces, against 6 ms to read
+ * its 10 MiB heap at once and 21 ms to scan it; `as` leaves 16,000
+ * unfreed blocks, each read on its own when its lost group is looked
+ * for).  Only while they total HEAP_IMAGE_MAX: the copy counts in the
+ * controller's peak memory, so a larger heap is read block by block. */
 struct heap_image {
     uint64_t lo, hi;
     unsigned char *data;
 };
-#define HEAP_IMAGE_MAX (64u << 20)
+#define HEAP_IMAGE_MAX (32u << 20)
 
 struct scan {
     struct consumer *c;

@@ -445,3 +445,22 @@ def test_heap_frames_made_while_the_program_runs(build, tmp_path):
     assert len([k for k in made if k[-1] == "site_path"]) == 4096
     assert sum(v[0] for k, v in made.items() if k[-1] == "site_malloc") == rounds + rounds // 2
     assert any(k[0] == "[truncated]" for k in made)
+
+
+@pytest.mark.parametrize("blocks", [1000, 300000])
+def test_leak_classes_whether_the_heap_is_copied_or_read_block_by_block(build, tmp_path, blocks):
+    """The leak scan follows the blocks in a copy of the allocator's heap
+    when it is small, and reads them one by one from a heap larger than it
+    copies (300,000 blocks of 128 bytes: over 40 MiB): the classes come
+    out the same."""
+    proc, p = run_mem(tmp_path, [build("heap_ballast.c"), str(blocks)])
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert site(p, "reachable_count", "ballast") == blocks + 1       # (and the array holding them)
+    assert site(p, "reachable_bytes", "ballast") == blocks * 128 + blocks * 8
+    assert site(p, "leaked_bytes", "ballast") == 0
+    assert site(p, "reachable_count", "held_list", anywhere=True) == 5
+    assert site(p, "definite_count", "lost_list", anywhere=True) == 1
+    assert site(p, "indirect_count", "lost_list", anywhere=True) == 7
+    assert site(p, "leaked_bytes", "lost_list", anywhere=True) == 8 * 64
+    assert site(p, "possibly_lost_bytes", "interior") == 96
+    assert site(p, "definite_bytes", "interior") == 0
