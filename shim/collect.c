@@ -1622,13 +1622,27 @@ static struct {
     uint32_t *sleeping_on;         /* the futex word it sleeps on (NULL: none), for drain_stop's wake */
 } drainer = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
+/* End the drainer's sleep (it sleeps holding its lock, up to
+ * DRAIN_IDLE_NS): each new process's drain_add, and its removal, waited
+ * for it, 0.5-1.5 ms each.  Only the wake, never a store: the ring it
+ * sleeps on may be unmapped once it has woken (the kernel then says
+ * EFAULT).  A wake that comes before the sleep is lost: the sleeper looks
+ * at `wanted` and `stop` after it said where it sleeps. */
+static void wake_drainer_sleep(void)
+{
+    uint32_t *sleeping = __atomic_load_n(&drainer.sleeping_on, __ATOMIC_SEQ_CST);
+    if (sleeping)
+        syscall(SYS_futex, sleeping, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
 /* The lock for a caller other than the drainer thread.  The mutex is not
  * fair and the drainer takes it again the moment it lets go, so a caller
  * could wait through dozens of its passes (ctprof_heap_drain_stop waited
  * 23-67 ms at the end of a run); it waits for `wanted` to clear instead. */
 static void lock_drainer(void)
 {
-    __atomic_add_fetch(&drainer.wanted, 1, __ATOMIC_ACQ_REL);
+    __atomic_add_fetch(&drainer.wanted, 1, __ATOMIC_SEQ_CST);
+    wake_drainer_sleep();
     pthread_mutex_lock(&drainer.lock);
     __atomic_sub_fetch(&drainer.wanted, 1, __ATOMIC_ACQ_REL);
 }
@@ -1724,7 +1738,11 @@ static void drain_sleep(struct consumer *c, void *base, int moved)
 {
     struct timespec idle = {0, DRAIN_IDLE_NS};
     if (!c) {
-        nanosleep(&idle, NULL);
+        static uint32_t no_ring = 1;     /* (never changes: only a wake ends the sleep early) */
+        __atomic_store_n(&drainer.sleeping_on, &no_ring, __ATOMIC_SEQ_CST);
+        if (!__atomic_load_n(&drainer.stop, __ATOMIC_SEQ_CST) && !__atomic_load_n(&drainer.wanted, __ATOMIC_SEQ_CST))
+            syscall(SYS_futex, &no_ring, FUTEX_WAIT, 1, &idle, NULL, 0);
+        __atomic_store_n(&drainer.sleeping_on, NULL, __ATOMIC_SEQ_CST);
         return;
     }
     struct ring_header *h = base;
@@ -1736,7 +1754,7 @@ static void drain_sleep(struct consumer *c, void *base, int moved)
     uint64_t room = __atomic_load_n(&c->grow_at, __ATOMIC_ACQUIRE) ? c->grow_size : h->data_size;
     if (!moved || waiting < room / 4) {
         __atomic_store_n(&drainer.sleeping_on, &hs->drain_wake, __ATOMIC_SEQ_CST);
-        if (!__atomic_load_n(&drainer.stop, __ATOMIC_SEQ_CST))
+        if (!__atomic_load_n(&drainer.stop, __ATOMIC_SEQ_CST) && !__atomic_load_n(&drainer.wanted, __ATOMIC_SEQ_CST))
             syscall(SYS_futex, &hs->drain_wake, FUTEX_WAIT, 1, &idle, NULL, 0);
         __atomic_store_n(&drainer.sleeping_on, NULL, __ATOMIC_SEQ_CST);
     }
@@ -1902,14 +1920,10 @@ CTPROF_API int ctprof_heap_watch(const char *dir)
  * them, and rings added from now on are drained the same way). */
 CTPROF_API void ctprof_heap_drain_stop(void)
 {
-    /* Stop it now, and end its sleep (which it sleeps holding the lock):
-     * the end of a run waited for it a millisecond twice.  (Set again
-     * below, under the lock: a drainer started meanwhile starts with it
-     * clear.) */
+    /* Stop it now (lock_drainer ends its sleep): the end of a run waited
+     * for it a millisecond twice.  (Set again below, under the lock: a
+     * drainer started meanwhile starts with it clear.) */
     __atomic_store_n(&drainer.stop, 1, __ATOMIC_SEQ_CST);
-    uint32_t *sleeping = __atomic_load_n(&drainer.sleeping_on, __ATOMIC_SEQ_CST);
-    if (sleeping)        /* (a ring unmapped since: the kernel says EFAULT, nothing more) */
-        syscall(SYS_futex, sleeping, FUTEX_WAKE, 1, NULL, NULL, 0);
     lock_drainer();
     int watch_fd = drainer.watch_fd_plus1 - 1;
     drainer.watch_fd_plus1 = 0;
