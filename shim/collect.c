@@ -905,6 +905,7 @@ struct heap_image {
     uint64_t lo, hi;
     unsigned char *data;
 };
+#define HEAP_IMAGE_MAX (32u << 20)
 
 /* Before the page index, one bit per 2 MiB region that holds a block
  * (hashed into 32 Ki bits: 4 KiB, at hand in the CPU's first-level
@@ -915,7 +916,6 @@ struct heap_image {
 #define REGION_SHIFT 21
 #define REGION_BITS 15
 #define REGION_WORDS ((1u << REGION_BITS) / 64)
-#define HEAP_IMAGE_MAX (32u << 20)
 
 struct scan {
     struct consumer *c;
@@ -1619,7 +1619,7 @@ static struct {
     int over;                      /* stopped for the run: a ring added late is the caller's to drain */
     int watch_fd_plus1;            /* inotify on the session directory (0: none) */
     int wanted;                    /* callers waiting for the lock: the drainer lets them in first */
-    uint32_t *sleeping_on;         /* the futex word it sleeps on (NULL: none), for drain_stop's wake */
+    uint32_t *sleeping_on;         /* the futex word it sleeps on (NULL: none), for lock_drainer's wake */
 } drainer = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 /* End the drainer's sleep (it sleeps holding its lock, up to
