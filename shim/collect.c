@@ -1350,7 +1350,13 @@ static void read_images(struct scan *s, const uint64_t *ranges, int nranges)
             last++;                  /* (the block holding hi - 1, if one does) */
         lo = s->blocks[first].lo > lo ? s->blocks[first].lo & ~4095ull : lo;
         hi = s->blocks[last - 1].hi < hi ? (s->blocks[last - 1].hi + 4095) & ~4095ull : hi;
-        unsigned char *data = malloc(hi - lo);
+        /* mapped, not malloc'ed: glibc would raise its mmap threshold to
+         * the size of a large block freed, and the next process's copy
+         * would then stay in the controller's heap, resident, once freed
+         * (13 MB after `as`'s scan) */
+        unsigned char *data = mmap(NULL, hi - lo, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (data == MAP_FAILED)
+            data = NULL;
         uint64_t a = lo;
         for (; data && a < hi; a += ROOT_PIECE) {
             size_t len = hi - a < ROOT_PIECE ? (size_t)(hi - a) : ROOT_PIECE;
@@ -1360,8 +1366,8 @@ static void read_images(struct scan *s, const uint64_t *ranges, int nranges)
         }
         if (data && a >= hi)
             s->images[s->nimages++] = (struct heap_image){lo, hi, data};
-        else
-            free(data);
+        else if (data)
+            munmap(data, hi - lo);
     }
     qsort(s->images, s->nimages, sizeof *s->images, by_image_lo);
 }
@@ -1373,7 +1379,7 @@ static void free_scan(struct scan *s)
     free(s->buf);
     free(s->pages);
     for (size_t i = 0; i < s->nimages; i++)
-        free(s->images[i].data);
+        munmap(s->images[i].data, s->images[i].hi - s->images[i].lo);
     free(s->images);
 }
 
