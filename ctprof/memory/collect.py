@@ -72,13 +72,15 @@ LOOK_STEP_S = 0.01
 #: How often the processes of the rings still open are checked for having exited.
 EXIT_CHECK_S = 0.05
 #: New stacks' addresses are copied while the program runs, this often and
-#: this many at a time, or half of those waiting when more wait (a few ms
-#: of the interpreter's time, behind the naming of Python frames), so that
-#: little is left once it has ended: cc1plus interns 20,000 stacks a second
-#: and 65,000 in its last bursts, and at 1,000 a step 15,000 were left to
-#: resolve after the compile (74 ms).
+#: this many at a time, or half of those waiting when more wait, up to
+#: TAKE_MAX_STACKS (a few ms of the interpreter's time, behind the naming
+#: of Python frames; at most some 30 ms, which an exiting process may
+#: wait), so that little is left once it has ended: cc1plus interns 20,000
+#: stacks a second and 65,000 in its last bursts, and at 1,000 a step
+#: 15,000 were left to resolve after the compile (74 ms).
 TAKE_STEP_S = 0.05
 TAKE_BATCH_STACKS = 1000
+TAKE_MAX_STACKS = 20000
 #: A process's event ring grows (once, into the rest of its file: 64 KiB to
 #: 512 KiB) when it has waited for ring space and the growth is at most
 #: this share of its peak RSS: a large program allocating flat out is not
@@ -262,7 +264,7 @@ class HeapRing(MappedFile):
         total = self.lib.ctprof_heap_nstacks(self.consumer)
         if limit is not None:
             waiting = total - len(self._taken)
-            total = min(total, len(self._taken) + max(limit, waiting // 2))
+            total = min(total, len(self._taken) + max(limit, min(waiting // 2, TAKE_MAX_STACKS)))
         if len(self._taken) >= total:
             return
         buf = (ctypes.c_uint64 * STACK_BATCH_WORDS)()
