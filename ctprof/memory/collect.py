@@ -259,8 +259,9 @@ class HeapRing(MappedFile):
 
     def _take_stacks(self, limit: Optional[int] = None) -> None:
         """Copy the addresses of stacks interned since the last call (at
-        most ``limit`` of them, or half of those waiting if that is more),
-        in batches of a few thousand; the consumer then lets go of them."""
+        most ``limit`` of them, or half of those waiting if that is more, up
+        to TAKE_MAX_STACKS), in batches of a few thousand; the consumer then
+        lets go of them."""
         total = self.lib.ctprof_heap_nstacks(self.consumer)
         if limit is not None:
             waiting = total - len(self._taken)
