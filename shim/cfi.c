@@ -82,6 +82,12 @@ void cfi_init(void)
     }
 }
 
+void cfi_cache_range(uint64_t *lo, uint64_t *hi)
+{
+    *lo = (uint64_t)(uintptr_t)cache;
+    *hi = cache ? *lo + sizeof(struct slot) * CACHE_SIZE : 0;
+}
+
 uint64_t cfi_cache_bytes(void)
 {
     /* The kernel knows which of its pages were touched (mincore). */

@@ -198,6 +198,7 @@ struct heap_shared {
      * then unread, and no writer that missed it can reach it. */
     uint64_t grow_at;
     uint64_t grow_size;
+    uint64_t own_cache_lo, own_cache_hi; /* the unwinder's rule cache: code addresses, no roots */
 };
 
 /* ---- heap.c (target side, only in the "mem" build) -------------------------
@@ -406,6 +407,9 @@ void cfi_code_unmapped(void);
 /* Bytes of the unwinder's caches that are resident: the pages of the rule
  * cache touched so far (mincore), and every thread's memo of its last walk. */
 uint64_t cfi_cache_bytes(void);
+/* Where the rule cache lies (0, 0 without one): none of it is a root of
+ * the leak scan. */
+void cfi_cache_range(uint64_t *lo, uint64_t *hi);
 enum {
     CFI_RULES = 1,        /* use .eh_frame rules (else the frame-pointer chain only) */
     CFI_ANY_MEMORY = 2,   /* reads outside [sp, stack top) through process_vm_readv

@@ -28,11 +28,12 @@ from ..files import process_running, process_state
 
 HEAP_SHARED_OFFSET = 2048
 HEAP_MAGIC = 0x50414548
-HEAP_HEADER = struct.Struct("<IIQII" + "Q" * 16 + "II" + "Q" * 4)
+HEAP_HEADER = struct.Struct("<IIQII" + "Q" * 16 + "II" + "Q" * 6)
 HEAP_FIELDS = ("magic", "depth", "sample_bytes", "exit_state", "detached", "exit_sp", "exit_fs", "exit_tid",
                "heartbeat_ns", "lost", "wait_ns", "controller_pid", "timed_calls", "timed_ns",
                "sampled_free_overflow", "unwind_cache_bytes", "detached_ns", "execs", "exec_pos",
-               "exit_tls_lo", "exit_tls_hi", "drain_wake", "spare", "own_lo", "own_hi", "grow_at", "grow_size")
+               "exit_tls_lo", "exit_tls_hi", "drain_wake", "spare", "own_lo", "own_hi", "grow_at", "grow_size",
+               "own_cache_lo", "own_cache_hi")
 EXIT_STATE_OFFSET = HEAP_SHARED_OFFSET + 16
 DETACHED_OFFSET = HEAP_SHARED_OFFSET + 20
 HEARTBEAT_OFFSET = HEAP_SHARED_OFFSET + 48
@@ -473,10 +474,13 @@ def root_ranges(pid: int, h: Dict[str, int], session_dir: str) -> List[Tuple[int
             ranges.append((lo, hi, RANGE_ARENA_LIKE))
         else:
             ranges.append((exit_sp if lo <= exit_sp < hi else lo, hi, RANGE_ROOT))
-    own_lo, own_hi = h.get("own_lo", 0), h.get("own_hi", 0)
-    if own_hi > own_lo:  # the shim's set of sampled addresses is not a root
-        ranges = [piece for lo, hi, kind in ranges
-                  for piece in ((lo, min(hi, own_lo), kind), (max(lo, own_hi), hi, kind)) if piece[1] > piece[0]]
+    # ctprof's own memory in the program is not a root: the shim's set of
+    # sampled addresses, its unwinder's rule cache
+    for own_lo, own_hi in ((h.get("own_lo", 0), h.get("own_hi", 0)),
+                           (h.get("own_cache_lo", 0), h.get("own_cache_hi", 0))):
+        if own_hi > own_lo:
+            ranges = [piece for lo, hi, kind in ranges
+                      for piece in ((lo, min(hi, own_lo), kind), (max(lo, own_hi), hi, kind)) if piece[1] > piece[0]]
     if h.get("exit_tls_hi", 0) > h.get("exit_tls_lo", 0):
         ranges.append((h["exit_tls_lo"], h["exit_tls_hi"], RANGE_ROOT))
     if h.get("exit_fs"):
