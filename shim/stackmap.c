@@ -96,9 +96,17 @@ CTPROF_API long ctprof_map_stacks(const uint64_t *words, const uint32_t *lengths
                                   const uint64_t *ret_keys, const uint32_t *ret_ids, size_t nret,
                                   uint32_t *out, uint64_t *missing, size_t missing_cap, int *complete)
 {
+    /* The tables of addresses reported are sized for this block: at most
+     * one pc a stack, and no more than it holds (sized for missing_cap
+     * alone, each call cleared 3 MiB: 2 ms for a process of a few stacks,
+     * a build's hundreds of processes) */
+    size_t nwords = 0;
+    for (size_t i = 0; i < nstacks; i++)
+        nwords += lengths[i];
     struct idtable pcs, rets, seen_pcs, seen_rets;
     int ok = table_init(&pcs, npc) == 0 & table_init(&rets, nret) == 0 &
-             table_init(&seen_pcs, missing_cap) == 0 & table_init(&seen_rets, missing_cap) == 0;
+             table_init(&seen_pcs, nstacks < missing_cap ? nstacks : missing_cap) == 0 &
+             table_init(&seen_rets, nwords < missing_cap ? nwords : missing_cap) == 0;
     long reported = -1;
     if (!ok)
         goto out;

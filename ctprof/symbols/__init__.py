@@ -289,8 +289,9 @@ def _add_flat_heap_block(block: HeapStacks, ids: _FrameIds, lists: Tuple[list, l
     starts, n = flat.starts(), len(flat)
     if consume:                            # the addresses' last use
         block.ips = FlatStacks()
+        words = len(flat.words)
         del flat
-        stackmap.give_back_memory()
+        stackmap.give_back_memory(words)
     root = ids.truncated() if any(truncated) else None
     is_new = bytearray(map(eq, first, range(n)))
     new_rows = array("I", compress(range(n), is_new))

@@ -46,14 +46,28 @@ def _library():
     return _lib
 
 
-def give_back_memory() -> None:
+#: Addresses let go of that are worth handing back to the system (8 MiB):
+#: a trim costs some 0.3 ms, and a build's hundreds of small processes
+#: each let go of a few.
+GIVE_BACK_WORDS = 1 << 20
+
+_malloc_trim = None
+
+
+def give_back_memory(words: int) -> None:
     """Hand memory malloc holds free back to the system (glibc's
-    ``malloc_trim``).  The stacks' addresses (tens of MiB) may have come
-    from malloc's heap rather than a mapping of their own, and the frames
-    built next are Python objects, whose allocator maps memory of its own:
-    without this, both would count in the controller's peak memory."""
+    ``malloc_trim``) once ``words`` addresses were let go of, if that is
+    many.  The stacks' addresses (tens of MiB) may have come from malloc's
+    heap rather than a mapping of their own, and the frames built next are
+    Python objects, whose allocator maps memory of its own: without this,
+    both would count in the controller's peak memory."""
+    global _malloc_trim
+    if words < GIVE_BACK_WORDS:
+        return
     try:
-        ctypes.CDLL(None).malloc_trim(0)
+        if _malloc_trim is None:
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        _malloc_trim(0)
     except (OSError, AttributeError):        # not glibc
         pass
 
@@ -84,7 +98,8 @@ def frame_ids(words: "array[int]", lengths: "array[int]", tables: tuple,
     if lib is None:
         return None
     out = array("I", bytes(4 * len(words)))
-    missing = array("Q", bytes(16 * MISSING_PER_PASS))
+    per_pass = min(MISSING_PER_PASS, len(words))          # (each address is reported once)
+    missing = array("Q", bytes(16 * per_pass))
     complete = ctypes.c_int(0)
     while True:
         if multi[0]:
@@ -93,7 +108,7 @@ def frame_ids(words: "array[int]", lengths: "array[int]", tables: tuple,
         found = lib.ctprof_map_stacks(_address(words), _address(lengths), len(lengths),
                                       _address(pc_keys), _address(pc_ids), len(pc_keys),
                                       _address(ret_keys), _address(ret_ids), len(ret_keys),
-                                      _address(out), _address(missing), MISSING_PER_PASS, ctypes.byref(complete))
+                                      _address(out), _address(missing), per_pass, ctypes.byref(complete))
         if found < 0:
             return None
         if found == 0:
