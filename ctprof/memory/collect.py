@@ -131,6 +131,8 @@ def bind(shim: str):
     lib.ctprof_heap_wait_attention.argtypes = [ctypes.c_int]
     lib.ctprof_heap_wait_attention.restype = ctypes.c_int
     lib.ctprof_heap_raise_attention.argtypes = []
+    lib.ctprof_heap_exit_wake.argtypes = [vp]
+    lib.ctprof_heap_exit_wake.restype = None
     return lib
 
 
@@ -374,7 +376,12 @@ class HeapRing(MappedFile):
         self.info.scanned = rc == 0
         if rc != 0:
             self.info.scan_error = "could not read the program's memory for the leak scan"
+        self.release_exit()
+
+    def release_exit(self) -> None:
+        """Let the process go on from its exit hook, and wake it there."""
         struct.pack_into("<I", self.map, EXIT_STATE_OFFSET, EXIT_SCANNED)
+        self.lib.ctprof_heap_exit_wake(self.address)
 
     def snapshot(self) -> HeapProcess:
         """A copy of what is known now (for a snapshot while the program
@@ -554,7 +561,7 @@ class HeapCollector:
             ring.scan()
         except Exception as err:  # the target must never be left waiting
             ring.info.scan_error = f"the leak scan failed: {err}"
-            struct.pack_into("<I", ring.map, EXIT_STATE_OFFSET, EXIT_SCANNED)
+            ring.release_exit()
 
     def poll_once(self, final: bool = False) -> int:
         self._discover(force=final)
