@@ -898,7 +898,7 @@ struct page_slot {
  * blocks are scanned from this copy, not read one by one (a g++
  * compile's cc1plus follows 63,000 blocks at its exit: 50 ms of
  * process_vm_readv through batches of 256 pieces, against 6 ms to read
- * its 10 MiB heap at once and 21 ms to scan it; `as` leaves 16,000
+ * its 10 MiB heap at once and 21-31 ms to scan it; `as` leaves 16,000
  * unfreed blocks, each read on its own when its lost group is looked
  * for).  Only while they total HEAP_IMAGE_MAX: the copy counts in the
  * controller's peak memory, so a larger heap is read block by block. */
@@ -1745,20 +1745,30 @@ static struct consumer *consumer_of(void *base)
     return NULL;
 }
 
+/* The drainer's sleep: on the futex `word` while it holds 1, for
+ * DRAIN_IDLE_NS at most, and not at all once a caller wants the lock or
+ * the drainer is to stop.  It says where it sleeps first, so that
+ * lock_drainer can end the sleep (wake_drainer_sleep). */
+static void sleep_on(uint32_t *word)
+{
+    struct timespec idle = {0, DRAIN_IDLE_NS};
+    __atomic_store_n(&drainer.sleeping_on, word, __ATOMIC_SEQ_CST);
+    if (!__atomic_load_n(&drainer.stop, __ATOMIC_SEQ_CST) && !__atomic_load_n(&drainer.wanted, __ATOMIC_SEQ_CST))
+        syscall(SYS_futex, word, FUTEX_WAIT, 1, &idle, NULL, 0);
+    __atomic_store_n(&drainer.sleeping_on, NULL, __ATOMIC_SEQ_CST);
+}
+
 /* Sleep until `base`'s writers (`c`'s) have a quarter of its ring waiting (they
  * wake us), or DRAIN_IDLE_NS -- at once if the last pass moved records
  * and a quarter already waits.  (A pass that moved nothing sleeps
  * whatever waits: a record whose writer stopped inside the hook holds the
- * ring up until it is judged gone, and must not be spun on.) */
+ * ring up until it is judged gone, and must not be spun on.)  With no
+ * ring (`c` NULL), DRAIN_IDLE_NS or until a caller wants the lock. */
 static void drain_sleep(struct consumer *c, void *base, int moved)
 {
-    struct timespec idle = {0, DRAIN_IDLE_NS};
     if (!c) {
         static uint32_t no_ring = 1;     /* (never changes: only a wake ends the sleep early) */
-        __atomic_store_n(&drainer.sleeping_on, &no_ring, __ATOMIC_SEQ_CST);
-        if (!__atomic_load_n(&drainer.stop, __ATOMIC_SEQ_CST) && !__atomic_load_n(&drainer.wanted, __ATOMIC_SEQ_CST))
-            syscall(SYS_futex, &no_ring, FUTEX_WAIT, 1, &idle, NULL, 0);
-        __atomic_store_n(&drainer.sleeping_on, NULL, __ATOMIC_SEQ_CST);
+        sleep_on(&no_ring);
         return;
     }
     struct ring_header *h = base;
@@ -1768,12 +1778,8 @@ static void drain_sleep(struct consumer *c, void *base, int moved)
     uint64_t waiting = __atomic_load_n(&h->write_pos, __ATOMIC_SEQ_CST) - __atomic_load_n(&h->read_pos, __ATOMIC_SEQ_CST);
     /* the ring's room as this side set it, not as the header says */
     uint64_t room = __atomic_load_n(&c->grow_at, __ATOMIC_ACQUIRE) ? c->grow_size : h->data_size;
-    if (!moved || waiting < room / 4) {
-        __atomic_store_n(&drainer.sleeping_on, &hs->drain_wake, __ATOMIC_SEQ_CST);
-        if (!__atomic_load_n(&drainer.stop, __ATOMIC_SEQ_CST) && !__atomic_load_n(&drainer.wanted, __ATOMIC_SEQ_CST))
-            syscall(SYS_futex, &hs->drain_wake, FUTEX_WAIT, 1, &idle, NULL, 0);
-        __atomic_store_n(&drainer.sleeping_on, NULL, __ATOMIC_SEQ_CST);
-    }
+    if (!moved || waiting < room / 4)
+        sleep_on(&hs->drain_wake);
     __atomic_store_n(&hs->drain_wake, 0, __ATOMIC_SEQ_CST);
 }
 

@@ -664,7 +664,7 @@ void heap_at_exit(void)
         /* "moving" here is the controller's heartbeat: the scan beats as it reads */
         if (t - start > 600000000000ull || give_up(t, beat > start ? beat : start, &checked, &stopped))
             break;
-        /* the controller wakes us when it is done (ctprof_heap_exit_release);
+        /* the controller wakes us when it is done (ctprof_heap_exit_wake);
          * the timeout keeps the checks above going */
         struct timespec ts = {0, 2000000};
         syscall(SYS_futex, &hs->exit_state, FUTEX_WAIT, EXIT_WAITING, &ts, NULL, 0);

@@ -165,7 +165,6 @@ class _CachedLines:
             self.dirty = False
 
 
-
 def _looked_up(ip: int, is_return: bool) -> int:
     """The address ``ip`` is named by.  A return address points at the
     instruction after the call.  If the call was the function's last
@@ -173,6 +172,7 @@ def _looked_up(ip: int, is_return: bool) -> int:
     already the next function, so ip - 1, inside the call instruction, is
     looked up.  The leaf is the interrupted instruction itself, as is."""
     return max(ip - 1, 0) if is_return else ip
+
 
 class Resolver:
     """Resolve raw addresses of a :class:`~ctprof.session.Session` to frames.
