@@ -7,7 +7,10 @@ are charged there) and prints it, so start-up and post-processing do not
 count.  For each tool the cost per sample is the slope of the work's CPU
 time against the number of samples over 0, 100, 1000 and 4000 Hz (least
 squares), in microseconds; the profiler's own CPU (the controller's, for
-ctprof the unwinding done outside the program) is reported beside it.
+ctprof the unwinding done outside the program) is reported beside it, and
+what the cost buys: the share of the work's samples whose call chain is
+complete (thread entry, ``worker``, ``middle``; the target is built with
+``-O2`` and so without frame pointers, as most programs are).
 Runs are interleaved (plain, ctprof kernel, ctprof signal, perf -g, perf
 --call-graph dwarf, plain, ...) and medians reported.  On a virtual machine
 whose neighbours steal time the medians still move by several per cent, so
@@ -29,6 +32,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RATES = (100, 1000, 4000)
+#: A sample of the work (in one of these) is complete if its chain holds all of CHAIN.
+WORK_LEAVES = ("inner", "mix")
+CHAIN = ("start_thread", "worker", "middle")
 
 
 def compile_prog(tmp: str, name: str) -> str:
@@ -68,44 +74,94 @@ def slope_us(points) -> float:
 
 
 def tools(tmp: str, env, have_perf: bool):
+    """name -> (command maker (hz, cmd), reader of the last run's complete-chain share)."""
     out = os.path.join(tmp, "b.ctprof")
     ctprof = [sys.executable, "-m", "ctprof", "run", "-q", "-o", out]
     perf_data = os.path.join(tmp, "perf.data")
     found = {
-        "ctprof (kernel sampler)": lambda hz, cmd: ctprof + ["--sampler", "kernel", "--hz", str(hz), "--"] + cmd,
-        "ctprof --sampler signal": lambda hz, cmd: ctprof + ["--sampler", "signal", "--hz", str(hz), "--"] + cmd,
+        "ctprof (kernel sampler)": (lambda hz, cmd: ctprof + ["--sampler", "kernel", "--hz", str(hz), "--"] + cmd,
+                                    lambda: ctprof_complete_share(out)),
+        "ctprof --sampler signal": (lambda hz, cmd: ctprof + ["--sampler", "signal", "--hz", str(hz), "--"] + cmd,
+                                    lambda: ctprof_complete_share(out)),
     }
     if have_perf:
-        found["perf record -g"] = lambda hz, cmd: ["perf", "record", "-q", "-g", "-F", str(hz), "-o", perf_data, "--"] + cmd
-        found["perf record --call-graph dwarf"] = lambda hz, cmd: [
-            "perf", "record", "-q", "--call-graph", "dwarf", "-F", str(hz), "-o", perf_data, "--"] + cmd
+        found["perf record -g"] = (
+            lambda hz, cmd: ["perf", "record", "-q", "-g", "-F", str(hz), "-o", perf_data, "--"] + cmd,
+            lambda: perf_complete_share(perf_data))
+        found["perf record --call-graph dwarf"] = (
+            lambda hz, cmd: ["perf", "record", "-q", "--call-graph", "dwarf", "-F", str(hz), "-o", perf_data,
+                             "--"] + cmd,
+            lambda: perf_complete_share(perf_data))
     return found
 
 
-def stack_copy_table(prog: str, cmd, tmp: str, env, have_perf: bool, runs: int) -> None:
-    """What the kernel sampler's stack copy costs: the fastest of ``runs``
-    interleaved runs of each configuration (interference only adds time)."""
+def complete_share(stacks) -> float:
+    """Share of the work's samples, among (names, count) pairs, whose chain is complete."""
+    work = complete = 0
+    for names, n in stacks:
+        if any(leaf in names for leaf in WORK_LEAVES):
+            work += n
+            if all(c in names for c in CHAIN):
+                complete += n
+    return complete / work if work else float("nan")
+
+
+def ctprof_complete_share(path: str) -> float:
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    import ctprof
+    return complete_share(ctprof.load(path).named_stacks("samples"))
+
+
+def perf_complete_share(path: str) -> float:
+    """perf script prints each sample's chain, one frame a line, samples
+    separated by blank lines."""
+    text = subprocess.run(["perf", "script", "-i", path, "-F", "ip,sym"], capture_output=True, text=True).stdout
+    stacks = []
+    for block in text.split("\n\n"):
+        names = tuple(line.split()[1] for line in block.splitlines() if len(line.split()) >= 2)
+        if names:
+            stacks.append((names, 1))
+    return complete_share(stacks)
+
+
+def sample_parts_table(cmd, tmp: str, env, have_perf: bool, runs: int) -> None:
+    """Where a sample's cost goes: at 4000 Hz, configurations that add one
+    part at a time (the timer interrupt and the record alone, a frame-pointer
+    walk, stack copies of 1, 8 and 32 KiB) over ``runs`` interleaved rounds,
+    in us per sample: from each one's fastest run (interference only adds
+    time) and from the median of its runs less their round's plain run."""
     out = os.path.join(tmp, "s.ctprof")
-    ctprof = [sys.executable, "-m", "ctprof", "run", "-q", "-o", out, "--sampler", "kernel"]
-    configs = {
-        "plain": cmd,
-        "kernel sampler, 1000 Hz, 32 KiB copy": ctprof + ["--hz", "1000", "--"] + cmd,
-        "kernel sampler, 4000 Hz, 32 KiB copy": ctprof + ["--hz", "4000", "--"] + cmd,
-        "kernel sampler, 4000 Hz, --stack-kb 8": ctprof + ["--hz", "4000", "--stack-kb", "8", "--"] + cmd,
-    }
+    perf_data = os.path.join(tmp, "perf.data")
+    ctprof = [sys.executable, "-m", "ctprof", "run", "-q", "-o", out, "--sampler", "kernel", "--hz", "4000"]
+    perf = ["perf", "record", "-q", "-F", "4000", "-o", perf_data]
+    configs = {"plain": cmd}
     if have_perf:
-        configs["perf record -g, 4000 Hz"] = ["perf", "record", "-q", "-g", "-F", "4000", "-o",
-                                              os.path.join(tmp, "perf.data"), "--"] + cmd
-    fastest = {name: float("inf") for name in configs}
+        configs["perf record, no call graph: the interrupt and the record"] = perf + ["--"] + cmd
+        configs["perf record -g: + a frame-pointer walk"] = perf + ["-g", "--"] + cmd
+        configs["perf record --call-graph dwarf: + an 8 KiB stack copy"] = perf + ["--call-graph", "dwarf", "--"] + cmd
+    for kb in (1, 8, 32):
+        note = " (the default)" if kb == 32 else ""
+        configs[f"ctprof, {kb} KiB stack copy{note}"] = ctprof + ["--stack-kb", str(kb), "--"] + cmd
+    works = {name: [] for name in configs}
     for _ in range(runs):
         for name, command in configs.items():
-            fastest[name] = min(fastest[name], measured(command, env=env, cwd=tmp)[0])
-    base = fastest["plain"]
-    print(f"\n## The stack copy (fastest of {runs} interleaved runs)\n")
-    print("| configuration | work CPU s | slowdown |")
-    print("|---|---|---|")
-    for name, work in fastest.items():
-        print(f"| {name} | {work:.3f} | {100 * (work / base - 1):+.1f}% |")
+            works[name].append(measured(command, env=env, cwd=tmp)[0])
+    base = min(works["plain"])
+    samples = 4000 * base
+    print(f"\n## Where a sample's cost goes (4000 Hz, {runs} interleaved rounds)\n")
+    print("Fastest run of each, and the median over rounds of each run less the same round's plain run "
+          "(steadier when interference comes in bursts).\n")
+    print("| configuration | work CPU s (fastest) | slowdown | us per sample (fastest) | us per sample (paired median) |")
+    print("|---|---|---|---|---|")
+    for name, values in works.items():
+        work = min(values)
+        if name == "plain":
+            print(f"| {name} | {work:.3f} | | | |")
+            continue
+        paired = statistics.median(v - p for v, p in zip(values, works["plain"]))
+        print(f"| {name} | {work:.3f} | {100 * (work / base - 1):+.1f}% | {1e6 * (work - base) / samples:.1f} | "
+              f"{1e6 * paired / samples:.1f} |")
 
 
 def main() -> int:
@@ -123,17 +179,20 @@ def main() -> int:
         iters = "300000000" if args.quick else "600000000"
         cmd = [prog, "1", iters]
         table = tools(tmp, env, have_perf)
-        for make in table.values():                      # warm the shim and symbol caches
+        for make, _complete in table.values():           # warm the shim and symbol caches
             measured(make(100, [prog, "1", "1000"]), env=env, cwd=tmp)
         plain, plain_wall = [], []
         results = {(name, hz): [] for name in table for hz in RATES}
+        complete = {name: [] for name in table}
         for _ in range(runs):
             work, _wall, _tool, work_wall = measured(cmd)
             plain.append(work)
             plain_wall.append(work_wall)
             for hz in RATES:
-                for name, make in table.items():
+                for name, (make, complete_now) in table.items():
                     results[(name, hz)].append(measured(make(hz, cmd), env=env, cwd=tmp))
+                    if hz == 1000:
+                        complete[name].append(complete_now())
         base = statistics.median(plain)
         base_wall = statistics.median(plain_wall)
         base_min = min(plain)
@@ -157,9 +216,14 @@ def main() -> int:
                       f"{statistics.median(r[1] for r in rows):.3f} |")
             print(f"| {name} | **per sample** | **{slope_us(points):.1f} us** (fastest runs: "
                   f"{slope_us(min_points):.1f} us) | | **{slope_us(wall_points):.1f} us** | | | |")
+        print("\n## What the cost buys: samples of the work with a complete call chain (1000 Hz, median)\n")
+        print("| tool | complete chains |")
+        print("|---|---|")
+        for name, shares in complete.items():
+            print(f"| {name} | {100 * statistics.median(shares):.1f}% |")
         if not have_perf:
             print("\nperf record is not usable here: its rows are missing")
-        stack_copy_table(prog, cmd, tmp, env, have_perf, runs)
+        sample_parts_table(cmd, tmp, env, have_perf, runs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
