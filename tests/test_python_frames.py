@@ -684,6 +684,82 @@ def test_mem_bytes_per_python_function(tmp_path, which):
         assert beneath_ok >= 0.99 * total, f"{python}: native frames beneath on {beneath_ok} of {total} bytes"
 
 
+LIVE = "pyf_heap_live"
+LIVE_SOURCE = '''\
+import sys, time
+
+keep = []
+
+
+def leaf_a(n):
+    for _ in range(n):
+        keep.append(bytearray(64))
+
+
+def leaf_b(n):
+    for _ in range(n):
+        keep.append(bytearray(96))
+
+
+def level(depth, n):
+    if depth == 0:
+        leaf_a(n)
+        leaf_b(n)
+    else:
+        level(depth - 1, n)
+
+
+# New call stacks keep coming for seconds: deeper each round, up to 60.
+end = time.monotonic() + float(sys.argv[1])
+rounds = 0
+while time.monotonic() < end:
+    level(rounds % 60, 20)
+    rounds += 1
+    if len(keep) > 100000:
+        keep.clear()
+'''
+
+
+def test_mem_python_stacks_resolved_while_the_program_runs(tmp_path):
+    """run --mem resolves a CPython program's heap stacks, Python frames
+    and all, while it runs (symbols.live): the profile it saves is the one
+    its raw session resolves to at the end."""
+    from ctprof import fileformat
+    from ctprof.build import build_profile
+    python = supported_interpreters("system")[0]
+    script = str(tmp_path / (LIVE + ".py"))
+    with open(script, "w") as f:
+        f.write(LIVE_SOURCE)
+    proc = ctprof(["run", "--mem", "-o", "live.ctprof", "--", python, script, "2"], cwd=str(tmp_path),
+                  env={"PYTHONMALLOC": "malloc"})
+    assert proc.returncode == 0, proc.stderr.decode()
+    profile, _ = load_profile(str(tmp_path / "live.ctprof"))
+    stats = profile.metadata["symbol_stats"]
+    # one process: its rows came from the live work, some while it ran
+    assert stats.get("heap_stacks_live", 0) > 0
+    assert stats["heap_stacks_live"] - stats.get("heap_stacks_at_end", 0) > 0
+    _, session = fileformat.load(str(tmp_path / "live.ctprof"))
+    again = build_profile(session, progress=False)
+
+    def heap_rows(p):
+        rows = {}
+        for k, stack in enumerate(p.stacks):
+            if p.values["alloc_count"][k]:
+                key = tuple(p.frames[f].name for f in stack)
+                rows[key] = tuple(p.values[m][k] for m in ("alloc_count", "alloc_bytes", "leaked_bytes",
+                                                          "reachable_bytes", "peak_bytes"))
+        return rows
+    made = heap_rows(profile)
+    assert made == heap_rows(again)
+    # every depth of the recursion, each under its callers: the frames are Python frames
+    depths = set()
+    for names in made:
+        at = py_index(names, LIVE, "leaf_a")
+        if at is not None:
+            depths.add(sum(1 for n in names[:at] if py_index((n,), LIVE, "level") is not None))
+    assert depths == set(range(1, 61))
+
+
 def samples_of_metric(profile, metric: str) -> List[Tuple[Tuple[str, ...], int, Optional[int]]]:
     values = profile.values[metric]
     return [(tuple(profile.frames[i].name for i in stack), values[k], profile.tids[k] if profile.tids else None)

@@ -55,6 +55,10 @@ NSTAT = 18
 #: Words of the buffer the heap stacks are fetched in (256 KiB: about a
 #: thousand stacks a call; a stack has at most a few hundred words).
 STACK_BATCH_WORDS = 1 << 15
+#: A CPython process's version and the code objects its heap stacks' Python
+#: frames name, as read so far ((address, fingerprint) -> entry, or absent
+#: while not read yet).
+PythonCodes = Tuple[Tuple[int, int], Dict[Tuple[int, int], list]]
 STAT_NAMES = ("alloc_count", "alloc_bytes", "free_count", "free_bytes", "live_count", "live_bytes",
               "peak_count", "peak_bytes", "definite_count", "definite_bytes", "indirect_count",
               "indirect_bytes", "reachable_count", "reachable_bytes", "truncated", "possible_count",
@@ -299,11 +303,13 @@ class HeapRing(MappedFile):
         self.taken_ready = len(lengths)
         self.lib.ctprof_heap_drop_taken(self.consumer, len(lengths))
 
-    def stacks_so_far(self) -> Tuple[FlatStacks, int]:
-        """The stacks taken so far and how many of them are complete (for
-        another thread: the complete ones never change)."""
+    def stacks_so_far(self) -> Tuple[FlatStacks, int, Optional[PythonCodes]]:
+        """The stacks taken so far, how many of them are complete (for
+        another thread: the complete ones never change), and the code
+        objects their Python frames name so far, if it is a CPython."""
         ready = self.taken_ready              # (read before the stacks: they only grow)
-        return self._taken, ready
+        interp = self.codes.interp
+        return self._taken, ready, (interp.version, self.codes.entries) if interp is not None else None
 
     def _stacks(self, final: bool) -> Tuple[FlatStacks, "array[int]"]:
         """Every stack's addresses, and all their statistics (see
@@ -632,12 +638,15 @@ class HeapCollector:
         else:
             time.sleep(0.001)
 
-    def stacks_so_far(self) -> List[Tuple[int, FlatStacks, int]]:
-        """(pid, its stacks, how many of them are complete) of every process
-        seen, for a caller on another thread while the program runs (the
-        complete ones never change)."""
-        out = [(info.pid, info.stacks, len(info.stacks)) for info in list(self._finished.values())]
-        finished = {pid for pid, _, _ in out}
+    def stacks_so_far(self) -> List[Tuple[int, FlatStacks, int, Optional[PythonCodes]]]:
+        """(pid, its stacks, how many of them are complete, the code objects
+        their Python frames name so far) of every process seen, for a caller
+        on another thread while the program runs (the complete ones never
+        change; code objects are only added)."""
+        out = [(info.pid, info.stacks, len(info.stacks),
+                (info.python_version, info.python_codes) if info.python_version is not None else None)
+               for info in list(self._finished.values())]
+        finished = {pid for pid, *_ in out}
         for ring in list(self.rings.values()):
             if ring.pid in finished:              # (finished a moment ago: its stacks are there)
                 continue

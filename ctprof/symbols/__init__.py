@@ -30,6 +30,9 @@ from .resolve import TRUNCATED, Resolver, _Progress
 if TYPE_CHECKING:
     from .live import LiveHeapFrames
 
+#: A heap stack's row when the live work left it to the end (:mod:`.live`).
+NO_ROW = 0xFFFFFFFF
+
 __all__ = ["resolve_session", "Resolver", "TRUNCATED"]
 
 
@@ -118,7 +121,8 @@ def resolve_session(session: Session, *, demangle: bool = True, lines: bool = Fa
                                                      f"{resolver.stats['addresses']} addresses")
             columns.flush()
             for block in heap:
-                if live is None or not _add_live_rows(block, live, ids, (stacks, pids, tids), columns, consume):
+                if live is None or not _add_live_rows(block, live, ids, python, (stacks, pids, tids), columns,
+                                                      consume):
                     _add_heap_block(block, ids, python, (stacks, pids, tids), columns, consume)
     finally:
         resolver.close()
@@ -323,27 +327,61 @@ def _add_flat_heap_block(block: HeapStacks, ids: _FrameIds, lists: Tuple[list, l
     return True
 
 
-def _add_live_rows(block: HeapStacks, live: "LiveHeapFrames", ids: _FrameIds, lists: Tuple[list, list, list],
-                   columns: "_Columns", consume: bool) -> bool:
-    """:func:`_add_heap_block` when every stack of the block got its row
+def _add_live_rows(block: HeapStacks, live: "LiveHeapFrames", ids: _FrameIds, python: PythonFrames,
+                   lists: Tuple[list, list, list], columns: "_Columns", consume: bool) -> bool:
+    """:func:`_add_heap_block` when the stacks of the block got their rows
     while the program ran (and no stack was left out of the block): those
-    rows, as they are.  False (nothing added) otherwise: a stack holding
-    an address outside its snapshot's file mappings, say, or a snapshot
-    the session holds otherwise; :func:`_add_heap_block` then resolves
-    them all."""
-    if block.py is not None or block.left_out or not isinstance(block.ips, FlatStacks):
+    rows, as they are.  Stacks left to the end (an address outside its
+    snapshot's file mappings, as allocations a fork child made before it
+    exec'd have) are resolved here, as :func:`_add_heap_block` resolves
+    them.  False (nothing added) where the rows cannot be used (a
+    snapshot the session holds otherwise, say): :func:`_add_heap_block`
+    then resolves them all."""
+    if block.left_out:
         return False
     rows = live.rows_of(block.pid, len(block))
     if rows is None:
         return False
     frames, row_of, is_new = rows
-    base = _add_rows(lists, frames, block.pid)
     stats = ids.resolver.stats
-    stats["heap_stacks_live"] = stats.get("heap_stacks_live", 0) + len(block)
+    left = row_of.count(NO_ROW)
+    if left:
+        frames, row_of, is_new = _rows_with_the_rest(block, ids, python, frames, row_of)
+        stats["heap_stacks_at_end"] = stats.get("heap_stacks_at_end", 0) + left
+    base = _add_rows(lists, frames, block.pid)
+    stats["heap_stacks_live"] = stats.get("heap_stacks_live", 0) + len(block) - left
     if consume:
         block.ips = FlatStacks()
     columns.add_block(array("l", map(base.__add__, row_of)), is_new, block.values)
     return True
+
+
+def _rows_with_the_rest(block: HeapStacks, ids: _FrameIds, python: PythonFrames,
+                        made: List[Tuple[int, ...]], made_row_of: "array[int]"):
+    """Every stack's row when some were left to the end (NO_ROW): those
+    resolved now, and the rows numbered anew in the order of their first
+    stack, as :func:`_add_heap_block` numbers them."""
+    root = ids.truncated() if any(block.truncated) else None
+    rows: dict = {}
+    frames_of_rows: List[Tuple[int, ...]] = []
+    row_of = array("l")
+    is_new = bytearray()
+    for i, made_row in enumerate(made_row_of):
+        if made_row != NO_ROW:
+            frames = made[made_row]
+        else:
+            frames = ids.special(block.raw_stack(i), python) if block.py and block.py[i] else \
+                ids.stack(block.pid, block.gen, block.ips[i])
+            if block.truncated[i]:
+                frames = (root,) + frames
+        row = rows.setdefault(frames, len(frames_of_rows))
+        if row == len(frames_of_rows):
+            frames_of_rows.append(frames)
+            is_new.append(1)
+        else:
+            is_new.append(0)
+        row_of.append(row)
+    return frames_of_rows, row_of, is_new
 
 
 def _add_rows(lists: Tuple[list, list, list], frames: Sequence[Tuple[int, ...]], pid: int) -> int:

@@ -11,11 +11,15 @@ frame table and resolver, and the rows the stacks make.
 
 What is resolved here is what the end would resolve alike.  Each stack's
 addresses are resolved under the process's maps snapshot of the moment,
-which at the end is one of the session's own snapshots.  Two things could
-still differ, and are left to the end: an address outside the file
-mappings of its own snapshot (the end looks for it in the nearest other
-snapshot, of those there are by then; JIT code is named by a perf map
-read at the end), and a process whose stacks hold Python frames.
+which at the end is one of the session's own snapshots.  An address
+outside the file mappings of its own snapshot could still resolve
+otherwise, and its stack is left to the end (which looks for it in the
+nearest other snapshot, of those there are by then; JIT code is named by a
+perf map read at the end).  A stack's Python frames are named from the
+code objects the collector has read from the process (it reads each one
+once, while the process lives): a stack naming one not read yet waits for
+the next poll, or for the end of the run, when the table is the one the
+end itself uses.
 """
 from __future__ import annotations
 
@@ -23,20 +27,22 @@ import time
 from array import array
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
-from ..capture.pystacks import PYFRAMES_MARK
+from ..capture.pystacks import INDEX_AND_ENTRY, PYFRAMES_MARK, CodeTable, python_part
 from ..profile import Profile
 from ..session import FlatStacks, ProcessInfo, Session
-from . import _FrameIds
+from . import NO_ROW, _FrameIds
+from .python import PythonFrames
 from .resolve import Resolver
+
+#: A CPython process's version and the code objects its heap stacks name so
+#: far ((address, fingerprint) -> entry): memory.collect.PythonCodes.
+PythonCodes = Tuple[Tuple[int, int], Dict[Tuple[int, int], list]]
 
 
 #: Stacks of a process still unresolved at the end that are resolved
 #: here all the same (more, and a quarter of its stacks, go to the end's
 #: whole-block path: a Python step per stack is slower there).
 LEFT_AT_END = 5000
-
-#: A stack's row when it has none (left to the end).
-NO_ROW = 0xFFFFFFFF
 
 #: The controller's time given to resolving stacks at one of its polls
 #: (they come every 20 ms; a g++ compile interns some 25,000 stacks a
@@ -56,12 +62,13 @@ class _Process:
         self.is_new = bytearray()       # per stack: it is its row's first
         self.rows: Dict[Tuple[int, ...], int] = {}          # frames -> row
         self.row_frames: List[Tuple[int, ...]] = []         # row -> frames
-        self.all_made = 0               # the stacks before this one all have their row
         self.word = 0                   # where the next stack starts in stacks.words
         self.off = False                # Python frames: all left to the end
         self.maps: Dict[int, str] = {}  # the snapshots they were resolved under, by generation
         self.exe = ""                   # ... and the executable (a process may exec another)
         self.current = False            # its snapshot was its maps of the moment at the last poll
+        self.python: Optional[PythonCodes] = None   # its code objects read so far (a CPython)
+        self.codes: Optional[CodeTable] = None      # ... numbered for the frames made here
 
 
 class LiveHeapFrames:
@@ -79,16 +86,19 @@ class LiveHeapFrames:
                                  group_functions=group_functions)
         self.profile = Profile()
         self.ids = _LiveFrameIds(self.resolver, self.profile)
+        self.python = PythonFrames(self.session)
         self.options = (demangle, group_functions)
         self.failed = False
         self._processes: Dict[int, _Process] = {}
 
-    def step(self, processes: Dict[int, ProcessInfo], stacks: Sequence[Tuple[int, FlatStacks, int]]) -> None:
+    def step(self, processes: Dict[int, ProcessInfo],
+             stacks: Sequence[Tuple[int, FlatStacks, int, Optional[PythonCodes]]]) -> None:
         """Resolve stacks not yet resolved, for about STEP_SECONDS.
         ``processes``: each process's maps snapshots so far, the last the
         newest (others may be ""); ``stacks``: (pid, its stacks, how many
-        of them are complete).  Never raises: the run goes on, and the end
-        resolves everything itself (:attr:`failed`)."""
+        of them are complete, its code objects read so far if it is a
+        CPython).  Never raises: the run goes on, and the end resolves
+        everything itself (:attr:`failed`)."""
         if self.failed:
             return
         try:
@@ -96,11 +106,12 @@ class LiveHeapFrames:
         except Exception:              # (a defect here must not cost the run)
             self.failed = True
 
-    def _step(self, processes: Dict[int, ProcessInfo], stacks: Sequence[Tuple[int, FlatStacks, int]]) -> None:
+    def _step(self, processes: Dict[int, ProcessInfo],
+              stacks: Sequence[Tuple[int, FlatStacks, int, Optional[PythonCodes]]]) -> None:
         deadline = time.monotonic() + STEP_SECONDS
         for state in self._processes.values():
             state.current = False
-        for pid, flat, ready in stacks:
+        for pid, flat, ready, python in stacks:
             proc = processes.get(pid)
             if proc is None or not proc.maps:
                 continue                       # (its maps changed since the last snapshot: later)
@@ -116,13 +127,17 @@ class LiveHeapFrames:
                     state.off = True
                 continue
             state.current = True
+            state.python = python
             while self._resolve_some(pid, proc, state, min(ready, len(flat.lengths)), BATCH_STACKS):
                 if time.monotonic() >= deadline:
                     return
 
-    def _resolve_some(self, pid: int, proc: ProcessInfo, state: _Process, ready: int, budget: int) -> int:
+    def _resolve_some(self, pid: int, proc: ProcessInfo, state: _Process, ready: int, budget: int,
+                      final: bool = False) -> int:
         """Resolve the next stacks of a process, up to ``budget``, under its
-        newest maps snapshot; returns how many."""
+        newest maps snapshot; returns how many.  ``final``: the process's
+        code objects are all read (a code object not read is then unnamed,
+        as the end names it)."""
         first = len(state.row_of)
         last = min(ready, first + budget)
         if state.off or last <= first:
@@ -135,8 +150,10 @@ class LiveHeapFrames:
         lengths = state.stacks.lengths[first:last]
         end = state.word + sum(lengths)
         words = state.stacks.words[state.word:end]
-        if PYFRAMES_MARK in words:
-            state.off = True
+        has_python = PYFRAMES_MARK in words
+        if has_python and state.python is None:
+            if final:
+                state.off = True               # (no code table: the end names them)
             return 0
         ids, deferred = self.ids, self.ids.deferred
         rows, row_frames, row_of, is_new = state.rows, state.row_frames, state.row_of, state.is_new
@@ -145,10 +162,17 @@ class LiveHeapFrames:
             state.off = True
             return 0
         root = ids.truncated() if any(cut) else None
-        pos = 0
+        pos = done = 0
         for n, truncated in zip(lengths, cut):
-            frames = ids.stack(pid, gen, tuple(words[pos:pos + n]))
+            stack = tuple(words[pos:pos + n])
+            if has_python and PYFRAMES_MARK in stack:
+                frames = self._python_stack(pid, gen, stack, state, final)
+                if frames is None:
+                    break                      # (a code object not read yet: from here at the next poll)
+            else:
+                frames = ids.stack(pid, gen, stack)
             pos += n
+            done += 1
             if deferred and not deferred.isdisjoint(frames):
                 row_of.append(NO_ROW)
                 is_new.append(0)
@@ -163,12 +187,33 @@ class LiveHeapFrames:
             else:
                 is_new.append(0)
             row_of.append(row)
-        if state.all_made == first and NO_ROW not in row_of[first:]:
-            state.all_made = len(row_of)
-        state.word = end
+        state.word += pos
         # (each address is resolved once: the tables above are the cache)
         self.resolver.forget_addresses()
-        return last - first
+        return done
+
+    def _python_stack(self, pid: int, gen: int, words: Tuple[int, ...], state: _Process,
+                      final: bool) -> Optional[Tuple[int, ...]]:
+        """Frames of a stack the program recorded with its Python frames,
+        as the end makes them (``_FrameIds.special``); None if it names a
+        code object not read yet."""
+        cut, pairs = python_part(words)
+        if not pairs:
+            return self.ids.stack(pid, gen, words[:cut])
+        version, entries = state.python
+        if state.codes is None or state.codes.version != version:
+            state.codes = CodeTable(version)
+            self.python.use_codes(pid, version, state.codes.entries)
+        py: List[int] = []
+        for key, word in pairs:
+            entry = entries.get(key)
+            if entry is None and not final:
+                return None
+            py.append(state.codes.id_of(key, entry))
+            py.append(word & INDEX_AND_ENTRY)
+        native = self.ids.per_address(pid, gen, words[:cut])
+        return tuple(self.python.merge(pid, native, tuple(py), self.profile.frames.__getitem__,
+                                       self.profile.intern))
 
     def take_over(self, session: Session, *, demangle: bool, lines: bool, group_functions: bool) -> bool:
         """Hand the frame table and the resolver to the resolution of the
@@ -206,18 +251,19 @@ class LiveHeapFrames:
             if left and not state.current:
                 state.off = True               # (no snapshot of its maps at the end of its run)
             if proc is not None and not state.off:
-                done = self._resolve_some(pid, proc, state, len(state.stacks.lengths), left)
+                done = self._resolve_some(pid, proc, state, len(state.stacks.lengths), left, final=True)
                 stats = self.resolver.stats          # (the rest were resolved while the program ran)
                 stats["heap_stacks_at_end"] = stats.get("heap_stacks_at_end", 0) + done
             state.stacks = FlatStacks()
 
     def rows_of(self, pid: int, n: int) -> "Optional[Tuple[List[Tuple[int, ...]], array[int], bytearray]]":
-        """The rows of ``pid``'s first ``n`` stacks, if all of them have
-        one: the rows' frames in order, each stack's row, whether it is
-        its row's first.  None otherwise.  Either way the process's rows
-        are handed over: asked again, None."""
+        """The rows of ``pid``'s first ``n`` stacks, if all of them were
+        resolved: the rows' frames in order, each stack's row (NO_ROW for
+        a stack left to the end), whether it is its row's first.  None
+        otherwise.  Either way the process's rows are handed over: asked
+        again, None."""
         state = self._processes.pop(pid, None)
-        if state is None or state.off or state.all_made < n:
+        if state is None or state.off or len(state.row_of) < n:
             return None
         is_new = state.is_new[:n]
         return state.row_frames[:sum(is_new)], state.row_of[:n], is_new

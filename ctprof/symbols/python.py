@@ -60,6 +60,11 @@ class PythonFrames:
         self._group_memo: Dict[Tuple[int, Tuple[int, ...]], List[List[int]]] = {}
         self._eval_memo: Dict[Tuple[int, ...], bool] = {}
 
+    def use_codes(self, pid: int, version: Tuple[int, int], codes: list) -> None:
+        """Name ``pid``'s Python frames from ``codes`` (a code table's
+        entries, which may grow meanwhile)."""
+        self.codes[pid] = (version, codes)
+
     def _make(self, pid: int, code_id: int, index: int) -> Frame:
         version, codes = self.codes.get(pid, ((0, 0), []))
         entry = codes[code_id] if 0 <= code_id < len(codes) else None
