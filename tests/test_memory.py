@@ -447,6 +447,33 @@ def test_heap_frames_made_while_the_program_runs(build, tmp_path):
     assert any(k[0] == "[truncated]" for k in made)
 
 
+def test_heap_frames_made_while_an_execed_process_runs(build, tmp_path):
+    """A process's allocations from before its exec name code of the old
+    image, outside the snapshot its later stacks are resolved under while it
+    runs: those stacks are resolved at the end, the others keep the rows
+    made while it ran, and the profile is the one its raw session resolves
+    to."""
+    from ctprof import fileformat
+    from ctprof.build import build_profile
+    proc, p = run_mem(tmp_path, [build("heap_exec_live.c", "-g"), "1.5"])
+    assert proc.returncode == 0, proc.stderr.decode()
+    stats = p.metadata["symbol_stats"]
+    assert stats.get("heap_stacks_at_end", 0) > 0
+    assert stats["heap_stacks_live"] > stats["heap_stacks_at_end"]
+    assert site(p, "alloc_count", "before_exec") == 7
+    assert site(p, "alloc_bytes", "before_exec") == 7 * 50
+    blocks = int(re.search(rb"after_exec (\d+)", proc.stdout).group(1))
+    assert site(p, "alloc_count", "after_exec") == blocks
+    _, session = fileformat.load(str(tmp_path / "mem.ctprof"))
+    again = build_profile(session, progress=False)
+
+    def heap_rows(profile):
+        return {tuple(profile.frames[f].name for f in stack):
+                tuple(profile.values[m][i] for m in ("alloc_count", "alloc_bytes", "leaked_bytes"))
+                for i, stack in enumerate(profile.stacks) if profile.values["alloc_count"][i]}
+    assert heap_rows(p) == heap_rows(again)
+
+
 @pytest.mark.parametrize("blocks", [1000, 300000])
 def test_leak_classes_whether_the_heap_is_copied_or_read_block_by_block(build, tmp_path, blocks):
     """The leak scan follows the blocks in a copy of the allocator's heap
