@@ -82,6 +82,24 @@ def share(profile, predicate, metric: str = "samples") -> float:
     return hit / total if total else 0.0
 
 
+HEAP_ROW_METRICS = ("alloc_count", "alloc_bytes", "leaked_bytes", "reachable_bytes", "peak_bytes")
+
+
+def heap_rows(profile) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
+    """Each heap row (a stack that allocated) by its frame names: its figures."""
+    return {tuple(profile.frames[f].name for f in stack): tuple(profile.values[m][i] for m in HEAP_ROW_METRICS)
+            for i, stack in enumerate(profile.stacks) if profile.values["alloc_count"][i]}
+
+
+def heap_rows_at_the_end(path: str) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
+    """:func:`heap_rows` of the profile a saved run's raw session resolves
+    to now, with nothing made while the program ran."""
+    from ctprof import fileformat
+    from ctprof.build import build_profile
+    _, session = fileformat.load(path)
+    return heap_rows(build_profile(session, progress=False))
+
+
 def has_chain(names, chain) -> bool:
     """True if ``chain`` appears in ``names`` as consecutive frames."""
     n = len(chain)

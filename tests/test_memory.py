@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import ctprof, ctprof_env, load_profile
+from conftest import ctprof, ctprof_env, heap_rows, heap_rows_at_the_end, load_profile
 
 
 def run_mem(tmp_path, argv, *options, timeout=120):
@@ -419,8 +419,6 @@ def test_heap_frames_made_while_the_program_runs(build, tmp_path):
     the program runs (symbols.live): the profile it saves is the one the
     raw session it saved beside it resolves to at the end, and the counts
     are the program's."""
-    from ctprof import fileformat
-    from ctprof.build import build_profile
     rounds = 6000                      # 4096 stacks of site_path met over the first 2/3 of the run
     proc, p = run_mem(tmp_path, [build("heap_alike.c", "-g"), str(rounds), "400"])
     assert proc.returncode == 0, proc.stderr.decode()
@@ -428,19 +426,8 @@ def test_heap_frames_made_while_the_program_runs(build, tmp_path):
     # every heap stack got its row from the live work, some while the program ran
     assert stats.get("heap_stacks_live", 0) > 4096
     assert stats["heap_stacks_live"] - stats.get("heap_stacks_at_end", 0) > 0
-    _, session = fileformat.load(str(tmp_path / "mem.ctprof"))
-    again = build_profile(session, progress=False)
-
-    def heap_rows(profile):
-        rows = {}
-        for i, stack in enumerate(profile.stacks):
-            if profile.values["alloc_count"][i]:
-                key = tuple(profile.frames[f].name for f in stack)
-                rows[key] = tuple(profile.values[m][i] for m in ("alloc_count", "alloc_bytes", "leaked_bytes",
-                                                                 "reachable_bytes", "peak_bytes"))
-        return rows
     made = heap_rows(p)
-    assert made == heap_rows(again)
+    assert made == heap_rows_at_the_end(str(tmp_path / "mem.ctprof"))
     assert sum(v[0] for k, v in made.items() if k[-1] == "site_path") == rounds
     assert len([k for k in made if k[-1] == "site_path"]) == 4096
     assert sum(v[0] for k, v in made.items() if k[-1] == "site_malloc") == rounds + rounds // 2
@@ -453,8 +440,6 @@ def test_heap_frames_made_while_an_execed_process_runs(build, tmp_path):
     runs: those stacks are resolved at the end, the others keep the rows
     made while it ran, and the profile is the one its raw session resolves
     to."""
-    from ctprof import fileformat
-    from ctprof.build import build_profile
     proc, p = run_mem(tmp_path, [build("heap_exec_live.c", "-g"), "1.5"])
     assert proc.returncode == 0, proc.stderr.decode()
     stats = p.metadata["symbol_stats"]
@@ -464,14 +449,7 @@ def test_heap_frames_made_while_an_execed_process_runs(build, tmp_path):
     assert site(p, "alloc_bytes", "before_exec") == 7 * 50
     blocks = int(re.search(rb"after_exec (\d+)", proc.stdout).group(1))
     assert site(p, "alloc_count", "after_exec") == blocks
-    _, session = fileformat.load(str(tmp_path / "mem.ctprof"))
-    again = build_profile(session, progress=False)
-
-    def heap_rows(profile):
-        return {tuple(profile.frames[f].name for f in stack):
-                tuple(profile.values[m][i] for m in ("alloc_count", "alloc_bytes", "leaked_bytes"))
-                for i, stack in enumerate(profile.stacks) if profile.values["alloc_count"][i]}
-    assert heap_rows(p) == heap_rows(again)
+    assert heap_rows(p) == heap_rows_at_the_end(str(tmp_path / "mem.ctprof"))
 
 
 @pytest.mark.parametrize("blocks", [1000, 300000])

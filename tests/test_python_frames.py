@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
-from conftest import ctprof, load_profile, python_interpreters
+from conftest import ctprof, heap_rows, heap_rows_at_the_end, load_profile, python_interpreters
 
 from ctprof.capture import cpython
 
@@ -724,8 +724,6 @@ def test_mem_python_stacks_resolved_while_the_program_runs(tmp_path):
     """run --mem resolves a CPython program's heap stacks, Python frames
     and all, while it runs (symbols.live): the profile it saves is the one
     its raw session resolves to at the end."""
-    from ctprof import fileformat
-    from ctprof.build import build_profile
     python = supported_interpreters("system")[0]
     script = str(tmp_path / (LIVE + ".py"))
     with open(script, "w") as f:
@@ -738,19 +736,8 @@ def test_mem_python_stacks_resolved_while_the_program_runs(tmp_path):
     # one process: its rows came from the live work, some while it ran
     assert stats.get("heap_stacks_live", 0) > 0
     assert stats["heap_stacks_live"] - stats.get("heap_stacks_at_end", 0) > 0
-    _, session = fileformat.load(str(tmp_path / "live.ctprof"))
-    again = build_profile(session, progress=False)
-
-    def heap_rows(p):
-        rows = {}
-        for k, stack in enumerate(p.stacks):
-            if p.values["alloc_count"][k]:
-                key = tuple(p.frames[f].name for f in stack)
-                rows[key] = tuple(p.values[m][k] for m in ("alloc_count", "alloc_bytes", "leaked_bytes",
-                                                          "reachable_bytes", "peak_bytes"))
-        return rows
     made = heap_rows(profile)
-    assert made == heap_rows(again)
+    assert made == heap_rows_at_the_end(str(tmp_path / "live.ctprof"))
     # every depth of the recursion, each under its callers: the frames are Python frames
     depths = set()
     for names in made:
