@@ -155,7 +155,8 @@ class LiveHeapFrames:
             if final:
                 state.off = True               # (no code table: the end names them)
             return 0
-        ids, deferred = self.ids, self.ids.deferred
+        ids = self.ids
+        deferred = ids.deferred.setdefault((pid, gen), set())
         rows, row_frames, row_of, is_new = state.rows, state.row_frames, state.row_of, state.is_new
         cut = state.stacks.truncated[first:last]
         if len(cut) < last - first:            # (not said: left to the end)
@@ -173,7 +174,7 @@ class LiveHeapFrames:
                 frames = ids.stack(pid, gen, stack)
             pos += n
             done += 1
-            if deferred and not deferred.isdisjoint(frames):
+            if deferred and not deferred.isdisjoint(stack):
                 row_of.append(NO_ROW)
                 is_new.append(0)
                 continue
@@ -270,17 +271,17 @@ class LiveHeapFrames:
 
 
 class _LiveFrameIds(_FrameIds):
-    """:class:`~ctprof.symbols._FrameIds` noting the frames of addresses
-    outside the file mappings of their own snapshot (``deferred``): stacks
-    holding one are left to the end."""
+    """:class:`~ctprof.symbols._FrameIds` noting, per process and maps
+    generation, the addresses outside the file mappings of their own
+    snapshot (``deferred``): stacks holding one are left to the end."""
 
     def __init__(self, resolver: Resolver, profile: Profile) -> None:
         super().__init__(resolver, profile)
-        self.deferred: Set[int] = set()
+        self.deferred: Dict[Tuple[int, int], Set[int]] = {}
 
     def _lookup(self, pid: int, gen: int, ip: int, is_return: bool, tables: tuple):
         known = ip in (tables[1] if is_return else tables[0])
         found = super()._lookup(pid, gen, ip, is_return, tables)
         if not known and not self.resolver.in_own_file_mapping(pid, gen, ip, is_return):
-            self.deferred.update(found if type(found) is tuple else (found,))
+            self.deferred.setdefault((pid, gen), set()).add(ip)
         return found
