@@ -63,7 +63,7 @@ class _Process:
         self.rows: Dict[Tuple[int, ...], int] = {}          # frames -> row
         self.row_frames: List[Tuple[int, ...]] = []         # row -> frames
         self.word = 0                   # where the next stack starts in stacks.words
-        self.off = False                # Python frames: all left to the end
+        self.off = False                # all its stacks left to the end
         self.maps: Dict[int, str] = {}  # the snapshots they were resolved under, by generation
         self.exe = ""                   # ... and the executable (a process may exec another)
         self.current = False            # its snapshot was its maps of the moment at the last poll
@@ -253,8 +253,11 @@ class LiveHeapFrames:
                 state.off = True               # (no snapshot of its maps at the end of its run)
             if proc is not None and not state.off:
                 done = self._resolve_some(pid, proc, state, len(state.stacks.lengths), left, final=True)
-                stats = self.resolver.stats          # (the rest were resolved while the program ran)
-                stats["heap_stacks_at_end"] = stats.get("heap_stacks_at_end", 0) + done
+                # (the rest were resolved while the program ran; those given
+                # no row are counted where the end resolves them)
+                made = done - state.row_of[len(state.row_of) - done:].count(NO_ROW) if done else 0
+                stats = self.resolver.stats
+                stats["heap_stacks_at_end"] = stats.get("heap_stacks_at_end", 0) + made
             state.stacks = FlatStacks()
 
     def rows_of(self, pid: int, n: int) -> "Optional[Tuple[List[Tuple[int, ...]], array[int], bytearray]]":
