@@ -202,9 +202,12 @@ class LiveHeapFrames:
         if not pairs:
             return self.ids.stack(pid, gen, words[:cut])
         version, entries = state.python
-        if state.codes is None or state.codes.version != version:
+        if state.codes is None:
             state.codes = CodeTable(version)
             self.python.use_codes(pid, version, state.codes.entries)
+        elif state.codes.version != version:
+            state.off = True                   # (another interpreter: the frames made are the end's to judge)
+            return None
         py: List[int] = []
         for key, word in pairs:
             entry = entries.get(key)
