@@ -1125,27 +1125,6 @@ static void beat(struct scan *s)
         __atomic_store_n(s->heartbeat, now_ns(), __ATOMIC_RELAXED);
 }
 
-/* Read [lo, hi) in chunks (unreadable pages skipped) and scan it. */
-static void scan_range(struct scan *s, uint64_t lo, uint64_t hi, uint8_t source, int skip_blocks)
-{
-    const size_t chunk = 1 << 20;
-    lo &= ~7ull;
-    for (uint64_t a = lo; a < hi; a += chunk) {
-        size_t len = hi - a < chunk ? (size_t)(hi - a) : chunk;
-        ssize_t got = read_remote(s->pid, a, s->buf, len);
-        if (got == (ssize_t)len) {
-            scan_words(s, s->buf, a, len, source, skip_blocks);
-        } else {
-            for (uint64_t pg = a; pg < a + len; pg = (pg & ~4095ull) + 4096) {
-                size_t l = (size_t)(((pg & ~4095ull) + 4096 < a + len ? (pg & ~4095ull) + 4096 : a + len) - pg);
-                if (read_remote(s->pid, pg, s->buf, l) == (ssize_t)l)
-                    scan_words(s, s->buf, pg, l, source, skip_blocks);
-            }
-        }
-        beat(s);
-    }
-}
-
 /* The copy of [lo, hi) in a heap image, NULL if none holds it. */
 static const unsigned char *image_of(const struct scan *s, uint64_t lo, uint64_t hi)
 {
@@ -1160,6 +1139,30 @@ static const unsigned char *image_of(const struct scan *s, uint64_t lo, uint64_t
     if (a < s->nimages && lo >= s->images[a].lo && hi <= s->images[a].hi)
         return s->images[a].data + (lo - s->images[a].lo);
     return NULL;
+}
+
+/* Read [lo, hi) in chunks (unreadable pages skipped) and scan it; a
+ * chunk a heap image holds is scanned from the copy. */
+static void scan_range(struct scan *s, uint64_t lo, uint64_t hi, uint8_t source, int skip_blocks)
+{
+    const size_t chunk = 1 << 20;
+    lo &= ~7ull;
+    for (uint64_t a = lo; a < hi; a += chunk) {
+        size_t len = hi - a < chunk ? (size_t)(hi - a) : chunk;
+        const unsigned char *copy = image_of(s, a, a + len);
+        if (copy) {
+            scan_words(s, copy, a, len, source, skip_blocks);
+        } else if (read_remote(s->pid, a, s->buf, len) == (ssize_t)len) {
+            scan_words(s, s->buf, a, len, source, skip_blocks);
+        } else {
+            for (uint64_t pg = a; pg < a + len; pg = (pg & ~4095ull) + 4096) {
+                size_t l = (size_t)(((pg & ~4095ull) + 4096 < a + len ? (pg & ~4095ull) + 4096 : a + len) - pg);
+                if (read_remote(s->pid, pg, s->buf, l) == (ssize_t)l)
+                    scan_words(s, s->buf, pg, l, source, skip_blocks);
+            }
+        }
+        beat(s);
+    }
 }
 
 /* Drain the work list: read the listed blocks in batches and scan each
@@ -1442,12 +1445,7 @@ static int scan_locked(struct consumer *c, int pid, const uint64_t *ranges, int 
     if (c->sample_bytes > 0) {
         for (int r = 0; r < nranges; r++) {
             if (range_kind(&s, ranges + 3 * r) == RANGE_HEAP) {
-                uint64_t lo = ranges[3 * r], hi = ranges[3 * r + 1];
-                const unsigned char *copy = image_of(&s, lo, hi);
-                if (copy)
-                    scan_words(&s, copy, lo, (size_t)(hi - lo), POSSIBLE, 1);
-                else
-                    scan_range(&s, lo, hi, POSSIBLE, 1);
+                scan_range(&s, ranges[3 * r], ranges[3 * r + 1], POSSIBLE, 1);
                 drain_work(&s);
             }
         }

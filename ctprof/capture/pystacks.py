@@ -51,6 +51,10 @@ INDEX_AND_ENTRY = (1 << PRINT_SHIFT) - 1
 #: Samples waiting for the drain beyond this many are dropped (a drain that
 #: stopped must not grow the controller without bound).
 MAX_PENDING = 1_000_000
+#: A CPython process's version and the code objects its heap stacks' Python
+#: frames name, as read so far ((address, fingerprint) -> entry, absent
+#: while not read yet): what the heap collector hands the live frames.
+PythonCodes = Tuple[Tuple[int, int], Dict[Tuple[int, int], list]]
 
 
 def _load():
@@ -314,7 +318,7 @@ def parse_code(data: bytes, off: int, end: int) -> Tuple[int, int, Optional[list
     return pid, address, [_decode(qw, qualname), _decode(fw, filename), firstlineno, linetable.hex()]
 
 
-def python_part(words: Sequence[int]):
+def _python_part(words: Sequence[int]):
     """(where PYFRAMES_MARK is, the (code object key, index word) pairs
     after it) of an in-process event's words; (len(words), []) if none."""
     try:
@@ -328,13 +332,13 @@ def python_part(words: Sequence[int]):
 def code_addresses(words: Sequence[int]) -> List[Tuple[int, int]]:
     """The code objects of an in-process event's Python frames, as
     (address, fingerprint) pairs."""
-    return [key for key, _ in python_part(words)[1]]
+    return [key for key, _ in _python_part(words)[1]]
 
 
 def split_python(words: Tuple[int, ...], code_id) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     """An in-process event's words as (return addresses, Python frames with
     each code object replaced by ``code_id((address, fingerprint))``)."""
-    cut, pairs = python_part(words)
+    cut, pairs = _python_part(words)
     if not pairs and cut == len(words):
         return words, ()
     py: List[int] = []

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
 from ..capture.build import shim_path
-from ..capture.pystacks import PYFRAMES_MARK, CodeReader
+from ..capture.pystacks import PYFRAMES_MARK, CodeReader, PythonCodes
 from ..capture.ring import MappedFile
 from ..errors import BuildError
 from ..session import FlatStacks
@@ -55,10 +55,6 @@ NSTAT = 18
 #: Words of the buffer the heap stacks are fetched in (256 KiB: about a
 #: thousand stacks a call; a stack has at most a few hundred words).
 STACK_BATCH_WORDS = 1 << 15
-#: A CPython process's version and the code objects its heap stacks' Python
-#: frames name, as read so far ((address, fingerprint) -> entry, or absent
-#: while not read yet).
-PythonCodes = Tuple[Tuple[int, int], Dict[Tuple[int, int], list]]
 STAT_NAMES = ("alloc_count", "alloc_bytes", "free_count", "free_bytes", "live_count", "live_bytes",
               "peak_count", "peak_bytes", "definite_count", "definite_bytes", "indirect_count",
               "indirect_bytes", "reachable_count", "reachable_bytes", "truncated", "possible_count",

@@ -18,7 +18,7 @@ from __future__ import annotations
 from array import array
 from itertools import accumulate, chain, compress, repeat
 from operator import attrgetter, eq, not_
-from typing import TYPE_CHECKING, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ..nogc import paused_collector
 from ..profile import Profile
@@ -209,6 +209,12 @@ class _FrameIds:
             out.append(f if type(f) is tuple else (f,))
         return out
 
+    def with_python(self, pid: int, gen: int, ips: Sequence[int], py: Sequence[int],
+                    python: PythonFrames) -> List[int]:
+        """Frame ids root first of native addresses ``ips`` (leaf first)
+        with the Python frames ``py`` in place of the eval loop's frames."""
+        return python.merge(pid, self.per_address(pid, gen, ips), py, self.profile.frames.__getitem__, self.intern)
+
     def special(self, s, python) -> Tuple[int, ...]:
         """A stack with Python frames, or an off-CPU stack (whose reason is
         the leaf, in place of an address)."""
@@ -217,8 +223,7 @@ class _FrameIds:
         if marker is not None:
             ips = ips[1:]
         if s.py:
-            native = self.per_address(s.pid, s.gen, ips)
-            parts = list(python.merge(s.pid, native, s.py, self.profile.frames.__getitem__, self.intern))
+            parts = list(self.with_python(s.pid, s.gen, ips, s.py, python))
         else:
             parts = list(self.stack(s.pid, s.gen, ips))
         if marker is not None:
@@ -236,43 +241,65 @@ def _add_heap_block(block: HeapStacks, ids: _FrameIds, python: PythonFrames,
     if block.py is None and isinstance(block.ips, FlatStacks) and \
             _add_flat_heap_block(block, ids, lists, columns, consume):
         return
-    stacks, pids, tids = lists
     pid, gen, py, truncated, all_ips = block.pid, block.gen, block.py, block.truncated, block.ips
     pcs, returns, multi = ids.tables_of(pid, gen)
     return_frame = returns.__getitem__
     root = ids.truncated() if any(truncated) else None
-    # A process's heap rows are keyed by their frames alone: they are the
-    # only rows without a thread (a raw stack's tid is its thread's), and
-    # a process has one block.
-    row_of_frames: dict = {}
+
+    def frames_of_stacks() -> Iterator[Tuple[int, ...]]:
+        for i, ips in enumerate(all_ips):
+            frames = None
+            if not (py and py[i]) and not multi[0]:
+                try:                   # _heap_frames' ids.stack inlined: every address seen
+                    frames = (*map(return_frame, ips[:0:-1]), pcs[ips[0]])
+                    if truncated[i]:
+                        frames = (root,) + frames
+                except KeyError:       # a new address
+                    pass
+            if frames is None:
+                frames = _heap_frames(block, i, ids, python, root)
+            if consume and type(all_ips) is list:
+                all_ips[i] = ()
+            yield frames
+    frames, row_of, is_new = _number_rows(frames_of_stacks())
+    base = _add_rows(lists, frames, pid)
+    if consume:
+        block.ips = FlatStacks()
+    columns.add_block(array("l", map(base.__add__, row_of)), is_new, block.values)
+
+
+def _heap_frames(block: HeapStacks, i: int, ids: _FrameIds, python: PythonFrames,
+                 root: Optional[int]) -> Tuple[int, ...]:
+    """Frame ids root first of a heap block's stack ``i`` as the end
+    resolves it (``root``: the ``[truncated]`` frame of a stack cut at the
+    depth limit)."""
+    if block.py and block.py[i]:
+        frames = ids.special(block.raw_stack(i), python)
+    else:
+        frames = ids.stack(block.pid, block.gen, block.ips[i])
+    return (root,) + frames if block.truncated[i] else frames
+
+
+def _number_rows(frames_of_stacks: Iterable[Tuple[int, ...]]) -> \
+        Tuple[List[Tuple[int, ...]], "array[int]", bytearray]:
+    """One process's heap rows: a stack that resolves like an earlier one
+    adds to that one's row (a process's heap rows are keyed by their
+    frames alone: they are the only rows without a thread, and a process
+    has one block).  The rows' frames in order of their first stack, each
+    stack's row, and whether it is its row's first."""
+    rows: dict = {}
+    frames_of_rows: List[Tuple[int, ...]] = []
     row_of = array("l")
     is_new = bytearray()
-    for i, ips in enumerate(all_ips):
-        if py and py[i]:
-            frames = ids.special(block.raw_stack(i), python)
-        elif multi[0]:                 # inlined frames (--lines): expanded there
-            frames = ids.stack(pid, gen, ips)
-        else:                          # ids.stack inlined: every address seen
-            try:
-                frames = (*map(return_frame, ips[:0:-1]), pcs[ips[0]])
-            except KeyError:           # a new address
-                frames = ids.stack(pid, gen, ips)
-        if consume and type(all_ips) is list:
-            all_ips[i] = ()
-        if truncated[i]:
-            frames = (root,) + frames
-        row = row_of_frames.setdefault(frames, len(stacks))
-        if row == len(stacks):
-            stacks.append(frames)
-            pids.append(pid)
-            tids.append(0)
+    for frames in frames_of_stacks:
+        row = rows.setdefault(frames, len(frames_of_rows))
+        if row == len(frames_of_rows):
+            frames_of_rows.append(frames)
             is_new.append(1)
         else:
             is_new.append(0)
         row_of.append(row)
-    if consume:
-        block.ips = FlatStacks()
-    columns.add_block(row_of, is_new, block.values)
+    return frames_of_rows, row_of, is_new
 
 
 def _add_flat_heap_block(block: HeapStacks, ids: _FrameIds, lists: Tuple[list, list, list],
@@ -362,26 +389,8 @@ def _rows_with_the_rest(block: HeapStacks, ids: _FrameIds, python: PythonFrames,
     resolved now, and the rows numbered anew in the order of their first
     stack, as :func:`_add_heap_block` numbers them."""
     root = ids.truncated() if any(block.truncated) else None
-    rows: dict = {}
-    frames_of_rows: List[Tuple[int, ...]] = []
-    row_of = array("l")
-    is_new = bytearray()
-    for i, made_row in enumerate(made_row_of):
-        if made_row != NO_ROW:
-            frames = made[made_row]
-        else:
-            frames = ids.special(block.raw_stack(i), python) if block.py and block.py[i] else \
-                ids.stack(block.pid, block.gen, block.ips[i])
-            if block.truncated[i]:
-                frames = (root,) + frames
-        row = rows.setdefault(frames, len(frames_of_rows))
-        if row == len(frames_of_rows):
-            frames_of_rows.append(frames)
-            is_new.append(1)
-        else:
-            is_new.append(0)
-        row_of.append(row)
-    return frames_of_rows, row_of, is_new
+    return _number_rows(made[row] if row != NO_ROW else _heap_frames(block, i, ids, python, root)
+                        for i, row in enumerate(made_row_of))
 
 
 def _add_rows(lists: Tuple[list, list, list], frames: Sequence[Tuple[int, ...]], pid: int) -> int:

@@ -27,16 +27,16 @@ import time
 from array import array
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
-from ..capture.pystacks import INDEX_AND_ENTRY, PYFRAMES_MARK, CodeTable, python_part
+from ..capture.pystacks import PYFRAMES_MARK, CodeTable, PythonCodes, split_python
 from ..profile import Profile
 from ..session import FlatStacks, ProcessInfo, Session
 from . import NO_ROW, _FrameIds
 from .python import PythonFrames
 from .resolve import Resolver
 
-#: A CPython process's version and the code objects its heap stacks name so
-#: far ((address, fingerprint) -> entry): memory.collect.PythonCodes.
-PythonCodes = Tuple[Tuple[int, int], Dict[Tuple[int, int], list]]
+
+class _NotReadYet(Exception):
+    """A stack names a code object the collector has not read yet."""
 
 
 #: Stacks of a process still unresolved at the end that are resolved
@@ -198,9 +198,6 @@ class LiveHeapFrames:
         """Frames of a stack the program recorded with its Python frames,
         as the end makes them (``_FrameIds.special``); None if it names a
         code object not read yet."""
-        cut, pairs = python_part(words)
-        if not pairs:
-            return self.ids.stack(pid, gen, words[:cut])
         version, entries = state.python
         if state.codes is None:
             state.codes = CodeTable(version)
@@ -208,16 +205,20 @@ class LiveHeapFrames:
         elif state.codes.version != version:
             state.off = True                   # (another interpreter: the frames made are the end's to judge)
             return None
-        py: List[int] = []
-        for key, word in pairs:
+        codes = state.codes
+
+        def code_id(key: Tuple[int, int]) -> int:
             entry = entries.get(key)
             if entry is None and not final:
-                return None
-            py.append(state.codes.id_of(key, entry))
-            py.append(word & INDEX_AND_ENTRY)
-        native = self.ids.per_address(pid, gen, words[:cut])
-        return tuple(self.python.merge(pid, native, tuple(py), self.profile.frames.__getitem__,
-                                       self.profile.intern))
+                raise _NotReadYet
+            return codes.id_of(key, entry)
+        try:
+            ips, py = split_python(words, code_id)
+        except _NotReadYet:
+            return None
+        if not py:
+            return self.ids.stack(pid, gen, ips)
+        return tuple(self.ids.with_python(pid, gen, ips, py, self.python))
 
     def take_over(self, session: Session, *, demangle: bool, lines: bool, group_functions: bool) -> bool:
         """Hand the frame table and the resolver to the resolution of the
